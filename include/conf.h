@@ -1,0 +1,117 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * conf - the JSON configuration: load, validate, dump, and publish as
+ * an immutable refcounted snapshot.
+ *
+ * Only conf.c includes <jansson.h>; no json_t leaves it.  Every problem
+ * in a file is reported, each as one line
+ * "FILE:LINE:COLUMN: KEY.PATH: message" (line and column of the
+ * offending key or value; omitted only where nothing in the text can be
+ * pointed at, e.g. a missing required key names its parent object).
+ * Addresses are resolved at load time, so no lookup happens per message.
+ *
+ * Concurrency: conf_load/conf_parse/conf_dump touch no shared state.
+ * conf_publish/conf_acquire/conf_release are thread-safe; conf_lock
+ * protects only the current-snapshot pointer, and snapshots are never
+ * modified once published.
+ * Ownership: conf_load returns a snapshot with one reference that the
+ * caller owns (conf_release, or hand it to conf_publish).
+ */
+#ifndef CONF_H
+#define CONF_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "proto.h"
+
+enum on_failure {
+	ONFAIL_ACCEPT = 0,	/* go on as if the upstream were absent */
+	ONFAIL_TEMPFAIL,
+	ONFAIL_REJECT,
+	ONFAIL_COUNT
+};
+
+struct conf_timeouts {
+	double	connect;	/* seconds: connect and option negotiation */
+	double	command;	/* seconds: each envelope stage as a whole */
+	double	content;	/* seconds: header, body, eom stages */
+};
+
+/* A socket address in libmilter's syntax, parsed and resolved. */
+struct conf_addr {
+	struct sockaddr_storage	sa;
+	socklen_t		salen;
+};
+
+struct conf_upstream {
+	char			*name;
+	char			*address;	/* as written */
+	struct conf_addr	 addr;
+	bool			 enabled;
+	enum on_failure		 on_failure;
+	struct conf_timeouts	 timeouts;	/* with top-level defaults */
+};
+
+struct conf {
+	atomic_uint		 refs;
+	char			*path;
+	char			*listen;
+	unsigned		 threads;
+	struct conf_timeouts	 timeouts;
+	enum on_failure		 on_failure;
+	/* Extra macro names to request, per macro stage; NULL-terminated. */
+	char			**macros[MACRO_STAGE_COUNT];
+	size_t			 nmacros[MACRO_STAGE_COUNT];
+	struct conf_upstream	*upstreams;	/* config order, disabled too */
+	size_t			 nupstreams;
+	size_t			 nenabled;
+};
+
+struct conf_errors {
+	char	**v;
+	size_t	  n;
+};
+
+#define CONF_DEFAULT_LISTEN	"inet:8890@127.0.0.1"
+#define CONF_DEFAULT_THREADS	4
+#define CONF_DEFAULT_CONNECT	5.0
+#define CONF_DEFAULT_COMMAND	8.0
+#define CONF_DEFAULT_CONTENT	60.0
+
+/*
+ * Reads and validates path.  Returns 0 and *out (caller owns one
+ * reference), or -EINVAL / -errno with every problem appended to errs
+ * (one line each, as above); on error *out is NULL.
+ */
+int	conf_load(const char *path, struct conf **out, struct conf_errors *);
+/* As conf_load, on text in memory; name is used in messages. */
+int	conf_parse(const char *text, size_t len, const char *name,
+	    struct conf **out, struct conf_errors *);
+void	conf_errors_fini(struct conf_errors *);
+
+/*
+ * Parses a socket spec (unix:/path, local:/path, inet:PORT@HOST,
+ * inet6:PORT@HOST; HOST a name or address, [addr] allowed) and resolves
+ * it.  Returns 0, or -EINVAL with a reason in errbuf.
+ */
+int	conf_parse_address(const char *spec, struct conf_addr *,
+	    char *errbuf, size_t errlen);
+
+/*
+ * The effective configuration, defaults filled in, as pretty JSON
+ * (a form conf_parse accepts).  Caller owns, free with free().
+ */
+char	*conf_dump(const struct conf *);
+
+/* Takes ownership of the caller's reference; drops the previous one. */
+void		 conf_publish(struct conf *);
+/* Returns the current snapshot with a reference the caller owns. */
+struct conf	*conf_acquire(void);
+void		 conf_release(struct conf *);
+
+const char	*conf_on_failure_name(enum on_failure);
+
+#endif /* CONF_H */
