@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * netio - the socket calls: non-blocking connect, read and write.
+ *
+ * Everything here works on non-blocking sockets and never waits: the
+ * pool's event loops do the waiting.  Only netio.c and upstream.c make
+ * socket calls.
+ *
+ * Concurrency: no shared state.  Ownership: fds returned belong to the
+ * caller (close with close(2)).
+ */
+#ifndef NETIO_H
+#define NETIO_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "buf.h"
+
+/*
+ * Starts a non-blocking connect to sa.  Returns an fd (>= 0) with
+ * *inprogress set when the connect completes later (wait for
+ * writability, then netio_connect_result), or -errno.  TCP sockets get
+ * TCP_NODELAY: the milter exchange writes small packets and waits for a
+ * reply, which Nagle's algorithm would delay by the peer's delayed ACK.
+ */
+int	netio_connect(const struct sockaddr *sa, socklen_t salen,
+	    int *inprogress);
+/* 0 when the connect on fd succeeded, else -errno. */
+int	netio_connect_result(int fd);
+/*
+ * Writes as much of b as the socket takes, consuming what was written.
+ * Returns 0 (b may still hold bytes: wait for writability), or -errno.
+ */
+int	netio_flush(int fd, struct buf *b);
+/*
+ * Reads what is available (at most max bytes) and appends it to b.
+ * Returns the byte count (> 0), 0 when nothing is available yet,
+ * -ECONNRESET at end of stream, or -errno.
+ */
+int	netio_fill(int fd, struct buf *b, size_t max);
+
+#endif /* NETIO_H */

@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * pool - a fixed set of worker threads, each running an event loop.
+ *
+ * Upstream sockets are non-blocking; each belongs to one loop for its
+ * whole life, and that loop's thread is the only one that touches it
+ * (confinement instead of locks).  A worker therefore never sits on one
+ * slow upstream: it waits in epoll on all of its sockets together and
+ * advances whichever exchange is ready.  Other threads reach a loop by
+ * posting a job to its mailbox.
+ *
+ * Concurrency: pool_post() is thread-safe; pool_io_*() only on the
+ * loop's own thread.  Ownership: jobs and io handles are embedded in the
+ * caller's structures; the pool allocates nothing per job, and the
+ * caller keeps that storage alive until run() has returned or the
+ * handle was removed.
+ */
+#ifndef POOL_H
+#define POOL_H
+
+#include <stdint.h>
+#include <sys/queue.h>
+
+struct pool;
+struct pool_loop;
+
+struct pool_job {
+	TAILQ_ENTRY(pool_job)	 entry;
+	void			(*run)(struct pool_job *);
+};
+
+struct pool_io {
+	int	 fd;
+	void	(*ready)(struct pool_io *, uint32_t events);
+};
+
+/*
+ * Starts nthreads worker loops.  Returns 0 and *out, or -errno (nothing
+ * started).  The threads block every signal.
+ */
+int	pool_new(unsigned nthreads, struct pool **out);
+/* Stops the loops after their mailboxes drain, joins, frees. */
+void	pool_free(struct pool *);
+/* The loop for a new socket: round robin. */
+struct pool_loop *pool_pick(struct pool *);
+/*
+ * Queues job to run once on loop's thread, in posting order.  Never
+ * fails and never blocks beyond a short mutex hold.
+ */
+void	pool_post(struct pool_loop *, struct pool_job *);
+/* Loop thread only: watch fd for events (EPOLLIN/EPOLLOUT). */
+int	pool_io_add(struct pool_loop *, struct pool_io *, uint32_t events);
+int	pool_io_mod(struct pool_loop *, struct pool_io *, uint32_t events);
+void	pool_io_del(struct pool_loop *, struct pool_io *);
+/* True when called on loop's own thread. */
+int	pool_on_loop(const struct pool_loop *);
+
+#endif /* POOL_H */

@@ -1,0 +1,109 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * upstream - the MTA side of the milter protocol for one upstream milter.
+ *
+ * Speaks protocol version 6 (and down to version 2) to one filter over
+ * one non-blocking socket, owned by one pool loop.  It mirrors
+ * libmilter's state machine (shared/PROTOCOL.md 1.6) so that it never
+ * sends a command the filter would silently drop and never waits for a
+ * reply that will not come: an exchange for a stage the filter is not in
+ * completes at once with VERDICT_NONE.  Exchanges queue per upstream and
+ * run one after another, so a caller may submit the next stage before
+ * the previous one was answered (pipelining, and draining late replies
+ * after a decisive verdict elsewhere).
+ *
+ * Anything the filter does wrong (garbage, a bad length, an unknown or
+ * misplaced reply, a modification it did not negotiate, EOF) fails the
+ * upstream for the rest of the MTA connection: the socket is closed,
+ * every queued exchange completes with the error, one line is logged.
+ * A failed stream is never reused.
+ *
+ * Concurrency: every function runs on the upstream's loop thread, except
+ * upstream_new() and the read-only getters, which the owner may call
+ * once the OPEN exchange has completed.  No locks in here.
+ * Ownership: upstream_new() copies what it keeps; exchanges stay owned
+ * by the submitter, who must keep them alive until done() ran.
+ */
+#ifndef UPSTREAM_H
+#define UPSTREAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <time.h>
+
+#include "buf.h"
+#include "codec.h"
+#include "conf.h"
+#include "pool.h"
+#include "proto.h"
+
+struct upstream;
+
+enum xchg_kind {
+	XCHG_OPEN = 0,	/* connect and negotiate options */
+	XCHG_STAGE,	/* one protocol stage */
+	XCHG_CLOSE,	/* send QUIT, close, free the upstream */
+	XCHG_KIND_COUNT
+};
+
+struct upstream_xchg {
+	struct pool_job			 job;	/* submitter's vehicle */
+	TAILQ_ENTRY(upstream_xchg)	 entry;	/* upstream's queue */
+	struct upstream			*up;
+	enum xchg_kind			 kind;
+	enum stage			 stage;	/* XCHG_STAGE */
+	/* XCHG_OPEN: what we offer the filter. */
+	uint32_t			 offer_actions;
+	uint32_t			 offer_proto;
+	/* XCHG_STAGE: a whole 'D' packet (or empty) and the command. */
+	struct buf			 macros;
+	struct buf			 cmd;
+	/* Results, valid in done(). */
+	int				 error;	/* 0 or -errno */
+	enum verdict			 verdict;
+	char				*text;	/* 'y' text; done() may take it */
+	struct mod			*mods;	/* eom requests, arrival order */
+	size_t				 nmods;
+	size_t				 modcap;
+	struct timespec			 started;
+	struct timespec			 finished;
+	/* Runs once on the loop thread; the exchange is then the
+	 * submitter's again (it may free it, even from done()). */
+	void				(*done)(struct upstream_xchg *);
+	void				*arg;
+};
+
+/*
+ * A closed upstream for cfg, bound to loop.  Caller owns it until it
+ * submits XCHG_CLOSE, which frees it.  connid prefixes log lines.
+ */
+struct upstream	*upstream_new(const struct conf_upstream *cfg,
+		    const char *connid, struct pool_loop *loop);
+/* Clears and initialises an exchange for reuse. */
+void		 upstream_xchg_init(struct upstream_xchg *, enum xchg_kind,
+		    enum stage);
+/* Releases the exchange's buffers and results. */
+void		 upstream_xchg_fini(struct upstream_xchg *);
+/*
+ * Posts x to the upstream's loop, where it queues behind earlier
+ * exchanges.  Thread-safe.  done() runs exactly once.
+ */
+void		 upstream_submit(struct upstream *, struct upstream_xchg *x);
+/*
+ * Loop thread: fails the upstream (closes the socket, completes every
+ * queued exchange with err) unless it has nothing queued.  Used for
+ * deadlines: an upstream that answered in time is left alone.
+ */
+void		 upstream_expire(struct upstream *, int err);
+
+/* Negotiated options; valid after XCHG_OPEN completed without error. */
+uint32_t	 upstream_version(const struct upstream *);
+uint32_t	 upstream_actions(const struct upstream *);
+uint32_t	 upstream_proto(const struct upstream *);
+/* The filter's macro list for a macro stage, or NULL; borrowed. */
+const char	*upstream_symlist(const struct upstream *, enum macro_stage);
+const char	*upstream_name(const struct upstream *);
+struct pool_loop *upstream_loop(const struct upstream *);
+
+#endif /* UPSTREAM_H */

@@ -1,0 +1,1591 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * conf - load, validate, dump and publish the JSON configuration.
+ *
+ * The text is parsed by jansson into a json_t tree, checked against the
+ * schema below and copied into a plain struct conf; no json_t survives
+ * conf_parse().  Validation never stops at the first problem: each one
+ * becomes a line "FILE:LINE:COLUMN: KEY.PATH: message", and the lines
+ * are handed back sorted by position.  It does not open sockets: an
+ * address is only parsed and resolved (getaddrinfo), once, at load.
+ *
+ * Design: jansson gives no positions for values, so a small scanner
+ * (index_build) walks the raw text once more after jansson has accepted
+ * it and records, for every key path ("upstreams[1].timeouts.content"),
+ * where its key and its value start.  Errors look positions up by path.
+ * A key that is not a plain identifier is written ["..."] in a path, so
+ * that a path names exactly one place.  Columns count characters (UTF-8
+ * sequences), as jansson's own err.column does.
+ *
+ * Concurrency: conf_parse/conf_load/conf_dump use no shared state.
+ * conf_lock protects only the conf_current pointer; refcounts are
+ * atomic; a published snapshot is never modified.
+ * Ownership: every string in a struct conf is a copy owned by the
+ * snapshot and released by conf_free() with its last reference.
+ */
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "buf.h"
+#include "conf.h"
+#include "log.h"
+#include "xalloc.h"
+
+#define THREADS_MIN		1
+#define THREADS_MAX		1024
+#define TIMEOUT_MAX		3600.0	/* seconds */
+#define MACROS_MAX		50	/* names per macro stage */
+#define UPSTREAM_NAME_MAX	64
+#define QUOTE_MAX		80	/* bytes of a value shown in a message */
+#define SCAN_MAX_DEPTH		4096	/* jansson stops at 2048 */
+
+static const char *const on_failure_names[ONFAIL_COUNT] = {
+	[ONFAIL_ACCEPT]		= "accept",
+	[ONFAIL_TEMPFAIL]	= "tempfail",
+	[ONFAIL_REJECT]		= "reject",
+};
+
+/* The schema: known keys per object, in the order conf_dump writes them. */
+static const char *const top_keys[] = {
+	"listen", "threads", "timeouts", "on_failure", "macros", "upstreams",
+	NULL
+};
+static const char *const upstream_keys[] = {
+	"name", "address", "enabled", "on_failure", "timeouts", NULL
+};
+static const char *const timeout_keys[] = {
+	"connect", "command", "content", NULL
+};
+/* SMTP order; enum macro_stage puts eom before eoh (wire order). */
+static const char *const macro_keys[] = {
+	"connect", "helo", "envfrom", "envrcpt", "data", "eoh", "eom", NULL
+};
+
+/* Indexed like timeout_keys. */
+static const size_t timeout_offs[] = {
+	offsetof(struct conf_timeouts, connect),
+	offsetof(struct conf_timeouts, command),
+	offsetof(struct conf_timeouts, content),
+};
+
+static double *
+timeout_slot(struct conf_timeouts *t, size_t i)
+{
+	return (double *)(void *)((char *)t + timeout_offs[i]);
+}
+
+static double
+timeout_get(const struct conf_timeouts *t, size_t i)
+{
+	return *(const double *)(const void *)((const char *)t +
+	    timeout_offs[i]);
+}
+
+/*
+ * strerror_r exists in two variants: the XSI one (returns int) under
+ * plain _POSIX_C_SOURCE, the GNU one (returns char *) under _GNU_SOURCE,
+ * which the autotools build defines.  _Generic picks the right reading
+ * without feature-macro guesswork.
+ */
+static inline const char *
+xsi_text(int rc, const char *buf)
+{
+	return rc == 0 ? buf : "unknown error";
+}
+
+static inline const char *
+gnu_text(const char *s, const char *buf)
+{
+	(void)buf;
+	return s;
+}
+
+#define ERRNO_TEXT(code, buf)						\
+	_Generic(strerror_r((code), (buf), sizeof (buf)),		\
+	    int: xsi_text, default: gnu_text)				\
+	    (strerror_r((code), (buf), sizeof (buf)), (buf))
+
+/*
+ * Text positions and the position index.
+ */
+
+struct tpos {
+	int	line;	/* 1-based; 0 when unknown */
+	int	col;	/* 1-based, in characters */
+};
+
+struct pentry {
+	char		*path;
+	struct tpos	 key;	/* line 0 for the root and array elements */
+	struct tpos	 val;
+};
+
+struct pindex {
+	struct pentry	*v;
+	size_t		 n, cap;
+};
+
+struct scan {
+	const unsigned char	*p;
+	size_t			 len, i;
+	int			 line, col;	/* of p[i] */
+	struct pindex		*ix;
+	struct buf		 key;		/* last decoded key, NUL ended */
+};
+
+/* quote - s as a one-line JSON string literal, cut after max bytes
+ * (0: never); caller owns, free with free() */
+static char *
+quote(const char *s, size_t max)
+{
+	struct buf	 b;
+	char		 esc[8], *r;
+	unsigned char	 c;
+
+	buf_init(&b);
+	buf_add_u8(&b, '"');
+	for (size_t i = 0; s[i] != '\0'; i++) {
+		c = (unsigned char)s[i];
+		if (max != 0 && i >= max && (c & 0xc0) != 0x80) {
+			buf_add(&b, "...", 3);
+			break;
+		}
+		if (c == '"' || c == '\\') {
+			buf_add_u8(&b, '\\');
+			buf_add_u8(&b, c);
+		} else if (c < 0x20 || c == 0x7f) {
+			snprintf(esc, sizeof esc, "\\u%04x", c);
+			buf_add(&b, esc, 6);
+		} else
+			buf_add_u8(&b, c);
+	}
+	buf_add_u8(&b, '"');
+	buf_add_u8(&b, '\0');
+	r = xstrdup((const char *)buf_head(&b));
+	buf_fini(&b);
+	return r;
+}
+
+static bool
+is_plain_key(const char *k)
+{
+	if (*k == '\0')
+		return false;
+	for (; *k != '\0'; k++)
+		if (!((*k >= 'a' && *k <= 'z') || (*k >= 'A' && *k <= 'Z') ||
+		    (*k >= '0' && *k <= '9') || *k == '_' || *k == '-'))
+			return false;
+	return true;
+}
+
+/* path_key - path of member key of the object at parent; caller owns */
+static char *
+path_key(const char *parent, const char *key)
+{
+	char	*q, *r;
+
+	if (is_plain_key(key))
+		return *parent == '\0' ? xstrdup(key) :
+		    xasprintf("%s.%s", parent, key);
+	q = quote(key, 0);
+	r = xasprintf("%s[%s]", parent, q);
+	free(q);
+	return r;
+}
+
+/* path_index - path of element i of the array at parent; caller owns */
+static char *
+path_index(const char *parent, size_t i)
+{
+	return xasprintf("%s[%zu]", parent, i);
+}
+
+/* pindex_add - record a path; takes ownership of path */
+static void
+pindex_add(struct pindex *ix, char *path, struct tpos key, struct tpos val)
+{
+	if (ix->n == ix->cap) {
+		ix->cap = ix->cap == 0 ? 64 : ix->cap * 2;
+		ix->v = xreallocarray(ix->v, ix->cap, sizeof *ix->v);
+	}
+	ix->v[ix->n].path = path;
+	ix->v[ix->n].key = key;
+	ix->v[ix->n].val = val;
+	ix->n++;
+}
+
+static void
+pindex_fini(struct pindex *ix)
+{
+	for (size_t i = 0; i < ix->n; i++) {
+		free(ix->v[i].path);
+		ix->v[i].path = NULL;
+	}
+	free(ix->v);
+	ix->v = NULL;
+	ix->n = ix->cap = 0;
+}
+
+static int
+pentry_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct pentry *)a)->path,
+	    ((const struct pentry *)b)->path);
+}
+
+static const struct pentry *
+pindex_find(const struct pindex *ix, const char *path)
+{
+	struct pentry	 k = { .path = (char *)(uintptr_t)path };
+
+	if (ix->n == 0)
+		return NULL;
+	return bsearch(&k, ix->v, ix->n, sizeof *ix->v, pentry_cmp);
+}
+
+static int
+sc_peek(const struct scan *s)
+{
+	return s->i < s->len ? s->p[s->i] : -1;
+}
+
+/* sc_adv - step over one byte; a column is one character, not a byte */
+static void
+sc_adv(struct scan *s)
+{
+	unsigned char	 c = s->p[s->i++];
+
+	if (c == '\n') {
+		s->line++;
+		s->col = 1;
+	} else if ((c & 0xc0) != 0x80)
+		s->col++;
+}
+
+static struct tpos
+sc_here(const struct scan *s)
+{
+	return (struct tpos){ s->line, s->col };
+}
+
+static void
+sc_ws(struct scan *s)
+{
+	int	 c;
+
+	while ((c = sc_peek(s)) == ' ' || c == '\t' || c == '\n' || c == '\r')
+		sc_adv(s);
+}
+
+static int
+sc_hex4(struct scan *s, unsigned *out)
+{
+	int	 c;
+
+	*out = 0;
+	for (int k = 0; k < 4; k++) {
+		c = sc_peek(s);
+		if (c >= '0' && c <= '9')
+			*out = *out * 16 + (unsigned)(c - '0');
+		else if (c >= 'a' && c <= 'f')
+			*out = *out * 16 + (unsigned)(c - 'a' + 10);
+		else if (c >= 'A' && c <= 'F')
+			*out = *out * 16 + (unsigned)(c - 'A' + 10);
+		else
+			return -1;
+		sc_adv(s);
+	}
+	return 0;
+}
+
+static void
+put_utf8(struct buf *b, unsigned cp)
+{
+	if (cp < 0x80)
+		buf_add_u8(b, (uint8_t)cp);
+	else if (cp < 0x800) {
+		buf_add_u8(b, (uint8_t)(0xc0 | cp >> 6));
+		buf_add_u8(b, (uint8_t)(0x80 | (cp & 0x3f)));
+	} else if (cp < 0x10000) {
+		buf_add_u8(b, (uint8_t)(0xe0 | cp >> 12));
+		buf_add_u8(b, (uint8_t)(0x80 | (cp >> 6 & 0x3f)));
+		buf_add_u8(b, (uint8_t)(0x80 | (cp & 0x3f)));
+	} else {
+		buf_add_u8(b, (uint8_t)(0xf0 | cp >> 18));
+		buf_add_u8(b, (uint8_t)(0x80 | (cp >> 12 & 0x3f)));
+		buf_add_u8(b, (uint8_t)(0x80 | (cp >> 6 & 0x3f)));
+		buf_add_u8(b, (uint8_t)(0x80 | (cp & 0x3f)));
+	}
+}
+
+/* sc_escape - decode the escape after a backslash into s->key */
+static int
+sc_escape(struct scan *s)
+{
+	static const char	 from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+	const char		*e;
+	unsigned		 cp, lo;
+	int			 c = sc_peek(s);
+
+	if (c == -1)
+		return -1;
+	sc_adv(s);
+	if (c != 'u') {
+		if (c == '\0' || (e = strchr(from, c)) == NULL)
+			return -1;
+		buf_add_u8(&s->key, (uint8_t)to[e - from]);
+		return 0;
+	}
+	if (sc_hex4(s, &cp) != 0)
+		return -1;
+	/* A surrogate pair spells one character in two escapes. */
+	if (cp >= 0xd800 && cp <= 0xdbff && sc_peek(s) == '\\' &&
+	    s->i + 1 < s->len && s->p[s->i + 1] == 'u') {
+		sc_adv(s);
+		sc_adv(s);
+		if (sc_hex4(s, &lo) != 0)
+			return -1;
+		if (lo >= 0xdc00 && lo <= 0xdfff)
+			cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+		else {
+			put_utf8(&s->key, 0xfffd);
+			cp = lo;
+		}
+	}
+	if (cp >= 0xd800 && cp <= 0xdfff)
+		cp = 0xfffd;
+	put_utf8(&s->key, cp);
+	return 0;
+}
+
+/* sc_string - scan a string literal, decoding it into s->key */
+static int
+sc_string(struct scan *s)
+{
+	int	 c;
+
+	buf_reset(&s->key);
+	sc_adv(s);				/* the opening quote */
+	for (;;) {
+		if ((c = sc_peek(s)) == -1)
+			return -1;
+		sc_adv(s);
+		if (c == '"')
+			break;
+		if (c == '\\') {
+			if (sc_escape(s) != 0)
+				return -1;
+		} else
+			buf_add_u8(&s->key, (uint8_t)c);
+	}
+	buf_add_u8(&s->key, '\0');
+	return 0;
+}
+
+static int	sc_value(struct scan *, const char *path, int depth);
+
+static int
+sc_object(struct scan *s, const char *path, int depth)
+{
+	struct tpos	 kpos, vpos;
+	char		*child;
+	int		 c;
+
+	sc_adv(s);
+	sc_ws(s);
+	if (sc_peek(s) == '}') {
+		sc_adv(s);
+		return 0;
+	}
+	for (;;) {
+		sc_ws(s);
+		kpos = sc_here(s);
+		if (sc_peek(s) != '"' || sc_string(s) != 0)
+			return -1;
+		child = path_key(path, (const char *)buf_head(&s->key));
+		sc_ws(s);
+		if (sc_peek(s) != ':') {
+			free(child);
+			return -1;
+		}
+		sc_adv(s);
+		sc_ws(s);
+		vpos = sc_here(s);
+		pindex_add(s->ix, child, kpos, vpos);	/* owns child now */
+		if (sc_value(s, child, depth + 1) != 0)
+			return -1;
+		sc_ws(s);
+		if ((c = sc_peek(s)) == -1)
+			return -1;
+		sc_adv(s);
+		if (c == '}')
+			return 0;
+		if (c != ',')
+			return -1;
+	}
+}
+
+static int
+sc_array(struct scan *s, const char *path, int depth)
+{
+	char	*child;
+	int	 c;
+
+	sc_adv(s);
+	sc_ws(s);
+	if (sc_peek(s) == ']') {
+		sc_adv(s);
+		return 0;
+	}
+	for (size_t i = 0;; i++) {
+		sc_ws(s);
+		child = path_index(path, i);
+		pindex_add(s->ix, child, (struct tpos){ 0, 0 }, sc_here(s));
+		if (sc_value(s, child, depth + 1) != 0)
+			return -1;
+		sc_ws(s);
+		if ((c = sc_peek(s)) == -1)
+			return -1;
+		sc_adv(s);
+		if (c == ']')
+			return 0;
+		if (c != ',')
+			return -1;
+	}
+}
+
+/* sc_value - scan one value; records the positions of what it contains */
+static int
+sc_value(struct scan *s, const char *path, int depth)
+{
+	int	 c = sc_peek(s);
+	size_t	 start = s->i;
+
+	if (depth > SCAN_MAX_DEPTH)
+		return -1;
+	switch (c) {
+	case '{':
+		return sc_object(s, path, depth);
+	case '[':
+		return sc_array(s, path, depth);
+	case '"':
+		return sc_string(s);
+	default:
+		/* Numbers and the literals true, false, null. */
+		while ((c = sc_peek(s)) != -1 &&
+		    ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+		    (c >= 'A' && c <= 'Z') || c == '+' || c == '-' || c == '.'))
+			sc_adv(s);
+		return s->i > start ? 0 : -1;
+	}
+}
+
+/*
+ * index_build - record where every key and value of text starts.  Only
+ * called on text jansson accepted, so a scan failure is a bug; it costs
+ * positions in messages, nothing else.
+ */
+static void
+index_build(struct pindex *ix, const char *text, size_t len)
+{
+	struct scan	 s = {
+		.p = (const unsigned char *)text, .len = len,
+		.line = 1, .col = 1, .ix = ix,
+	};
+
+	buf_init(&s.key);
+	sc_ws(&s);
+	pindex_add(ix, xstrdup(""), (struct tpos){ 0, 0 }, sc_here(&s));
+	if (sc_value(&s, "", 0) != 0)
+		log_debug("%s: position scan stopped at byte %zu", __func__,
+		    s.i);
+	buf_fini(&s.key);
+	qsort(ix->v, ix->n, sizeof *ix->v, pentry_cmp);
+}
+
+/*
+ * Error collection.
+ */
+
+struct cerr {
+	struct tpos	 at;
+	size_t		 seq;
+	char		*text;
+};
+
+struct ctx {
+	const char	*name;		/* file name for messages */
+	struct pindex	 ix;
+	struct cerr	*errs;
+	size_t		 nerrs;
+	struct conf	*c;		/* being built */
+};
+
+/* errors_add - append one line; takes ownership of line */
+static void
+errors_add(struct conf_errors *errs, char *line)
+{
+	/* One problem, one line, whatever a value or file name holds. */
+	for (char *p = line; *p != '\0'; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '?';
+	if (errs == NULL) {
+		free(line);
+		return;
+	}
+	errs->v = xreallocarray(errs->v, errs->n + 1, sizeof *errs->v);
+	errs->v[errs->n++] = line;
+}
+
+void
+conf_errors_fini(struct conf_errors *errs)
+{
+	if (errs == NULL)
+		return;
+	for (size_t i = 0; i < errs->n; i++) {
+		free(errs->v[i]);
+		errs->v[i] = NULL;
+	}
+	free(errs->v);
+	errs->v = NULL;
+	errs->n = 0;
+}
+
+static void	vreport(struct ctx *, struct tpos, const char *path,
+		    const char *fmt, va_list) __attribute__((format(printf, 4, 0)));
+static void	report(struct ctx *, struct tpos, const char *path,
+		    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void	bad_value(struct ctx *, const char *path, const char *fmt, ...)
+		    __attribute__((format(printf, 3, 4)));
+
+/* vreport - record "NAME:LINE:COL: PATH: message" for sorting later */
+static void
+vreport(struct ctx *x, struct tpos at, const char *path, const char *fmt,
+    va_list ap)
+{
+	va_list		 aq;
+	char		*msg;
+	int		 n;
+	const char	*shown = *path == '\0' ? "(top level)" : path;
+
+	va_copy(aq, ap);
+	n = vsnprintf(NULL, 0, fmt, aq);
+	va_end(aq);
+	if (n < 0)
+		log_panic("%s: bad format \"%s\"", __func__, fmt);
+	msg = xmalloc((size_t)n + 1);
+	vsnprintf(msg, (size_t)n + 1, fmt, ap);
+
+	x->errs = xreallocarray(x->errs, x->nerrs + 1, sizeof *x->errs);
+	x->errs[x->nerrs].at = at;
+	x->errs[x->nerrs].seq = x->nerrs;
+	x->errs[x->nerrs].text = at.line > 0 ?
+	    xasprintf("%s:%d:%d: %s: %s", x->name, at.line, at.col, shown, msg) :
+	    xasprintf("%s: %s: %s", x->name, shown, msg);
+	x->nerrs++;
+	free(msg);
+}
+
+static void
+report(struct ctx *x, struct tpos at, const char *path, const char *fmt, ...)
+{
+	va_list	 ap;
+
+	va_start(ap, fmt);
+	vreport(x, at, path, fmt, ap);
+	va_end(ap);
+}
+
+static struct tpos
+at_value(const struct ctx *x, const char *path)
+{
+	const struct pentry	*e = pindex_find(&x->ix, path);
+
+	return e != NULL ? e->val : (struct tpos){ 0, 0 };
+}
+
+static struct tpos
+at_key(const struct ctx *x, const char *path)
+{
+	const struct pentry	*e = pindex_find(&x->ix, path);
+
+	if (e != NULL && e->key.line > 0)
+		return e->key;
+	return at_value(x, path);
+}
+
+/* bad_value - report a problem with the value at path */
+static void
+bad_value(struct ctx *x, const char *path, const char *fmt, ...)
+{
+	va_list	 ap;
+
+	va_start(ap, fmt);
+	vreport(x, at_value(x, path), path, fmt, ap);
+	va_end(ap);
+}
+
+/* missing - report required key absent from the object at parent */
+static void
+missing(struct ctx *x, const char *parent, const char *key)
+{
+	char	*child = path_key(parent, key);
+
+	report(x, at_value(x, parent), child, "required key is missing");
+	free(child);
+}
+
+static int
+cerr_cmp(const void *a, const void *b)
+{
+	const struct cerr	*p = a, *q = b;
+
+	if (p->at.line != q->at.line)
+		return p->at.line < q->at.line ? -1 : 1;
+	if (p->at.col != q->at.col)
+		return p->at.col < q->at.col ? -1 : 1;
+	return p->seq < q->seq ? -1 : p->seq > q->seq;
+}
+
+/* flush_errors - hand the errors to errs in file order */
+static void
+flush_errors(struct ctx *x, struct conf_errors *errs)
+{
+	if (x->nerrs > 1)
+		qsort(x->errs, x->nerrs, sizeof *x->errs, cerr_cmp);
+	for (size_t i = 0; i < x->nerrs; i++) {
+		errors_add(errs, x->errs[i].text);
+		x->errs[i].text = NULL;
+	}
+	free(x->errs);
+	x->errs = NULL;
+	x->nerrs = 0;
+}
+
+/*
+ * Schema checks.  Each reports what it finds and returns whether the
+ * value is usable; none stops the walk.
+ */
+
+static const char *
+type_name(const json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_OBJECT:	return "an object";
+	case JSON_ARRAY:	return "an array";
+	case JSON_STRING:	return "a string";
+	case JSON_INTEGER:	return "an integer";
+	case JSON_REAL:		return "a real number";
+	case JSON_TRUE:
+	case JSON_FALSE:	return "a boolean";
+	case JSON_NULL:		return "null";
+	}
+	return "unknown";
+}
+
+static bool
+in_list(const char *s, const char *const *list)
+{
+	for (; *list != NULL; list++)
+		if (strcmp(s, *list) == 0)
+			return true;
+	return false;
+}
+
+/* check_keys - report every key of obj that is not in known */
+static void
+check_keys(struct ctx *x, json_t *obj, const char *path,
+    const char *const *known)
+{
+	struct buf	 names;
+	const char	*key;
+	json_t		*m;
+	char		*child;
+
+	buf_init(&names);
+	for (size_t i = 0; known[i] != NULL; i++) {
+		if (i > 0)
+			buf_add(&names, ", ", 2);
+		buf_add(&names, known[i], strlen(known[i]));
+	}
+	buf_add_u8(&names, '\0');
+	json_object_foreach(obj, key, m) {
+		if (in_list(key, known))
+			continue;
+		child = path_key(path, key);
+		report(x, at_key(x, child), child, "unknown key; expected one of %s",
+		    (const char *)buf_head(&names));
+		free(child);
+	}
+	buf_fini(&names);
+}
+
+static bool
+want_type(struct ctx *x, json_t *v, const char *path, json_type t,
+    const char *what)
+{
+	if (json_typeof(v) == t)
+		return true;
+	bad_value(x, path, "must be %s, not %s", what, type_name(v));
+	return false;
+}
+
+/* want_string - the string at path (borrowed from v), or NULL, reported */
+static const char *
+want_string(struct ctx *x, json_t *v, const char *path)
+{
+	return want_type(x, v, path, JSON_STRING, "a string") ?
+	    json_string_value(v) : NULL;
+}
+
+static bool
+want_bool(struct ctx *x, json_t *v, const char *path, bool *out)
+{
+	if (!json_is_boolean(v)) {
+		bad_value(x, path, "must be true or false, not %s",
+		    type_name(v));
+		return false;
+	}
+	*out = json_is_true(v);
+	return true;
+}
+
+static bool
+want_on_failure(struct ctx *x, json_t *v, const char *path,
+    enum on_failure *out)
+{
+	const char	*s;
+	char		*q;
+
+	if ((s = want_string(x, v, path)) == NULL)
+		return false;
+	for (int i = 0; i < ONFAIL_COUNT; i++)
+		if (strcmp(s, on_failure_names[i]) == 0) {
+			*out = (enum on_failure)i;
+			return true;
+		}
+	q = quote(s, QUOTE_MAX);
+	bad_value(x, path, "%s is not one of accept, tempfail, reject", q);
+	free(q);
+	return false;
+}
+
+/* want_seconds - a timeout: integer or real, > 0 and <= TIMEOUT_MAX */
+static bool
+want_seconds(struct ctx *x, json_t *v, const char *path, double *out)
+{
+	double	 d;
+
+	if (!json_is_number(v)) {
+		bad_value(x, path, "must be a number of seconds, not %s",
+		    type_name(v));
+		return false;
+	}
+	d = json_number_value(v);
+	if (!(d > 0 && d <= TIMEOUT_MAX)) {
+		if (json_is_integer(v))
+			bad_value(x, path, "%" JSON_INTEGER_FORMAT " is out of "
+			    "range; must be more than 0 and at most %g seconds",
+			    json_integer_value(v), TIMEOUT_MAX);
+		else
+			bad_value(x, path, "%g is out of range; must be more "
+			    "than 0 and at most %g seconds", d, TIMEOUT_MAX);
+		return false;
+	}
+	*out = d;
+	return true;
+}
+
+/* parse_timeouts - override *t with the keys present in v */
+static void
+parse_timeouts(struct ctx *x, json_t *v, const char *path,
+    struct conf_timeouts *t)
+{
+	json_t	*m;
+	char	*child;
+	double	 d;
+
+	if (!want_type(x, v, path, JSON_OBJECT, "an object"))
+		return;
+	check_keys(x, v, path, timeout_keys);
+	for (size_t i = 0; timeout_keys[i] != NULL; i++) {
+		if ((m = json_object_get(v, timeout_keys[i])) == NULL)
+			continue;
+		child = path_key(path, timeout_keys[i]);
+		if (want_seconds(x, m, child, &d))
+			*timeout_slot(t, i) = d;
+		free(child);
+	}
+}
+
+/* check_address - parse spec at path into *a; see addr_parse for rc */
+static int	addr_parse(const char *, struct conf_addr *, char *, size_t);
+
+static bool
+check_address(struct ctx *x, const char *path, const char *spec,
+    struct conf_addr *a, bool must_resolve)
+{
+	char	 eb[256], *q;
+	int	 rc;
+
+	if ((rc = addr_parse(spec, a, eb, sizeof eb)) == 0)
+		return true;
+	/*
+	 * A disabled upstream is often one whose host is gone: its syntax
+	 * is still checked, but it need not resolve.
+	 */
+	if (rc == -ENOENT && !must_resolve) {
+		memset(a, 0, sizeof *a);
+		return true;
+	}
+	q = quote(spec, QUOTE_MAX);
+	bad_value(x, path, "%s: %s", q, eb);
+	free(q);
+	return false;
+}
+
+static bool
+is_macro_name(const char *s)
+{
+	if (*s == '\0')
+		return false;
+	for (; *s != '\0'; s++)
+		if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f)
+			return false;
+	return true;
+}
+
+/* parse_macro_list - the names for one macro stage */
+static void
+parse_macro_list(struct ctx *x, json_t *v, const char *path, int stage)
+{
+	struct conf	*c = x->c;
+	json_t		*e;
+	const char	*s;
+	char		*ep, *q, **list;
+	size_t		 i, j, n, k = 0;
+
+	if (!want_type(x, v, path, JSON_ARRAY, "an array of macro names"))
+		return;
+	if ((n = json_array_size(v)) > MACROS_MAX) {
+		bad_value(x, path, "lists %zu macro names; at most %d are "
+		    "allowed per stage", n, MACROS_MAX);
+		return;
+	}
+	list = xcalloc(n + 1, sizeof *list);
+	json_array_foreach(v, i, e) {
+		ep = path_index(path, i);
+		if ((s = want_string(x, e, ep)) == NULL)
+			goto next;
+		q = quote(s, QUOTE_MAX);
+		if (!is_macro_name(s)) {
+			bad_value(x, ep, "%s is not a macro name: use printable "
+			    "ASCII without spaces, such as \"{auth_authen}\"", q);
+			goto next_q;
+		}
+		for (j = 0; j < i; j++)
+			if (json_is_string(json_array_get(v, j)) && strcmp(s,
+			    json_string_value(json_array_get(v, j))) == 0)
+				break;
+		if (j < i) {
+			bad_value(x, ep, "%s is listed twice (first at "
+			    "%s[%zu])", q, path, j);
+			goto next_q;
+		}
+		list[k++] = xstrdup(s);
+next_q:
+		free(q);
+next:
+		free(ep);
+	}
+	free(c->macros[stage]);
+	c->macros[stage] = list;
+	c->nmacros[stage] = k;
+}
+
+static void
+parse_macros(struct ctx *x, json_t *v)
+{
+	json_t	*m;
+	char	*path;
+
+	if (!want_type(x, v, "macros", JSON_OBJECT, "an object"))
+		return;
+	check_keys(x, v, "macros", macro_keys);
+	for (size_t i = 0; macro_keys[i] != NULL; i++) {
+		if ((m = json_object_get(v, macro_keys[i])) == NULL)
+			continue;
+		path = path_key("macros", macro_keys[i]);
+		parse_macro_list(x, m, path,
+		    proto_macro_stage_lookup(macro_keys[i]));
+		free(path);
+	}
+}
+
+static bool
+is_upstream_name(const char *s)
+{
+	size_t	 n = strlen(s);
+
+	if (n < 1 || n > UPSTREAM_NAME_MAX)
+		return false;
+	for (; *s != '\0'; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		    (*s >= '0' && *s <= '9') || *s == '_' || *s == '.' ||
+		    *s == '-'))
+			return false;
+	return true;
+}
+
+/* parse_upstream - fill c->upstreams[i] from v */
+static void
+parse_upstream(struct ctx *x, json_t *v, size_t i)
+{
+	struct conf		*c = x->c;
+	struct conf_upstream	*u = &c->upstreams[i];
+	json_t			*m;
+	const char		*s;
+	char			*path, *child, *q;
+	size_t			 j;
+
+	u->enabled = true;
+	u->on_failure = c->on_failure;
+	u->timeouts = c->timeouts;
+	path = path_index("upstreams", i);
+	if (!want_type(x, v, path, JSON_OBJECT, "an object"))
+		goto out;
+	check_keys(x, v, path, upstream_keys);
+
+	if ((m = json_object_get(v, "enabled")) != NULL) {
+		child = path_key(path, "enabled");
+		want_bool(x, m, child, &u->enabled);
+		free(child);
+	}
+
+	child = path_key(path, "name");
+	if ((m = json_object_get(v, "name")) == NULL)
+		missing(x, path, "name");
+	else if ((s = want_string(x, m, child)) != NULL) {
+		q = quote(s, QUOTE_MAX);
+		for (j = 0; j < i; j++)
+			if (c->upstreams[j].name != NULL &&
+			    strcmp(c->upstreams[j].name, s) == 0)
+				break;
+		if (!is_upstream_name(s))
+			bad_value(x, child, "%s is not a valid upstream name: "
+			    "use 1 to %d letters, digits, \"_\", \".\" or \"-\"",
+			    q, UPSTREAM_NAME_MAX);
+		else if (j < i)
+			bad_value(x, child, "%s is already the name of "
+			    "upstreams[%zu]", q, j);
+		else
+			u->name = xstrdup(s);
+		free(q);
+	}
+	free(child);
+
+	child = path_key(path, "address");
+	if ((m = json_object_get(v, "address")) == NULL)
+		missing(x, path, "address");
+	else if ((s = want_string(x, m, child)) != NULL &&
+	    check_address(x, child, s, &u->addr, u->enabled))
+		u->address = xstrdup(s);
+	free(child);
+
+	if ((m = json_object_get(v, "on_failure")) != NULL) {
+		child = path_key(path, "on_failure");
+		want_on_failure(x, m, child, &u->on_failure);
+		free(child);
+	}
+	if ((m = json_object_get(v, "timeouts")) != NULL) {
+		child = path_key(path, "timeouts");
+		parse_timeouts(x, m, child, &u->timeouts);
+		free(child);
+	}
+out:
+	free(path);
+}
+
+static void
+parse_upstreams(struct ctx *x, json_t *v)
+{
+	struct conf	*c = x->c;
+	json_t		*e, *en;
+	size_t		 i, maybe = 0;
+
+	if (v == NULL) {
+		missing(x, "", "upstreams");
+		return;
+	}
+	if (!want_type(x, v, "upstreams", JSON_ARRAY, "an array"))
+		return;
+	c->nupstreams = json_array_size(v);
+	c->upstreams = xcalloc(c->nupstreams, sizeof *c->upstreams);
+	json_array_foreach(v, i, e) {
+		parse_upstream(x, e, i);
+		if (c->upstreams[i].enabled)
+			c->nenabled++;
+		/* Not to pile a second error on a malformed entry. */
+		en = json_is_object(e) ? json_object_get(e, "enabled") : NULL;
+		if (en == NULL || !json_is_false(en))
+			maybe++;
+	}
+	if (c->nupstreams == 0)
+		bad_value(x, "upstreams", "is empty; at least one enabled "
+		    "upstream is required");
+	else if (maybe == 0)
+		bad_value(x, "upstreams", "no upstream is enabled; at least "
+		    "one enabled upstream is required");
+}
+
+static void
+parse_top(struct ctx *x, json_t *root)
+{
+	struct conf		*c = x->c;
+	struct conf_addr	 addr;
+	json_t			*v;
+	const char		*s;
+
+	check_keys(x, root, "", top_keys);
+
+	if ((v = json_object_get(root, "listen")) != NULL &&
+	    (s = want_string(x, v, "listen")) != NULL &&
+	    check_address(x, "listen", s, &addr, true)) {
+		free(c->listen);
+		c->listen = xstrdup(s);
+	}
+
+	if ((v = json_object_get(root, "threads")) != NULL &&
+	    want_type(x, v, "threads", JSON_INTEGER, "an integer")) {
+		if (json_integer_value(v) < THREADS_MIN ||
+		    json_integer_value(v) > THREADS_MAX)
+			bad_value(x, "threads", "%" JSON_INTEGER_FORMAT " is out "
+			    "of range %d..%d", json_integer_value(v),
+			    THREADS_MIN, THREADS_MAX);
+		else
+			c->threads = (unsigned)json_integer_value(v);
+	}
+
+	/* Upstreams inherit these two, so they come first. */
+	if ((v = json_object_get(root, "timeouts")) != NULL)
+		parse_timeouts(x, v, "timeouts", &c->timeouts);
+	if ((v = json_object_get(root, "on_failure")) != NULL)
+		want_on_failure(x, v, "on_failure", &c->on_failure);
+
+	if ((v = json_object_get(root, "macros")) != NULL)
+		parse_macros(x, v);
+	parse_upstreams(x, json_object_get(root, "upstreams"));
+}
+
+/* conf_free - release a snapshot and every string in it */
+static void
+conf_free(struct conf *c)
+{
+	if (c == NULL)
+		return;
+	free(c->path); c->path = NULL;
+	free(c->listen); c->listen = NULL;
+	for (int s = 0; s < MACRO_STAGE_COUNT; s++) {
+		for (size_t i = 0; i < c->nmacros[s]; i++) {
+			free(c->macros[s][i]); c->macros[s][i] = NULL;
+		}
+		free(c->macros[s]); c->macros[s] = NULL;
+	}
+	for (size_t i = 0; i < c->nupstreams; i++) {
+		free(c->upstreams[i].name); c->upstreams[i].name = NULL;
+		free(c->upstreams[i].address); c->upstreams[i].address = NULL;
+	}
+	free(c->upstreams); c->upstreams = NULL;
+	free(c);
+}
+
+/* conf_new - a snapshot holding every default, one reference */
+static struct conf *
+conf_new(const char *name)
+{
+	struct conf	*c = xcalloc(1, sizeof *c);
+
+	atomic_init(&c->refs, 1);
+	c->path = xstrdup(name);
+	c->listen = xstrdup(CONF_DEFAULT_LISTEN);
+	c->threads = CONF_DEFAULT_THREADS;
+	c->timeouts.connect = CONF_DEFAULT_CONNECT;
+	c->timeouts.command = CONF_DEFAULT_COMMAND;
+	c->timeouts.content = CONF_DEFAULT_CONTENT;
+	c->on_failure = ONFAIL_TEMPFAIL;
+	/* Lists are never NULL, so users can walk them unconditionally. */
+	for (int s = 0; s < MACRO_STAGE_COUNT; s++)
+		c->macros[s] = xcalloc(1, sizeof *c->macros[s]);
+	return c;
+}
+
+int
+conf_parse(const char *text, size_t len, const char *name, struct conf **out,
+    struct conf_errors *errs)
+{
+	struct ctx	 x = { .name = name != NULL ? name : "-" };
+	json_error_t	 jerr;
+	json_t		*root;
+	int		 rc = -EINVAL;
+
+	*out = NULL;
+	/* DECODE_ANY: a top level that is not an object gets a clear word. */
+	root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
+	    &jerr);
+	if (root == NULL) {
+		report(&x, (struct tpos){ jerr.line > 0 ? jerr.line : 1,
+		    jerr.column > 0 ? jerr.column : 1 }, "(syntax)", "%s",
+		    jerr.text);
+		goto out;
+	}
+	index_build(&x.ix, text, len);
+	if (!json_is_object(root)) {
+		bad_value(&x, "", "must be a JSON object, not %s",
+		    type_name(root));
+		json_decref(root);
+		goto out;
+	}
+	x.c = conf_new(x.name);
+	parse_top(&x, root);
+	json_decref(root);
+	if (x.nerrs == 0) {
+		*out = x.c;
+		rc = 0;
+	} else
+		conf_free(x.c);
+	x.c = NULL;
+out:
+	flush_errors(&x, errs);
+	pindex_fini(&x.ix);
+	return rc;
+}
+
+/* read_file - the whole file; caller owns *text */
+static int
+read_file(const char *path, char **text, size_t *len)
+{
+	char	*p = NULL;
+	size_t	 n = 0, cap = 0;
+	ssize_t	 r;
+	int	 fd, rc;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
+		return -errno;
+	for (;;) {
+		if (cap - n < 4096) {
+			cap = cap == 0 ? 8192 : cap * 2;
+			p = xreallocarray(p, cap, 1);
+		}
+		if ((r = read(fd, p + n, cap - n)) == -1) {
+			if (errno == EINTR)
+				continue;
+			rc = -errno;
+			goto fail;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+	}
+	close(fd);
+	*text = p;
+	*len = n;
+	return 0;
+
+fail:
+	close(fd);
+	free(p);
+	return rc;
+}
+
+int
+conf_load(const char *path, struct conf **out, struct conf_errors *errs)
+{
+	char	*text, eb[256];
+	size_t	 len;
+	int	 rc;
+
+	*out = NULL;
+	if ((rc = read_file(path, &text, &len)) != 0) {
+		errors_add(errs, xasprintf("%s: cannot read: %s", path,
+		    ERRNO_TEXT(-rc, eb)));
+		return rc;
+	}
+	rc = conf_parse(text, len, path, out, errs);
+	free(text);
+	return rc;
+}
+
+/*
+ * Socket addresses.
+ */
+
+static int	addr_err(char *, size_t, int, const char *, ...)
+		    __attribute__((format(printf, 4, 5)));
+
+/* addr_err - write the reason to errbuf and return rc */
+static int
+addr_err(char *errbuf, size_t errlen, int rc, const char *fmt, ...)
+{
+	va_list	 ap;
+
+	if (errbuf != NULL && errlen > 0) {
+		va_start(ap, fmt);
+		vsnprintf(errbuf, errlen, fmt, ap);
+		va_end(ap);
+	}
+	return rc;
+}
+
+static int
+addr_unix(const char *path, struct conf_addr *a, char *eb, size_t el)
+{
+	struct sockaddr_un	*su = (struct sockaddr_un *)(void *)&a->sa;
+	size_t			 n = strlen(path);
+
+	if (path[0] != '/')
+		return addr_err(eb, el, -EINVAL, "socket path must be "
+		    "absolute (start with \"/\")");
+	if (n >= sizeof su->sun_path)
+		return addr_err(eb, el, -EINVAL, "socket path is %zu bytes "
+		    "long; at most %zu fit", n, sizeof su->sun_path - 1);
+	su->sun_family = AF_UNIX;
+	memcpy(su->sun_path, path, n + 1);
+	a->salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+	return 0;
+}
+
+static bool
+all_digits(const char *s, size_t n)
+{
+	if (n == 0)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+	return true;
+}
+
+/*
+ * addr_inet - PORT[@HOST] for family.  Service names and host names go
+ * through getaddrinfo, which unlike getservbyname is thread-safe.
+ * Returns -EINVAL (malformed) or -ENOENT (does not resolve).
+ */
+static int
+addr_inet(int family, const char *rest, struct conf_addr *a, char *eb,
+    size_t el)
+{
+	struct addrinfo	 hints, *res;
+	const char	*at = strchr(rest, '@'), *host = NULL;
+	const char	*fam = family == AF_INET ? "IPv4" : "IPv6";
+	char		*port, *node = NULL, ebuf[128];
+	unsigned char	 probe[sizeof(struct in6_addr)];
+	size_t		 n;
+	int		 rc, g;
+
+	port = xstrndup(rest, at != NULL ? (size_t)(at - rest) : strlen(rest));
+	if (*port == '\0') {
+		rc = addr_err(eb, el, -EINVAL, "missing port; expected "
+		    "PORT@HOST");
+		goto out;
+	}
+	memset(&hints, 0, sizeof hints);
+	hints.ai_family = family;
+	hints.ai_socktype = SOCK_STREAM;
+	if (all_digits(port, strlen(port))) {
+		if (strlen(port) > 5 || atoi(port) < 1 || atoi(port) > 65535) {
+			rc = addr_err(eb, el, -EINVAL, "port %s is out of range "
+			    "1..65535", port);
+			goto out;
+		}
+		hints.ai_flags |= AI_NUMERICSERV;
+	} else if ((g = getaddrinfo(NULL, port, &hints, &res)) != 0) {
+		rc = addr_err(eb, el, -EINVAL, at == NULL ? "missing \"@\": "
+		    "expected PORT@HOST, and \"%s\" is not a port number or "
+		    "service name" : "\"%s\" is not a port number or service "
+		    "name", port);
+		goto out;
+	} else
+		freeaddrinfo(res);
+
+	if (at == NULL)
+		hints.ai_flags |= AI_PASSIVE;	/* the wildcard address */
+	else if (*(host = at + 1) == '\0') {
+		rc = addr_err(eb, el, -EINVAL, "missing host after \"@\"");
+		goto out;
+	} else if (host[0] == '[') {
+		n = strlen(host);
+		if (n < 3 || host[n - 1] != ']') {
+			rc = addr_err(eb, el, -EINVAL, "unbalanced \"[\" in "
+			    "host");
+			goto out;
+		}
+		node = xstrndup(host + 1, n - 2);
+		hints.ai_flags |= AI_NUMERICHOST;
+	} else {
+		node = xstrdup(host);
+		if (inet_pton(family == AF_INET ? AF_INET6 : AF_INET, node,
+		    probe) == 1) {
+			rc = addr_err(eb, el, -EINVAL, "%s is an %s address; "
+			    "use %s:", node, family == AF_INET ? "IPv6" :
+			    "IPv4", family == AF_INET ? "inet6" : "inet");
+			goto out;
+		}
+	}
+
+	if ((g = getaddrinfo(node, port, &hints, &res)) != 0) {
+		if (hints.ai_flags & AI_NUMERICHOST)
+			rc = addr_err(eb, el, -EINVAL, "\"%s\" is not an %s "
+			    "address", node, fam);
+		else
+			rc = addr_err(eb, el, -ENOENT, "cannot resolve \"%s\" "
+			    "to an %s address: %s", node, fam,
+			    g == EAI_SYSTEM ? ERRNO_TEXT(errno, ebuf) :
+			    gai_strerror(g));
+		goto out;
+	}
+	if (res->ai_addrlen > sizeof a->sa) {
+		freeaddrinfo(res);
+		rc = addr_err(eb, el, -EINVAL, "address too long");
+		goto out;
+	}
+	memcpy(&a->sa, res->ai_addr, res->ai_addrlen);
+	a->salen = res->ai_addrlen;
+	freeaddrinfo(res);
+	rc = 0;
+out:
+	free(node);
+	free(port);
+	return rc;
+}
+
+/*
+ * addr_parse - as conf_parse_address, but tells a name that does not
+ * resolve (-ENOENT) from a malformed spec (-EINVAL)
+ */
+static int
+addr_parse(const char *spec, struct conf_addr *a, char *eb, size_t el)
+{
+	const char	*colon = strchr(spec, ':');
+	size_t		 tl;
+
+	memset(a, 0, sizeof *a);
+	if (eb != NULL && el > 0)
+		*eb = '\0';
+	/* libmilter takes a bare path as a unix socket; so do we. */
+	if (spec[0] == '/')
+		return addr_unix(spec, a, eb, el);
+	if (colon == NULL)
+		return addr_err(eb, el, -EINVAL, "expected unix:/PATH, "
+		    "local:/PATH, inet:PORT@HOST or inet6:PORT@HOST");
+	tl = (size_t)(colon - spec);
+	if ((tl == 4 && strncmp(spec, "unix", 4) == 0) ||
+	    (tl == 5 && strncmp(spec, "local", 5) == 0))
+		return addr_unix(colon + 1, a, eb, el);
+	if (tl == 4 && strncmp(spec, "inet", 4) == 0)
+		return addr_inet(AF_INET, colon + 1, a, eb, el);
+	if (tl == 5 && strncmp(spec, "inet6", 5) == 0)
+		return addr_inet(AF_INET6, colon + 1, a, eb, el);
+	return addr_err(eb, el, -EINVAL, "unknown socket type \"%.*s\"; "
+	    "expected unix, local, inet or inet6", (int)(tl > 32 ? 32 : tl),
+	    spec);
+}
+
+int
+conf_parse_address(const char *spec, struct conf_addr *a, char *errbuf,
+    size_t errlen)
+{
+	return addr_parse(spec, a, errbuf, errlen) == 0 ? 0 : -EINVAL;
+}
+
+/*
+ * Dump.
+ */
+
+/* jset - obj[key] = v, taking v; jansson fails only for want of memory */
+static void
+jset(json_t *obj, const char *key, json_t *v)
+{
+	if (v == NULL || json_object_set_new(obj, key, v) != 0)
+		fatalx("%s: out of memory", __func__);
+}
+
+static void
+jappend(json_t *arr, json_t *v)
+{
+	if (v == NULL || json_array_append_new(arr, v) != 0)
+		fatalx("%s: out of memory", __func__);
+}
+
+static json_t *
+jnew(json_t *v)
+{
+	if (v == NULL)
+		fatalx("%s: out of memory", __func__);
+	return v;
+}
+
+/* Whole seconds are written as integers, the way people write them. */
+static json_t *
+dump_seconds(double d)
+{
+	if (d >= 0 && d <= 1e15 && d == (double)(json_int_t)d)
+		return json_integer((json_int_t)d);
+	return json_real(d);
+}
+
+static json_t *
+dump_timeouts(const struct conf_timeouts *t)
+{
+	json_t	*o = jnew(json_object());
+
+	for (size_t i = 0; timeout_keys[i] != NULL; i++)
+		jset(o, timeout_keys[i], dump_seconds(timeout_get(t, i)));
+	return o;
+}
+
+/* digits_for - fewest significant digits that read back as d exactly */
+static int
+digits_for(double d)
+{
+	char	 s[64];
+
+	for (int p = 1; p < 17; p++) {
+		snprintf(s, sizeof s, "%.*g", p, d);
+		if (strtod(s, NULL) == d)
+			return p;
+	}
+	return 17;
+}
+
+static int
+timeouts_digits(const struct conf_timeouts *t, int p)
+{
+	int	 q;
+
+	for (size_t i = 0; timeout_keys[i] != NULL; i++)
+		if ((q = digits_for(timeout_get(t, i))) > p)
+			p = q;
+	return p;
+}
+
+char *
+conf_dump(const struct conf *c)
+{
+	const struct conf_upstream	*u;
+	json_t				*root, *macros, *list, *ups, *o;
+	char				*s;
+	int				 p, stage;
+
+	/*
+	 * All reals share one precision: the least that gives each value
+	 * back exactly, so 0.1 stays "0.1" and conf_parse(conf_dump(c))
+	 * still equals c.
+	 */
+	p = timeouts_digits(&c->timeouts, 1);
+	root = jnew(json_object());
+	jset(root, "listen", json_string(c->listen));
+	jset(root, "threads", json_integer(c->threads));
+	jset(root, "timeouts", dump_timeouts(&c->timeouts));
+	jset(root, "on_failure", json_string(conf_on_failure_name(
+	    c->on_failure)));
+	macros = jnew(json_object());
+	for (size_t i = 0; macro_keys[i] != NULL; i++) {
+		stage = proto_macro_stage_lookup(macro_keys[i]);
+		list = jnew(json_array());
+		for (size_t j = 0; j < c->nmacros[stage]; j++)
+			jappend(list, json_string(c->macros[stage][j]));
+		jset(macros, macro_keys[i], list);
+	}
+	jset(root, "macros", macros);
+	ups = jnew(json_array());
+	for (size_t i = 0; i < c->nupstreams; i++) {
+		u = &c->upstreams[i];
+		o = jnew(json_object());
+		jset(o, "name", json_string(u->name));
+		jset(o, "address", json_string(u->address));
+		jset(o, "enabled", json_boolean(u->enabled));
+		jset(o, "on_failure", json_string(conf_on_failure_name(
+		    u->on_failure)));
+		jset(o, "timeouts", dump_timeouts(&u->timeouts));
+		jappend(ups, o);
+		p = timeouts_digits(&u->timeouts, p);
+	}
+	jset(root, "upstreams", ups);
+	s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
+	    JSON_REAL_PRECISION(p));
+	json_decref(root);
+	if (s == NULL)
+		fatalx("%s: out of memory", __func__);
+	return s;
+}
+
+/*
+ * Publication.
+ *
+ * conf_current holds one reference of its own.  A connection pins the
+ * snapshot it started with (front_connect -> conf_acquire, front_close
+ * -> conf_release); a reload swaps the pointer and drops the old
+ * reference, so the last user frees it.  (OpenDKIM does the same with
+ * conf_refcnt under conf_lock.)  conf_lock protects only the
+ * conf_current pointer: snapshots are immutable once published.
+ */
+static pthread_mutex_t	 conf_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct conf	*conf_current;
+
+void
+conf_publish(struct conf *c)
+{
+	struct conf	*old;
+
+	pthread_mutex_lock(&conf_lock);
+	old = conf_current;
+	conf_current = c;
+	pthread_mutex_unlock(&conf_lock);
+	conf_release(old);	/* may free: not under the lock */
+}
+
+/* conf_acquire - returns NULL only before anything was published */
+struct conf *
+conf_acquire(void)
+{
+	struct conf	*c;
+
+	pthread_mutex_lock(&conf_lock);
+	c = conf_current;
+	if (c != NULL)
+		atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+	pthread_mutex_unlock(&conf_lock);
+	return c;
+}
+
+void
+conf_release(struct conf *c)
+{
+	if (c != NULL &&
+	    atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+		conf_free(c);
+}
+
+const char *
+conf_on_failure_name(enum on_failure f)
+{
+	return (unsigned)f < ONFAIL_COUNT ? on_failure_names[f] : "?";
+}

@@ -1,0 +1,1042 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * fanout - scatter one MTA connection's events to its upstreams, gather
+ * and merge their answers.
+ *
+ * Design: every upstream exchange is a struct fx (an upstream_xchg plus
+ * our bookkeeping).  The caller's thread builds the packets and submits;
+ * the upstream's loop completes the exchange and calls fx_done(), which
+ * records the answer under fo->lock and wakes the caller.  A "waited"
+ * exchange belongs to the caller again once done (it reads the answer,
+ * then frees it); a pipelined one (header, eoh, body, abort), or a
+ * waited one the caller stopped waiting for after a decisive reject, is
+ * freed by fx_done() itself, its verdict folded into the slot's
+ * deferred verdict.
+ *
+ * Locking: fo->lock protects everything marked (L) and the fields of
+ * struct fx after submission.  It is never held across a callback into
+ * libmilter, logging, or a post to a loop... except pool_post, which
+ * only takes the loop's mailbox lock (order: fo->lock, then the loop's
+ * lock; loops never take fo->lock while holding theirs).
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "codec.h"
+#include "fanout.h"
+#include "log.h"
+#include "merge.h"
+#include "upstream.h"
+#include "xalloc.h"
+
+/* Pipelined packets an upstream may have in flight before the MTA waits:
+ * bounds memory for a slow upstream and a large body. */
+#define MAX_INFLIGHT		64
+#define PROGRESS_INTERVAL	5.0
+#define MAX_MACROS		50
+
+/* What each macro stage sends by default: the union of Postfix's and
+ * Sendmail's default lists (PROTOCOL.md 3.2), which is what a milter
+ * that asks for nothing expects to see. */
+static const char *const default_macros[MACRO_STAGE_COUNT] = {
+	[MACRO_CONNECT]	= "j _ {daemon_name} {daemon_addr} {if_name} "
+			  "{if_addr} v {client_addr} {client_name}",
+	[MACRO_HELO]	= "{tls_version} {cipher} {cipher_bits} "
+			  "{cert_subject} {cert_issuer}",
+	[MACRO_ENVFROM]	= "i {auth_type} {auth_authen} {auth_ssf} "
+			  "{auth_author} {mail_mailer} {mail_host} {mail_addr}",
+	[MACRO_ENVRCPT]	= "i {rcpt_mailer} {rcpt_host} {rcpt_addr}",
+	[MACRO_DATA]	= "i",
+	[MACRO_EOM]	= "i {msg_id}",
+	[MACRO_EOH]	= "i",
+};
+
+struct fanout;
+
+struct fx {
+	struct upstream_xchg	 x;	/* first: fx_done casts */
+	struct fanout		*fo;
+	size_t			 slot;
+	bool			 waited;	/* (L) caller reads it */
+	bool			 done;		/* (L) */
+	double			 deadline;	/* caller's, monotonic s */
+};
+
+struct cancel {
+	struct pool_job		 job;	/* first */
+	struct fanout		*fo;
+	size_t			 slot;
+};
+
+struct slot {
+	const struct conf_upstream	*cfg;
+	struct upstream			*up;
+	struct cancel			 cancel;
+	/* Set by fanout_open before any other use; read-only after. */
+	bool				 leadspc_fix;
+	char				*names[MACRO_STAGE_COUNT];
+	/* (L) */
+	unsigned			 inflight;
+	bool				 failed;
+	bool				 cancel_posted;
+	enum verdict			 deferred;
+	char				*deferred_text;
+	double				 msg_seconds;
+	/* Caller's thread only. */
+	enum verdict			 msg_verdict;
+	struct fx			*cur;	/* waited exchange, or NULL */
+};
+
+struct fanout {
+	pthread_mutex_t		 lock;
+	pthread_cond_t		 cond;		/* (L) changes wake it */
+	atomic_uint		 refs;
+	struct conf		*conf;
+	char			*connid;
+	struct slot		*slots;
+	size_t			 n;
+	unsigned		 pending;	/* (L) waited, not done */
+	bool			 decisive;	/* (L) a reject arrived */
+	/* Negotiated with the MTA (caller's thread). */
+	uint32_t		 mta_actions;
+	uint32_t		 mta_proto;
+	uint32_t		 actions;
+	uint32_t		 proto;
+	char			*symlists[MACRO_STAGE_COUNT];
+	bool			 need_headers;
+	bool			 leadspc;	/* MTA sends raw values */
+	/* Per message (caller's thread). */
+	bool			 in_msg;
+	char			*queueid;
+	struct merge_header	*hdrs;
+	size_t			 nhdrs, hdrcap;
+	char			**rejected;
+	size_t			 nrejected, rejcap;
+	struct merge_result	 result;
+	bool			 have_result;
+	char			*text;		/* answer text copy */
+};
+
+static double
+mono(void)
+{
+	struct timespec	 ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static struct timespec
+to_ts(double t)
+{
+	struct timespec	 ts;
+
+	ts.tv_sec = (time_t)t;
+	ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	return ts;
+}
+
+static double
+elapsed(const struct upstream_xchg *x)
+{
+	return (double)(x->finished.tv_sec - x->started.tv_sec) +
+	    (double)(x->finished.tv_nsec - x->started.tv_nsec) / 1e9;
+}
+
+static void
+fanout_unref(struct fanout *fo)
+{
+	if (atomic_fetch_sub_explicit(&fo->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	for (size_t i = 0; i < fo->n; i++) {
+		free(fo->slots[i].deferred_text);
+		for (int m = 0; m < MACRO_STAGE_COUNT; m++)
+			free(fo->slots[i].names[m]);
+	}
+	for (int m = 0; m < MACRO_STAGE_COUNT; m++)
+		free(fo->symlists[m]);
+	merge_headers_free(fo->hdrs, fo->nhdrs);
+	for (size_t i = 0; i < fo->nrejected; i++)
+		free(fo->rejected[i]);
+	free(fo->rejected);
+	if (fo->have_result)
+		merge_result_fini(&fo->result);
+	free(fo->queueid);
+	free(fo->text);
+	free(fo->slots);
+	free(fo->connid);
+	conf_release(fo->conf);
+	pthread_cond_destroy(&fo->cond);
+	pthread_mutex_destroy(&fo->lock);
+	free(fo);
+}
+
+static void
+fx_free(struct fx *f)
+{
+	upstream_xchg_fini(&f->x);
+	free(f);
+}
+
+/* fx_done - an exchange completed, on its upstream's loop thread */
+static void
+fx_done(struct upstream_xchg *x)
+{
+	struct fx	*f = (struct fx *)x;
+	struct fanout	*fo = f->fo;
+	struct slot	*s = &fo->slots[f->slot];
+	bool		 mine;
+
+	pthread_mutex_lock(&fo->lock);
+	s->inflight--;
+	if (x->error != 0 && x->error != -ECANCELED)
+		s->failed = true;
+	if (x->kind == XCHG_STAGE)
+		s->msg_seconds += elapsed(x);
+	mine = !f->waited;
+	if (f->waited) {
+		f->done = true;
+		fo->pending--;
+		if (x->error == 0 && x->verdict == VERDICT_REJECT)
+			fo->decisive = true;
+	} else if (x->error == 0 && x->kind == XCHG_STAGE &&
+	    merge_verdict(s->deferred, x->verdict) != s->deferred &&
+	    x->verdict != VERDICT_CONTINUE && x->verdict != VERDICT_SKIP) {
+		s->deferred = x->verdict;
+		free(s->deferred_text);
+		s->deferred_text = x->text;
+		x->text = NULL;
+	}
+	pthread_cond_broadcast(&fo->cond);
+	pthread_mutex_unlock(&fo->lock);
+	if (mine)
+		fx_free(f);
+}
+
+/* close_done - an upstream was closed and freed; drop its reference */
+static void
+close_done(struct upstream_xchg *x)
+{
+	struct fx	*f = (struct fx *)x;
+	struct fanout	*fo = f->fo;
+
+	fx_free(f);
+	fanout_unref(fo);
+}
+
+/* cancel_run - on the loop: expire an upstream the caller gave up on */
+static void
+cancel_run(struct pool_job *job)
+{
+	struct cancel	*c = (struct cancel *)job;
+	struct slot	*s = &c->fo->slots[c->slot];
+
+	upstream_expire(s->up, -ETIMEDOUT);
+	pthread_mutex_lock(&c->fo->lock);
+	s->cancel_posted = false;
+	pthread_mutex_unlock(&c->fo->lock);
+}
+
+static struct fx *
+fx_new(struct fanout *fo, size_t i, enum xchg_kind kind, enum stage st)
+{
+	struct fx	*f = xcalloc(1, sizeof *f);
+
+	upstream_xchg_init(&f->x, kind, st);
+	f->fo = fo;
+	f->slot = i;
+	f->x.done = kind == XCHG_CLOSE ? close_done : fx_done;
+	return f;
+}
+
+/* submit - hand f to its upstream; waited ones count as pending */
+static void
+submit(struct fanout *fo, struct fx *f, bool waited, double deadline)
+{
+	struct slot	*s = &fo->slots[f->slot];
+
+	pthread_mutex_lock(&fo->lock);
+	f->waited = waited;
+	f->deadline = deadline;
+	s->inflight++;
+	if (waited) {
+		fo->pending++;
+		s->cur = f;
+	}
+	pthread_mutex_unlock(&fo->lock);
+	upstream_submit(s->up, &f->x);
+}
+
+/* stage_timeout - the budget for one stage of one upstream */
+static double
+stage_timeout(const struct slot *s, enum stage st)
+{
+	switch (st) {
+	case STAGE_HEADER:
+	case STAGE_EOH:
+	case STAGE_BODY:
+	case STAGE_EOM:
+		return s->cfg->timeouts.content;
+	default:
+		return s->cfg->timeouts.command;
+	}
+}
+
+/*
+ * wait_all - wait until every waited exchange is done, a reject arrived,
+ * or deadlines pass (those upstreams are then expired).  Returns with
+ * fo->lock NOT held.
+ */
+static void
+wait_all(struct fanout *fo, fanout_progress_fn *progress, void *parg)
+{
+	double		 t, next, nextprog;
+	struct timespec	 ts;
+	bool		 expired;
+
+	nextprog = mono() + PROGRESS_INTERVAL;
+	pthread_mutex_lock(&fo->lock);
+	while (fo->pending > 0 && !fo->decisive) {
+		t = mono();
+		next = progress != NULL ? nextprog : t + 3600;
+		expired = false;
+		for (size_t i = 0; i < fo->n; i++) {
+			struct slot	*s = &fo->slots[i];
+			struct fx	*f = s->cur;
+
+			if (f == NULL || f->done)
+				continue;
+			if (f->deadline <= t) {
+				if (!s->cancel_posted) {
+					s->cancel_posted = true;
+					s->cancel.fo = fo;
+					s->cancel.slot = i;
+					s->cancel.job.run = cancel_run;
+					pool_post(upstream_loop(s->up),
+					    &s->cancel.job);
+				}
+				expired = true;
+			} else if (f->deadline < next)
+				next = f->deadline;
+		}
+		if (expired) {
+			/* The loops fail those upstreams promptly. */
+			pthread_cond_wait(&fo->cond, &fo->lock);
+			continue;
+		}
+		if (progress != NULL && t >= nextprog) {
+			pthread_mutex_unlock(&fo->lock);
+			progress(parg);
+			nextprog = mono() + PROGRESS_INTERVAL;
+			pthread_mutex_lock(&fo->lock);
+			continue;
+		}
+		ts = to_ts(next);
+		pthread_cond_timedwait(&fo->cond, &fo->lock, &ts);
+	}
+	/* Exchanges still out after a decisive reject are drained by
+	 * their upstream's queue; fx_done frees them. */
+	for (size_t i = 0; i < fo->n; i++) {
+		struct fx	*f = fo->slots[i].cur;
+
+		if (f != NULL && !f->done) {
+			f->waited = false;
+			fo->slots[i].cur = NULL;
+		}
+	}
+	fo->pending = 0;
+	fo->decisive = false;
+	pthread_mutex_unlock(&fo->lock);
+}
+
+/* onfail_vote - how a failed upstream votes */
+static enum verdict
+onfail_vote(const struct slot *s)
+{
+	switch (s->cfg->on_failure) {
+	case ONFAIL_TEMPFAIL:
+		return VERDICT_TEMPFAIL;
+	case ONFAIL_REJECT:
+		return VERDICT_REJECT;
+	default:
+		return VERDICT_NONE;
+	}
+}
+
+static bool
+slot_failed(struct fanout *fo, struct slot *s)
+{
+	bool	 failed;
+
+	pthread_mutex_lock(&fo->lock);
+	failed = s->failed;
+	pthread_mutex_unlock(&fo->lock);
+	return failed;
+}
+
+static void
+add_name(char **list, const char *name)
+{
+	size_t	 len = strlen(name), n = 0;
+	char	*p, *tok, *save = NULL, *copy;
+
+	if (*list != NULL) {
+		copy = xstrdup(*list);
+		for (tok = strtok_r(copy, " ", &save); tok != NULL;
+		    tok = strtok_r(NULL, " ", &save)) {
+			n++;
+			if (strcmp(tok, name) == 0) {
+				free(copy);
+				return;
+			}
+		}
+		free(copy);
+	}
+	if (n >= MAX_MACROS)
+		return;		/* Sendmail takes at most 50 per stage */
+	if (*list == NULL) {
+		*list = xstrdup(name);
+		return;
+	}
+	p = xasprintf("%s %s", *list, name);
+	(void)len;
+	free(*list);
+	*list = p;
+}
+
+static void
+add_names(char **list, const char *names)
+{
+	char	*copy, *tok, *save = NULL;
+
+	if (names == NULL)
+		return;
+	copy = xstrdup(names);
+	for (tok = strtok_r(copy, " ,", &save); tok != NULL;
+	    tok = strtok_r(NULL, " ,", &save))
+		add_name(list, tok);
+	free(copy);
+}
+
+/* negotiate - merge the live upstreams' options into the MTA's request */
+static void
+negotiate(struct fanout *fo)
+{
+	uint32_t	 no = MP_NOHDRS | MP_NOEOH | MP_NOBODY | MP_NOUNKNOWN;
+	uint32_t	 act = 0;
+	bool		 leadspc = false;
+	size_t		 live = 0;
+
+	for (size_t i = 0; i < fo->n; i++) {
+		struct slot	*s = &fo->slots[i];
+		uint32_t	 p;
+
+		if (s->failed)
+			continue;
+		live++;
+		p = upstream_proto(s->up);
+		act |= upstream_actions(s->up);
+		no &= p;
+		if ((p & MP_HDR_LEADSPC) != 0)
+			leadspc = true;
+		if ((upstream_actions(s->up) & (MA_ADDHDRS | MA_CHGHDRS)) != 0)
+			fo->need_headers = true;
+	}
+	/* Header edits are rebased on the original headers: see them
+	 * whenever anyone may edit them. */
+	if (fo->need_headers)
+		no &= ~(uint32_t)MP_NOHDRS;
+	fo->actions = (act | MA_SETSYMLIST) & fo->mta_actions;
+	fo->proto = no & fo->mta_proto;
+	if ((fo->mta_proto & MP_SKIP) != 0)
+		fo->proto |= MP_SKIP;
+	if (leadspc && (fo->mta_proto & MP_HDR_LEADSPC) != 0) {
+		fo->proto |= MP_HDR_LEADSPC;
+		fo->leadspc = true;
+	}
+	for (size_t i = 0; i < fo->n; i++) {
+		struct slot	*s = &fo->slots[i];
+
+		s->leadspc_fix = fo->leadspc && !s->failed &&
+		    (upstream_proto(s->up) & MP_HDR_LEADSPC) == 0;
+	}
+	for (int m = 0; m < MACRO_STAGE_COUNT; m++) {
+		add_names(&fo->symlists[m], default_macros[m]);
+		for (size_t k = 0; k < fo->conf->nmacros[m]; k++)
+			add_name(&fo->symlists[m], fo->conf->macros[m][k]);
+		for (size_t i = 0; i < fo->n; i++) {
+			struct slot	*s = &fo->slots[i];
+			const char	*own = s->failed ? NULL :
+			    upstream_symlist(s->up, m);
+
+			add_names(&fo->symlists[m], own);
+			add_names(&s->names[m], own != NULL ? own :
+			    default_macros[m]);
+			for (size_t k = 0; k < fo->conf->nmacros[m]; k++)
+				add_name(&s->names[m], fo->conf->macros[m][k]);
+		}
+	}
+	if ((fo->mta_actions & MA_SETSYMLIST) == 0)
+		for (int m = 0; m < MACRO_STAGE_COUNT; m++) {
+			free(fo->symlists[m]);
+			fo->symlists[m] = NULL;
+		}
+	log_debug("%s: %zu of %zu upstreams live; asking the MTA for "
+	    "actions 0x%x protocol 0x%x", fo->connid, live, fo->n,
+	    fo->actions, fo->proto);
+}
+
+struct fanout *
+fanout_open(struct conf *conf, struct pool *pool, const char *connid,
+    uint32_t mta_actions, uint32_t mta_proto)
+{
+	struct fanout		*fo = xcalloc(1, sizeof *fo);
+	pthread_condattr_t	 ca;
+	double			 t = mono();
+	size_t			 k = 0;
+
+	pthread_mutex_init(&fo->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&fo->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	fo->conf = conf;
+	atomic_fetch_add(&conf->refs, 1);
+	fo->connid = xstrdup(connid);
+	fo->mta_actions = mta_actions;
+	fo->mta_proto = mta_proto;
+	fo->slots = xcalloc(conf->nenabled == 0 ? 1 : conf->nenabled,
+	    sizeof *fo->slots);
+	for (size_t i = 0; i < conf->nupstreams; i++)
+		if (conf->upstreams[i].enabled)
+			fo->slots[k++].cfg = &conf->upstreams[i];
+	fo->n = k;
+	atomic_store(&fo->refs, 1 + (unsigned)fo->n);
+	for (size_t i = 0; i < fo->n; i++) {
+		struct slot	*s = &fo->slots[i];
+		struct fx	*f;
+
+		s->up = upstream_new(s->cfg, connid, pool_pick(pool));
+		f = fx_new(fo, i, XCHG_OPEN, STAGE_CONNECT);
+		f->x.offer_actions = mta_actions & MA_ALL;
+		/* We can leave out any step and need no reply to any:
+		 * both are emulated per upstream. */
+		f->x.offer_proto = MP_ALL_NO | MP_ALL_NR | MP_SKIP |
+		    (mta_proto & MP_HDR_LEADSPC);
+		submit(fo, f, true, t + s->cfg->timeouts.connect);
+	}
+	wait_all(fo, NULL, NULL);
+	for (size_t i = 0; i < fo->n; i++) {
+		struct fx	*f = fo->slots[i].cur;
+
+		if (f != NULL) {
+			fx_free(f);
+			fo->slots[i].cur = NULL;
+		}
+	}
+	negotiate(fo);
+	return fo;
+}
+
+void
+fanout_options(struct fanout *fo, uint32_t *actions, uint32_t *proto,
+    const char *symlists[MACRO_STAGE_COUNT])
+{
+	*actions = fo->actions;
+	*proto = fo->proto;
+	for (int m = 0; m < MACRO_STAGE_COUNT; m++)
+		symlists[m] = fo->symlists[m];
+}
+
+size_t
+fanout_live(const struct fanout *fo)
+{
+	size_t	 n = 0;
+
+	pthread_mutex_lock((pthread_mutex_t *)&fo->lock);
+	for (size_t i = 0; i < fo->n; i++)
+		if (!fo->slots[i].failed)
+			n++;
+	pthread_mutex_unlock((pthread_mutex_t *)&fo->lock);
+	return n;
+}
+
+/* put_macros - the 'D' packet with the values this upstream wants */
+static void
+put_macros(struct buf *b, const struct slot *s, const struct fanout_event *ev)
+{
+	int		 m = proto_stage_macro[ev->stage];
+	const char	*pairs[2 * MAX_MACROS];
+	size_t		 n = 0;
+	char		*copy, *tok, *save = NULL;
+
+	if (m < 0 || ev->macro == NULL || s->names[m] == NULL)
+		return;
+	copy = xstrdup(s->names[m]);
+	for (tok = strtok_r(copy, " ", &save); tok != NULL && n < MAX_MACROS;
+	    tok = strtok_r(NULL, " ", &save)) {
+		const char	*v = ev->macro(ev->macro_arg, tok);
+
+		if (v == NULL)
+			continue;
+		/* The names are borrowed from s->names via copy, which lives
+		 * until the packet is built below. */
+		pairs[2 * n] = tok;
+		pairs[2 * n + 1] = v;
+		n++;
+	}
+	codec_put_macros(b, proto_stage_cmd[ev->stage], pairs, n);
+	free(copy);
+}
+
+/* put_command - the stage's command packet for one upstream */
+static void
+put_command(struct buf *b, const struct slot *s, const struct fanout_event *ev)
+{
+	const char	*v;
+	size_t		 room;
+	char		*cut = NULL;
+
+	switch (ev->stage) {
+	case STAGE_CONNECT:
+		codec_put_connect(b, ev->argv[0], ev->family, ev->port,
+		    ev->argc > 1 && ev->argv[1] != NULL ? ev->argv[1] : "");
+		break;
+	case STAGE_HELO:
+	case STAGE_UNKNOWN:
+		codec_put_str(b, proto_stage_cmd[ev->stage], ev->argv[0]);
+		break;
+	case STAGE_ENVFROM:
+	case STAGE_ENVRCPT:
+		codec_put_argv(b, proto_stage_cmd[ev->stage], ev->argv,
+		    ev->argc);
+		break;
+	case STAGE_HEADER:
+		v = ev->value;
+		if (s->leadspc_fix && v[0] == ' ')
+			v++;	/* what the MTA would have sent it */
+		/* A packet over 64 KiB would make libmilter drop the
+		 * connection: cut the value to fit. */
+		room = PROTO_MAX_DATA - strlen(ev->name) - 2;
+		if (strlen(v) > room)
+			v = cut = xstrndup(v, room);
+		codec_put_header(b, ev->name, v);
+		free(cut);
+		break;
+	case STAGE_BODY:
+		codec_put_packet(b, MC_BODY, ev->data, ev->len);
+		break;
+	default:
+		codec_put_packet(b, proto_stage_cmd[ev->stage], NULL, 0);
+		break;
+	}
+}
+
+/* scatter - send ev to every usable upstream */
+static void
+scatter(struct fanout *fo, const struct fanout_event *ev, bool waited)
+{
+	double	 t = mono();
+
+	for (size_t i = 0; i < fo->n; i++) {
+		struct slot	*s = &fo->slots[i];
+		struct fx	*f;
+
+		s->cur = NULL;
+		if (slot_failed(fo, s))
+			continue;
+		f = fx_new(fo, i, XCHG_STAGE, ev->stage);
+		put_macros(&f->x.macros, s, ev);
+		put_command(&f->x.cmd, s, ev);
+		submit(fo, f, waited, t + stage_timeout(s, ev->stage));
+	}
+}
+
+/* gather - fold the answers of a waited stage into votes */
+static void
+gather(struct fanout *fo, struct merge_vote *votes, bool with_deferred)
+{
+	pthread_mutex_lock(&fo->lock);
+	for (size_t i = 0; i < fo->n; i++) {
+		struct slot	*s = &fo->slots[i];
+		struct fx	*f = s->cur;
+
+		votes[i].verdict = VERDICT_NONE;
+		votes[i].text = NULL;
+		if (s->failed) {
+			votes[i].verdict = onfail_vote(s);
+			continue;
+		}
+		if (f != NULL && f->done && f->x.error == 0) {
+			votes[i].verdict = f->x.verdict;
+			votes[i].text = f->x.text;
+		}
+		if (with_deferred &&
+		    merge_verdict(votes[i].verdict, s->deferred) !=
+		    votes[i].verdict) {
+			votes[i].verdict = s->deferred;
+			votes[i].text = s->deferred_text;
+		}
+	}
+	pthread_mutex_unlock(&fo->lock);
+}
+
+static void
+release_cur(struct fanout *fo)
+{
+	for (size_t i = 0; i < fo->n; i++) {
+		if (fo->slots[i].cur != NULL)
+			fx_free(fo->slots[i].cur);
+		fo->slots[i].cur = NULL;
+	}
+}
+
+static void
+abort_upstreams(struct fanout *fo)
+{
+	for (size_t i = 0; i < fo->n; i++) {
+		struct slot	*s = &fo->slots[i];
+		struct fx	*f;
+
+		if (slot_failed(fo, s))
+			continue;
+		f = fx_new(fo, i, XCHG_STAGE, STAGE_ABORT);
+		codec_put_packet(&f->x.cmd, MC_ABORT, NULL, 0);
+		submit(fo, f, false, 0);
+	}
+}
+
+static void
+message_reset(struct fanout *fo)
+{
+	merge_headers_free(fo->hdrs, fo->nhdrs);
+	fo->hdrs = NULL;
+	fo->nhdrs = fo->hdrcap = 0;
+	for (size_t i = 0; i < fo->nrejected; i++)
+		free(fo->rejected[i]);
+	fo->nrejected = 0;
+	if (fo->have_result)
+		merge_result_fini(&fo->result);
+	fo->have_result = false;
+	free(fo->queueid);
+	fo->queueid = NULL;
+	pthread_mutex_lock(&fo->lock);
+	for (size_t i = 0; i < fo->n; i++) {
+		struct slot	*s = &fo->slots[i];
+
+		s->deferred = VERDICT_NONE;
+		free(s->deferred_text);
+		s->deferred_text = NULL;
+		s->msg_seconds = 0;
+		s->msg_verdict = VERDICT_NONE;
+	}
+	pthread_mutex_unlock(&fo->lock);
+	fo->in_msg = false;
+}
+
+static bool
+is_tx_stage(enum stage st)
+{
+	return st >= STAGE_ENVFROM && st != STAGE_UNKNOWN &&
+	    st <= STAGE_EOM;
+}
+
+/* wait_room - back-pressure for pipelined stages */
+static void
+wait_room(struct fanout *fo, double deadline)
+{
+	struct timespec	 ts = to_ts(deadline);
+	bool		 full;
+
+	pthread_mutex_lock(&fo->lock);
+	for (;;) {
+		full = false;
+		for (size_t i = 0; i < fo->n; i++)
+			if (!fo->slots[i].failed &&
+			    fo->slots[i].inflight > MAX_INFLIGHT)
+				full = true;
+		if (!full || mono() >= deadline)
+			break;
+		pthread_cond_timedwait(&fo->cond, &fo->lock, &ts);
+	}
+	/* Whoever is still full at the deadline is too slow. */
+	for (size_t i = 0; full && i < fo->n; i++) {
+		struct slot	*s = &fo->slots[i];
+
+		if (!s->failed && s->inflight > MAX_INFLIGHT &&
+		    !s->cancel_posted) {
+			s->cancel_posted = true;
+			s->cancel.fo = fo;
+			s->cancel.slot = i;
+			s->cancel.job.run = cancel_run;
+			pool_post(upstream_loop(s->up), &s->cancel.job);
+		}
+	}
+	pthread_mutex_unlock(&fo->lock);
+}
+
+/* pipelined - header, eoh, body: send without waiting for the answers */
+static void
+pipelined(struct fanout *fo, const struct fanout_event *ev,
+    struct fanout_answer *ans)
+{
+	struct merge_vote	*votes;
+	enum verdict		 v;
+	double			 deadline = mono() + fo->conf->timeouts.content;
+	int			 d;
+
+	if (ev->stage == STAGE_BODY && ev->len > PROTO_MAX_DATA) {
+		struct fanout_event	 part = *ev;
+
+		for (size_t off = 0; off < ev->len; off += PROTO_MAX_DATA) {
+			part.data = ev->data + off;
+			part.len = ev->len - off > PROTO_MAX_DATA ?
+			    PROTO_MAX_DATA : ev->len - off;
+			wait_room(fo, deadline);
+			scatter(fo, &part, false);
+		}
+	} else {
+		wait_room(fo, deadline);
+		scatter(fo, ev, false);
+	}
+	/* A reject already given is decisive; anything weaker waits for
+	 * end of message, where every upstream has answered. */
+	votes = xcalloc(fo->n == 0 ? 1 : fo->n, sizeof *votes);
+	gather(fo, votes, true);
+	v = merge_stage(votes, fo->n, &d);
+	if (v == VERDICT_REJECT) {
+		ans->verdict = v;
+		if (votes[d].text != NULL) {
+			free(fo->text);
+			fo->text = xstrdup(votes[d].text);
+			ans->text = fo->text;
+		}
+		ans->decider = fo->slots[d].cfg->name;
+	}
+	free(votes);
+}
+
+static void
+note_header(struct fanout *fo, const struct fanout_event *ev)
+{
+	if (!fo->need_headers)
+		return;
+	if (fo->nhdrs == fo->hdrcap) {
+		fo->hdrcap = fo->hdrcap == 0 ? 32 : fo->hdrcap * 2;
+		fo->hdrs = xreallocarray(fo->hdrs, fo->hdrcap,
+		    sizeof *fo->hdrs);
+	}
+	fo->hdrs[fo->nhdrs].name = xstrdup(ev->name);
+	fo->hdrs[fo->nhdrs].value = xstrdup(ev->value);
+	fo->nhdrs++;
+}
+
+/* fix_leadspc - give back the space the MTA would have added */
+static void
+fix_leadspc(struct mod *m)
+{
+	char	*v;
+
+	if ((m->kind != MOD_ADDHEADER && m->kind != MOD_INSHEADER &&
+	    m->kind != MOD_CHGHEADER) || m->value == NULL ||
+	    m->value[0] == '\0')
+		return;
+	v = xasprintf(" %s", m->value);
+	free(m->value);
+	m->value = v;
+}
+
+static const char *const conflict_names[CONFLICT_KIND_COUNT] = {
+	[CONFLICT_HEADER]	= "header",
+	[CONFLICT_SENDER]	= "sender change",
+	[CONFLICT_BODY]		= "body replacement",
+};
+
+/* merge_eom - merge the modifications of every upstream that let it pass */
+static void
+merge_eom(struct fanout *fo)
+{
+	struct merge_upstream	*ups = xcalloc(fo->n == 0 ? 1 : fo->n,
+				    sizeof *ups);
+	const char		*qid = fo->queueid != NULL ? fo->queueid :
+				    fo->connid;
+	int			 rc;
+
+	for (size_t i = 0; i < fo->n; i++) {
+		struct slot	*s = &fo->slots[i];
+		struct fx	*f = s->cur;
+
+		if (f == NULL || !f->done || f->x.error != 0 || s->failed)
+			continue;
+		if (s->leadspc_fix)
+			for (size_t k = 0; k < f->x.nmods; k++)
+				fix_leadspc(&f->x.mods[k]);
+		ups[i].mods = f->x.mods;
+		ups[i].nmods = f->x.nmods;
+	}
+	rc = merge_mods(fo->hdrs, fo->nhdrs, ups, fo->n,
+	    (const char *const *)fo->rejected, fo->nrejected, &fo->result);
+	free(ups);
+	if (rc != 0) {
+		log_warnc(rc, "%s: merge of modifications failed", qid);
+		memset(&fo->result, 0, sizeof fo->result);
+		return;
+	}
+	fo->have_result = true;
+	for (size_t i = 0; i < fo->result.nconflicts; i++) {
+		const struct merge_conflict *c = &fo->result.conflicts[i];
+
+		log_info("%s: conflict: %s%s%s changed by %s and %s; %s wins",
+		    qid, conflict_names[c->kind], c->what != NULL ? " " : "",
+		    c->what != NULL ? c->what : "",
+		    fo->slots[c->winner].cfg->name,
+		    fo->slots[c->loser].cfg->name,
+		    fo->slots[c->winner].cfg->name);
+	}
+}
+
+void
+fanout_event(struct fanout *fo, const struct fanout_event *ev,
+    struct fanout_answer *ans)
+{
+	struct merge_vote	*votes;
+	enum verdict		 v;
+	const char		*qid;
+	int			 d;
+
+	memset(ans, 0, sizeof ans[0]);
+	ans->verdict = VERDICT_CONTINUE;
+	free(fo->text);
+	fo->text = NULL;
+	if (ev->stage == STAGE_ENVFROM) {
+		if (fo->in_msg)
+			fanout_abort(fo);
+		message_reset(fo);
+		fo->in_msg = true;
+	}
+	if (is_tx_stage(ev->stage) && ev->macro != NULL &&
+	    (qid = ev->macro(ev->macro_arg, "i")) != NULL &&
+	    (fo->queueid == NULL || strcmp(fo->queueid, qid) != 0)) {
+		free(fo->queueid);
+		fo->queueid = xstrdup(qid);
+	}
+	if (ev->stage == STAGE_HEADER)
+		note_header(fo, ev);
+	if (ev->stage == STAGE_HEADER || ev->stage == STAGE_EOH ||
+	    ev->stage == STAGE_BODY) {
+		pipelined(fo, ev, ans);
+		if (ans->verdict == VERDICT_REJECT) {
+			abort_upstreams(fo);
+			fanout_message_done(fo, VERDICT_REJECT, 0);
+		}
+		return;
+	}
+	scatter(fo, ev, true);
+	wait_all(fo, ev->stage == STAGE_EOM ? ev->progress : NULL,
+	    ev->progress_arg);
+	votes = xcalloc(fo->n == 0 ? 1 : fo->n, sizeof *votes);
+	gather(fo, votes, ev->stage == STAGE_EOM);
+	v = merge_stage(votes, fo->n, &d);
+	for (size_t i = 0; i < fo->n; i++)
+		if (is_tx_stage(ev->stage))
+			fo->slots[i].msg_verdict = merge_verdict(
+			    fo->slots[i].msg_verdict, votes[i].verdict);
+	if (v == VERDICT_NONE)
+		v = ev->stage == STAGE_UNKNOWN ? VERDICT_CONTINUE :
+		    VERDICT_ACCEPT;
+	if (v == VERDICT_SKIP || (ev->stage == STAGE_UNKNOWN &&
+	    (v == VERDICT_ACCEPT || v == VERDICT_DISCARD)))
+		v = VERDICT_CONTINUE;
+	ans->verdict = v;
+	if (d >= 0 && votes[d].verdict == v) {
+		if (votes[d].text != NULL &&
+		    (v == VERDICT_REJECT || v == VERDICT_TEMPFAIL)) {
+			fo->text = xstrdup(votes[d].text);
+			ans->text = fo->text;
+		}
+		ans->decider = fo->slots[d].cfg->name;
+	}
+	free(votes);
+	if (ev->stage == STAGE_ENVRCPT && ev->argc > 0 &&
+	    (v == VERDICT_REJECT || v == VERDICT_TEMPFAIL)) {
+		if (fo->nrejected == fo->rejcap) {
+			fo->rejcap = fo->rejcap == 0 ? 8 : fo->rejcap * 2;
+			fo->rejected = xreallocarray(fo->rejected, fo->rejcap,
+			    sizeof *fo->rejected);
+		}
+		fo->rejected[fo->nrejected++] = xstrdup(ev->argv[0]);
+	}
+	if (ev->stage == STAGE_EOM &&
+	    (v == VERDICT_CONTINUE || v == VERDICT_ACCEPT)) {
+		merge_eom(fo);
+		ans->mods = fo->have_result ? &fo->result : NULL;
+	}
+	release_cur(fo);
+	if (!is_tx_stage(ev->stage) || ev->stage == STAGE_EOM)
+		return;
+	if (v == VERDICT_CONTINUE ||
+	    (ev->stage == STAGE_ENVRCPT && v != VERDICT_ACCEPT &&
+	    v != VERDICT_DISCARD))
+		return;
+	/* The MTA is done with this transaction: so are the upstreams. */
+	abort_upstreams(fo);
+	fanout_message_done(fo, v, 0);
+}
+
+void
+fanout_abort(struct fanout *fo)
+{
+	abort_upstreams(fo);
+	if (fo->in_msg)
+		fanout_message_done(fo, VERDICT_NONE, 0);
+}
+
+void
+fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
+{
+	char	 line[1024];
+	size_t	 len = 0;
+
+	if (!fo->in_msg)
+		return;
+	pthread_mutex_lock(&fo->lock);
+	for (size_t i = 0; i < fo->n && len < sizeof line; i++) {
+		const struct slot *s = &fo->slots[i];
+
+		len += (size_t)snprintf(line + len, sizeof line - len,
+		    "%s%s=%s/%.0fms", i > 0 ? " " : "", s->cfg->name,
+		    s->failed ? "failed" : proto_verdict_name(s->msg_verdict),
+		    s->msg_seconds * 1000);
+	}
+	pthread_mutex_unlock(&fo->lock);
+	log_info("%s: message: upstreams %s; merged %s; %zu modification%s "
+	    "applied", fo->queueid != NULL ? fo->queueid : fo->connid, line,
+	    merged == VERDICT_NONE ? "aborted" : proto_verdict_name(merged),
+	    napplied, napplied == 1 ? "" : "s");
+	message_reset(fo);
+}
+
+void
+fanout_close(struct fanout *fo)
+{
+	if (fo == NULL)
+		return;
+	if (fo->in_msg)
+		fanout_message_done(fo, VERDICT_NONE, 0);
+	for (size_t i = 0; i < fo->n; i++) {
+		struct fx	*f = fx_new(fo, i, XCHG_CLOSE, STAGE_QUIT);
+
+		upstream_submit(fo->slots[i].up, &f->x);
+	}
+	fanout_unref(fo);
+}

@@ -1,0 +1,268 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * pool - worker threads with one epoll event loop each.
+ *
+ * Design: each loop owns an epoll set, an eventfd that wakes it, and a
+ * mailbox of jobs.  The loop drains its mailbox before each epoll_wait,
+ * never in the middle of a batch of events, so a job that closes a
+ * socket can never leave a stale event for it in the batch being
+ * handled.
+ *
+ * Locking: loop->lock protects loop->mailbox and loop->stopping only.
+ * No job or handler runs with it held.
+ */
+/* pthread_setname_np is a GNU extension; only this file needs it. */
+#define _GNU_SOURCE
+#include "config.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "pool.h"
+#include "xalloc.h"
+
+#define POOL_STACK_SIZE	(256 * 1024)
+#define POOL_EVENTS	64
+
+TAILQ_HEAD(pool_jobq, pool_job);
+
+struct pool_loop {
+	int			 epfd;
+	int			 wakefd;
+	pthread_t		 thread;
+	unsigned		 index;
+	pthread_mutex_t		 lock;	/* mailbox, stopping, sleeping */
+	struct pool_jobq	 mailbox;
+	bool			 stopping;
+	bool			 sleeping;	/* in epoll_wait: post wakes */
+};
+
+struct pool {
+	struct pool_loop	*loops;
+	unsigned		 nloops;
+	atomic_uint		 next;
+};
+
+static _Thread_local const struct pool_loop *current_loop;
+
+/* drain - run every job posted so far; returns false once stopping */
+static bool
+drain(struct pool_loop *l)
+{
+	struct pool_jobq	 q = TAILQ_HEAD_INITIALIZER(q);
+	struct pool_job		*job;
+	bool			 stopping;
+	uint64_t		 v;
+
+	pthread_mutex_lock(&l->lock);
+	TAILQ_CONCAT(&q, &l->mailbox, entry);
+	stopping = l->stopping;
+	l->sleeping = TAILQ_EMPTY(&q) && !stopping;
+	pthread_mutex_unlock(&l->lock);
+	if (read(l->wakefd, &v, sizeof v) == -1 && errno != EAGAIN)
+		log_warn("pool: read eventfd");
+	while ((job = TAILQ_FIRST(&q)) != NULL) {
+		TAILQ_REMOVE(&q, job, entry);
+		job->run(job);		/* may free job: don't touch it */
+	}
+	return !stopping;
+}
+
+/* loop_main - worker thread body: jobs, then socket events, until stop */
+static void *
+loop_main(void *arg)
+{
+	struct pool_loop	*l = arg;
+	struct epoll_event	 ev[POOL_EVENTS];
+	struct pool_io		*io;
+	int			 n, timeout;
+	char			 name[16];
+
+	current_loop = l;
+	snprintf(name, sizeof name, "mux-pool-%u", l->index);
+#ifdef HAVE_PTHREAD_SETNAME_NP
+	pthread_setname_np(pthread_self(), name);
+#endif
+	for (;;) {
+		if (!drain(l))
+			break;
+		pthread_mutex_lock(&l->lock);
+		timeout = l->sleeping ? -1 : 0;
+		pthread_mutex_unlock(&l->lock);
+		n = epoll_wait(l->epfd, ev, POOL_EVENTS, timeout);
+		if (n == -1) {
+			if (errno == EINTR)
+				continue;
+			log_panic("pool: epoll_wait: %s", strerror(errno));
+		}
+		for (int i = 0; i < n; i++) {
+			io = ev[i].data.ptr;
+			if (io == NULL)
+				continue;	/* the wake eventfd */
+			io->ready(io, ev[i].events);
+		}
+	}
+	return NULL;
+}
+
+int
+pool_new(unsigned nthreads, struct pool **out)
+{
+	struct pool		*p;
+	struct pool_loop	*l;
+	struct epoll_event	 ev;
+	pthread_attr_t		 attr;
+	sigset_t		 all, old;
+	int			 err = 0;
+	unsigned		 i;
+
+	p = xcalloc(1, sizeof *p);
+	p->loops = xcalloc(nthreads, sizeof *p->loops);
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, POOL_STACK_SIZE);
+	/* Workers inherit a full mask: signals belong to main's sigwait
+	 * thread and to libmilter's. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	for (i = 0; i < nthreads; i++) {
+		l = &p->loops[i];
+		l->index = i;
+		TAILQ_INIT(&l->mailbox);
+		pthread_mutex_init(&l->lock, NULL);
+		l->epfd = epoll_create1(EPOLL_CLOEXEC);
+		l->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		if (l->epfd == -1 || l->wakefd == -1) {
+			err = -errno;
+			break;
+		}
+		memset(&ev, 0, sizeof ev);
+		ev.events = EPOLLIN;
+		ev.data.ptr = NULL;
+		if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wakefd, &ev) == -1) {
+			err = -errno;
+			break;
+		}
+		if ((err = pthread_create(&l->thread, &attr, loop_main, l))
+		    != 0) {
+			err = -err;
+			break;
+		}
+		p->nloops++;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&attr);
+	if (err != 0) {
+		if (i < nthreads) {
+			if (p->loops[i].epfd != -1)
+				close(p->loops[i].epfd);
+			if (p->loops[i].wakefd != -1)
+				close(p->loops[i].wakefd);
+		}
+		pool_free(p);
+		return err;
+	}
+	*out = p;
+	return 0;
+}
+
+void
+pool_free(struct pool *p)
+{
+	struct pool_loop	*l;
+	uint64_t		 one = 1;
+
+	if (p == NULL)
+		return;
+	for (unsigned i = 0; i < p->nloops; i++) {
+		l = &p->loops[i];
+		pthread_mutex_lock(&l->lock);
+		l->stopping = true;
+		pthread_mutex_unlock(&l->lock);
+		if (write(l->wakefd, &one, sizeof one) == -1)
+			log_warn("pool: wake loop %u", i);
+	}
+	for (unsigned i = 0; i < p->nloops; i++) {
+		l = &p->loops[i];
+		pthread_join(l->thread, NULL);
+		close(l->epfd);
+		close(l->wakefd);
+		pthread_mutex_destroy(&l->lock);
+	}
+	free(p->loops);
+	p->loops = NULL;
+	free(p);
+}
+
+struct pool_loop *
+pool_pick(struct pool *p)
+{
+	unsigned	 i;
+
+	i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
+	return &p->loops[i % p->nloops];
+}
+
+void
+pool_post(struct pool_loop *l, struct pool_job *job)
+{
+	uint64_t	 one = 1;
+	bool		 wake;
+
+	pthread_mutex_lock(&l->lock);
+	TAILQ_INSERT_TAIL(&l->mailbox, job, entry);
+	wake = l->sleeping;
+	l->sleeping = false;
+	pthread_mutex_unlock(&l->lock);
+	/* Only a loop that may be asleep in epoll_wait needs the eventfd;
+	 * one that is running drains its mailbox before it waits again. */
+	if (wake && write(l->wakefd, &one, sizeof one) == -1)
+		log_warn("pool: wake loop %u", l->index);
+}
+
+int
+pool_io_add(struct pool_loop *l, struct pool_io *io, uint32_t events)
+{
+	struct epoll_event	 ev;
+
+	memset(&ev, 0, sizeof ev);
+	ev.events = events;
+	ev.data.ptr = io;
+	return epoll_ctl(l->epfd, EPOLL_CTL_ADD, io->fd, &ev) == -1 ?
+	    -errno : 0;
+}
+
+int
+pool_io_mod(struct pool_loop *l, struct pool_io *io, uint32_t events)
+{
+	struct epoll_event	 ev;
+
+	memset(&ev, 0, sizeof ev);
+	ev.events = events;
+	ev.data.ptr = io;
+	return epoll_ctl(l->epfd, EPOLL_CTL_MOD, io->fd, &ev) == -1 ?
+	    -errno : 0;
+}
+
+void
+pool_io_del(struct pool_loop *l, struct pool_io *io)
+{
+	if (epoll_ctl(l->epfd, EPOLL_CTL_DEL, io->fd, NULL) == -1)
+		log_warn("pool: epoll_ctl del fd %d", io->fd);
+}
+
+int
+pool_on_loop(const struct pool_loop *l)
+{
+	return current_loop == l;
+}
