@@ -17,6 +17,11 @@
  * that a path names exactly one place.  Columns count characters (UTF-8
  * sequences), as jansson's own err.column does.
  *
+ * Size: about 1,600 lines, over the 1,500 of the house style, because
+ * the position scanner and the socket address parser belong with the
+ * only module that may see the configuration text (STYLE 2.1); moving
+ * them out would give no other module a use for them.
+ *
  * Concurrency: conf_parse/conf_load/conf_dump use no shared state.
  * conf_lock protects only the conf_current pointer; refcounts are
  * atomic; a published snapshot is never modified.
@@ -1137,6 +1142,15 @@ conf_new(const char *name)
 	return c;
 }
 
+static bool
+is_blank(const char *text, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (strchr(" \t\r\n", text[i]) == NULL || text[i] == '\0')
+			return false;
+	return true;
+}
+
 int
 conf_parse(const char *text, size_t len, const char *name, struct conf **out,
     struct conf_errors *errs)
@@ -1151,9 +1165,14 @@ conf_parse(const char *text, size_t len, const char *name, struct conf **out,
 	root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
 	    &jerr);
 	if (root == NULL) {
-		report(&x, (struct tpos){ jerr.line > 0 ? jerr.line : 1,
-		    jerr.column > 0 ? jerr.column : 1 }, "(syntax)", "%s",
-		    jerr.text);
+		/* jansson says "unexpected token near end of file" at 1:0. */
+		if (is_blank(text, len))
+			report(&x, (struct tpos){ 1, 1 }, "(syntax)", "the file "
+			    "is empty; expected a JSON object");
+		else
+			report(&x, (struct tpos){ jerr.line > 0 ? jerr.line : 1,
+			    jerr.column > 0 ? jerr.column : 1 }, "(syntax)",
+			    "%s", jerr.text);
 		goto out;
 	}
 	index_build(&x.ix, text, len);
@@ -1218,8 +1237,8 @@ fail:
 int
 conf_load(const char *path, struct conf **out, struct conf_errors *errs)
 {
-	char	*text, eb[256];
-	size_t	 len;
+	char	*text = NULL, eb[256];
+	size_t	 len = 0;
 	int	 rc;
 
 	*out = NULL;

@@ -152,6 +152,9 @@ ParameterizedTestParameters(conf, reports_each_error_kind_at_its_position)
 	static struct error_case cases[] = {
 		{ "conf_err_syntax.json", ":5:3: (syntax): ",
 		  "unexpected token near ']'" },
+		/* jansson places it at the end of the repeated key. */
+		{ "conf_err_duplicate_key.json", ":3:11: (syntax): ",
+		  "duplicate object key" },
 		{ "conf_err_top_array.json", ":2:3: (top level): ",
 		  "must be a JSON object, not an array" },
 		{ "conf_err_unknown_top.json", ":3:3: thread: ",
@@ -219,7 +222,7 @@ ParameterizedTest(struct error_case *tc, conf,
 {
 	struct conf_errors	 errs = { 0 };
 	struct conf		*c = (void *)1;
-	char			 prefix[256];
+	char			 prefix[4608];
 	int			 rc;
 
 	rc = conf_load(fixture(tc->file), &c, &errs);
@@ -273,7 +276,7 @@ Test(conf, reports_every_error_in_one_file_in_file_order)
 	};
 	struct conf_errors	 errs = { 0 };
 	struct conf		*c;
-	char			 prefix[256];
+	char			 prefix[4608];
 	size_t			 n = sizeof want / sizeof want[0];
 
 	cr_assert_eq(conf_load(fixture("conf_err_many.json"), &c, &errs),
@@ -310,7 +313,7 @@ Test(conf, decodes_escaped_keys_and_quotes_odd_ones_in_paths)
 {
 	struct conf_errors	 errs = { 0 };
 	struct conf		*c;
-	char			 want[256];
+	char			 want[4608];
 
 	cr_assert_eq(conf_load(fixture("conf_err_escaped_key.json"), &c,
 	    &errs), -EINVAL);
@@ -339,6 +342,18 @@ Test(conf, reports_syntax_error_of_text_in_memory_under_its_name)
 	cr_assert_eq(errs.n, 1);
 	cr_assert(has_prefix(errs.v[0], "inline:2:16: (syntax): "), "got "
 	    "\"%s\"", errs.v[0]);
+	conf_errors_fini(&errs);
+}
+
+Test(conf, reports_an_empty_file_as_such)
+{
+	struct conf_errors	 errs = { 0 };
+	struct conf		*c;
+
+	cr_assert_eq(conf_parse(" \n", 2, "empty", &c, &errs), -EINVAL);
+	cr_assert_eq(errs.n, 1);
+	cr_assert_str_eq(errs.v[0], "empty:1:1: (syntax): the file is empty; "
+	    "expected a JSON object");
 	conf_errors_fini(&errs);
 }
 

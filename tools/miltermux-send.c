@@ -357,7 +357,10 @@ print_mod(const struct mod *m)
 	} else {
 		fputc(' ', out);
 		text_str(m->name, strlen(m->name));
-		if (m->value != NULL) {
+		if (m->kind == MOD_CHGHEADER && m->value != NULL &&
+		    m->value[0] == '\0')
+			fputs(" (delete)", out);
+		else if (m->value != NULL) {
 			fputs(m->kind == MOD_ADDHEADER ||
 			    m->kind == MOD_INSHEADER ||
 			    m->kind == MOD_CHGHEADER ? ": " : " ", out);
@@ -558,16 +561,13 @@ fate(enum verdict v)
 	}
 }
 
-/* stage - one command through the milter; returns its verdict */
+/* stage - a new exchange for one command */
 static struct upstream_xchg *
-stage(struct upstream *up, enum stage st, const char *label,
-    const char *arg)
+stage(enum stage st)
 {
 	struct upstream_xchg	*x = xcalloc(1, sizeof *x);
 
 	upstream_xchg_init(x, XCHG_STAGE, st);
-	(void)label;
-	(void)arg;
 	return x;
 }
 
@@ -610,7 +610,7 @@ main(int argc, char **argv)
 		    opt.server);
 
 	/* Offer everything, as Postfix and Sendmail do. */
-	x = stage(up, STAGE_CONNECT, NULL, NULL);
+	x = stage(STAGE_CONNECT);
 	x->kind = XCHG_OPEN;
 	x->offer_actions = MA_ALL;
 	x->offer_proto = MP_ALL_V6;
@@ -635,7 +635,7 @@ main(int argc, char **argv)
 	free(x);
 
 #define RUN(st, label, argstr, build) do {				\
-	x = stage(up, (st), (label), (argstr));				\
+	x = stage(st);				\
 	build;								\
 	exchange(up, x);						\
 	report((label), (argstr), x);					\
@@ -760,7 +760,7 @@ main(int argc, char **argv)
 		final = x->verdict;
 		upstream_xchg_fini(x), free(x);
 	} else if (final != VERDICT_NONE) {
-		x = stage(up, STAGE_ABORT, "abort", NULL);
+		x = stage(STAGE_ABORT);
 		codec_put_packet(&x->cmd, MC_ABORT, NULL, 0);
 		exchange(up, x);
 		upstream_xchg_fini(x), free(x);
@@ -778,7 +778,7 @@ end:
 		    final == VERDICT_CONTINUE ? "accept" :
 		    proto_verdict_name(final));
 	fflush(out);
-	x = stage(up, STAGE_QUIT, NULL, NULL);
+	x = stage(STAGE_QUIT);
 	x->kind = XCHG_CLOSE;
 	exchange(up, x);
 	upstream_xchg_fini(x);

@@ -32,7 +32,8 @@
  *                             holds "\n" escapes (one line each, at most
  *                             32 lines of 980 bytes).  A reply whose class
  *                             does not match the verdict is not set, so it
- *                             cannot linger in libmilter.
+ *                             cannot linger in libmilter.  Repeatable;
+ *                             the last one for a stage wins.
  *   --reject-rcpt ADDR        at envrcpt, reject the recipient whose argv[0]
  *                             equals ADDR (case-insensitive, with or without
  *                             <>); uses --reply envrcpt=... .  Repeatable.
@@ -40,6 +41,7 @@
  *   --delay STAGE=MS          sleep MS milliseconds in that callback before
  *                             answering (also negotiate and abort); at eom
  *                             the sleep comes before the modifications.
+ *                             Repeatable; the last one for a stage wins.
  *   --progress-every MS       during the eom delay, call smfi_progress after
  *                             every full MS milliseconds.
  *
@@ -95,6 +97,9 @@
  * on a bad command line, 73 (EX_CANTCREAT) if the log cannot be opened,
  * 70 (EX_SOFTWARE) if libmilter fails.  Nothing goes to stdout except
  * --help; diagnostics go to stderr as "NAME: ...".
+ *
+ * One file, longer than the house limit, because the build and the
+ * quick start compile it alone; half of it is the command line.
  *
  * Concurrency: libmilter runs the callbacks of different connections at
  * the same time, and those of one connection one after the other on
@@ -315,7 +320,7 @@ struct session {
 
 static atomic_ulong	 session_seq;
 
-/* A growable string for one log line. */
+/* A growable string; p is NUL-terminated once anything was added. */
 struct sbuf {
 	char		*p;
 	size_t		 len;
@@ -432,9 +437,10 @@ sb_reserve(struct sbuf *sb, size_t more)
 static void
 sb_addn(struct sbuf *sb, const char *s, size_t n)
 {
-	sb_reserve(sb, n);
+	sb_reserve(sb, n + 1);
 	memcpy(sb->p + sb->len, s, n);
 	sb->len += n;
+	sb->p[sb->len] = '\0';
 }
 
 static void
@@ -447,13 +453,18 @@ static void __attribute__((format(printf, 2, 3)))
 sb_addf(struct sbuf *sb, const char *fmt, ...)
 {
 	va_list	 ap;
+	char	 tmp[256];
 	int	 n;
 
 	va_start(ap, fmt);
-	n = vsnprintf(NULL, 0, fmt, ap);
+	n = vsnprintf(tmp, sizeof tmp, fmt, ap);
 	va_end(ap);
 	if (n < 0)
 		return;
+	if ((size_t)n < sizeof tmp) {
+		sb_addn(sb, tmp, (size_t)n);
+		return;
+	}
 	sb_reserve(sb, (size_t)n + 1);
 	va_start(ap, fmt);
 	vsnprintf(sb->p + sb->len, (size_t)n + 1, fmt, ap);
@@ -470,7 +481,7 @@ sb_addesc(struct sbuf *sb, const char *s, size_t n)
 	char			*o;
 	size_t			 i;
 
-	sb_reserve(sb, 4 * n);
+	sb_reserve(sb, 4 * n + 1);
 	o = sb->p + sb->len;
 	for (i = 0; i < n; i++) {
 		c = (unsigned char)s[i];
@@ -503,6 +514,7 @@ sb_addesc(struct sbuf *sb, const char *s, size_t n)
 			break;
 		}
 	}
+	*o = '\0';
 	sb->len = (size_t)(o - sb->p);
 }
 
@@ -601,7 +613,7 @@ session_get(SMFICTX *ctx)
 	 * always granted (libmilter fakes them), SKIP is not known, so
 	 * it is treated as not offered.
 	 */
-	s->proto = cfg.want_proto & ~SMFIP_SKIP;
+	s->proto = cfg.want_proto & ~(unsigned long)SMFIP_SKIP;
 	if (smfi_setpriv(ctx, s) != MI_SUCCESS) {
 		free(s);
 		return NULL;
@@ -1088,8 +1100,9 @@ static const char usage_text[] =
 "Usage: testmilter -p SOCKSPEC [options]\n"
 "A milter that does exactly what its command line says.\n"
 "\n"
-"  -p SOCKSPEC               unix:/path | inet:PORT[@HOST] | inet6:PORT[@HOST];\n"
-"                            a stale unix socket is removed\n"
+"  -p SOCKSPEC               unix:/path, inet:PORT[@HOST] or\n"
+"                            inet6:PORT[@HOST]; a stale unix socket\n"
+"                            is removed\n"
 "  -n, --name NAME           name in logs and in the --tag header\n"
 "                            (default testmilter)\n"
 "  --verdict STAGE=VERDICT   STAGE: connect helo envfrom envrcpt data unknown\n"
@@ -1343,6 +1356,19 @@ enhanced_len(const char *s)
 }
 
 static void
+reply_free(struct reply *r)
+{
+	size_t	 i;
+
+	if (r == NULL)
+		return;
+	for (i = 0; i < r->nlines; i++)
+		free(r->lines[i]);
+	free(r->xcode);
+	free(r);
+}
+
+static void
 parse_reply(const char *arg)
 {
 	struct reply	*r;
@@ -1384,8 +1410,7 @@ parse_reply(const char *arg)
 		}
 		free(text);
 	}
-	if (cfg.reply[st] != NULL)
-		usage_error("--reply: stage %s given twice", stages[st].name);
+	reply_free(cfg.reply[st]);
 	cfg.reply[st] = r;
 }
 
