@@ -292,6 +292,8 @@ stage_timeout(const struct slot *s, enum stage st)
 	}
 }
 
+static void	post_cancel(struct fanout *, size_t);
+
 /*
  * wait_all - wait until every waited exchange is done, a reject arrived,
  * or deadlines pass (those upstreams are then expired).  Returns with
@@ -317,14 +319,7 @@ wait_all(struct fanout *fo, fanout_progress_fn *progress, void *parg)
 			if (f == NULL || f->done)
 				continue;
 			if (f->deadline <= t) {
-				if (!s->cancel_posted) {
-					s->cancel_posted = true;
-					s->cancel.fo = fo;
-					s->cancel.slot = i;
-					s->cancel.job.run = cancel_run;
-					pool_post(upstream_loop(s->up),
-					    &s->cancel.job);
-				}
+				post_cancel(fo, i);
 				expired = true;
 			} else if (f->deadline < next)
 				next = f->deadline;
@@ -751,36 +746,56 @@ is_tx_stage(enum stage st)
 	    st <= STAGE_EOM;
 }
 
-/* wait_room - back-pressure for pipelined stages */
+/* post_cancel - have the upstream's loop expire it (fo->lock held) */
 static void
-wait_room(struct fanout *fo, double deadline)
+post_cancel(struct fanout *fo, size_t i)
 {
-	struct timespec	 ts = to_ts(deadline);
+	struct slot	*s = &fo->slots[i];
+
+	if (s->cancel_posted)
+		return;
+	s->cancel_posted = true;
+	s->cancel.fo = fo;
+	s->cancel.slot = i;
+	s->cancel.job.run = cancel_run;
+	pool_post(upstream_loop(s->up), &s->cancel.job);
+}
+
+/*
+ * wait_room - back-pressure for pipelined stages: wait while an upstream
+ * has too much in flight; one still full after its own content timeout
+ * is too slow and is expired.
+ */
+static void
+wait_room(struct fanout *fo, double start)
+{
+	struct timespec	 ts;
+	double		 t, next;
 	bool		 full;
 
 	pthread_mutex_lock(&fo->lock);
 	for (;;) {
 		full = false;
-		for (size_t i = 0; i < fo->n; i++)
-			if (!fo->slots[i].failed &&
-			    fo->slots[i].inflight > MAX_INFLIGHT)
-				full = true;
-		if (!full || mono() >= deadline)
-			break;
-		pthread_cond_timedwait(&fo->cond, &fo->lock, &ts);
-	}
-	/* Whoever is still full at the deadline is too slow. */
-	for (size_t i = 0; full && i < fo->n; i++) {
-		struct slot	*s = &fo->slots[i];
+		t = mono();
+		next = t + 3600;
+		for (size_t i = 0; i < fo->n; i++) {
+			struct slot	*s = &fo->slots[i];
+			double		 dl = start + s->cfg->timeouts.content;
 
-		if (!s->failed && s->inflight > MAX_INFLIGHT &&
-		    !s->cancel_posted) {
-			s->cancel_posted = true;
-			s->cancel.fo = fo;
-			s->cancel.slot = i;
-			s->cancel.job.run = cancel_run;
-			pool_post(upstream_loop(s->up), &s->cancel.job);
+			if (s->failed || s->inflight <= MAX_INFLIGHT)
+				continue;
+			if (dl <= t) {
+				post_cancel(fo, i);
+				continue;	/* it fails promptly */
+			}
+			full = true;
+			if (dl < next)
+				next = dl;
 		}
+		if (!full)
+			break;
+		ts = to_ts(next);
+		pthread_cond_timedwait(&fo->cond, &fo->lock, &ts);
 	}
 	pthread_mutex_unlock(&fo->lock);
 }
@@ -792,7 +807,7 @@ pipelined(struct fanout *fo, const struct fanout_event *ev,
 {
 	struct merge_vote	*votes;
 	enum verdict		 v;
-	double			 deadline = mono() + fo->conf->timeouts.content;
+	double			 start = mono();
 	int			 d;
 
 	if (ev->stage == STAGE_BODY && ev->len > PROTO_MAX_DATA) {
@@ -802,11 +817,11 @@ pipelined(struct fanout *fo, const struct fanout_event *ev,
 			part.data = ev->data + off;
 			part.len = ev->len - off > PROTO_MAX_DATA ?
 			    PROTO_MAX_DATA : ev->len - off;
-			wait_room(fo, deadline);
+			wait_room(fo, start);
 			scatter(fo, &part, false);
 		}
 	} else {
-		wait_room(fo, deadline);
+		wait_room(fo, start);
 		scatter(fo, ev, false);
 	}
 	/* A reject already given is decisive; anything weaker waits for
@@ -858,8 +873,8 @@ fix_leadspc(struct mod *m)
 
 static const char *const conflict_names[CONFLICT_KIND_COUNT] = {
 	[CONFLICT_HEADER]	= "header",
-	[CONFLICT_SENDER]	= "sender change",
-	[CONFLICT_BODY]		= "body replacement",
+	[CONFLICT_SENDER]	= "sender",
+	[CONFLICT_BODY]		= "body",
 };
 
 /* merge_eom - merge the modifications of every upstream that let it pass */
@@ -947,10 +962,18 @@ fanout_event(struct fanout *fo, const struct fanout_event *ev,
 	votes = xcalloc(fo->n == 0 ? 1 : fo->n, sizeof *votes);
 	gather(fo, votes, ev->stage == STAGE_EOM);
 	v = merge_stage(votes, fo->n, &d);
-	for (size_t i = 0; i < fo->n; i++)
-		if (is_tx_stage(ev->stage))
-			fo->slots[i].msg_verdict = merge_verdict(
-			    fo->slots[i].msg_verdict, votes[i].verdict);
+	for (size_t i = 0; i < fo->n && is_tx_stage(ev->stage); i++) {
+		struct slot	*s = &fo->slots[i];
+		enum verdict	 u = votes[i].verdict;
+
+		/* What the upstream said of the message: a recipient's
+		 * refusal is not, and its end-of-message word is final. */
+		if (u == VERDICT_NONE || (ev->stage == STAGE_ENVRCPT &&
+		    u != VERDICT_ACCEPT && u != VERDICT_DISCARD))
+			continue;
+		s->msg_verdict = ev->stage == STAGE_EOM ? u :
+		    merge_verdict(s->msg_verdict, u);
+	}
 	if (v == VERDICT_NONE)
 		v = ev->stage == STAGE_UNKNOWN ? VERDICT_CONTINUE :
 		    VERDICT_ACCEPT;
@@ -967,6 +990,10 @@ fanout_event(struct fanout *fo, const struct fanout_event *ev,
 		ans->decider = fo->slots[d].cfg->name;
 	}
 	free(votes);
+	log_trace(TRACE_MERGE, "%s: %s: merged %s%s%s", fo->connid,
+	    proto_stage_name(ev->stage), proto_verdict_name(v),
+	    ans->decider != NULL ? ", decided by " : "",
+	    ans->decider != NULL ? ans->decider : "");
 	if (ev->stage == STAGE_ENVRCPT && ev->argc > 0 &&
 	    (v == VERDICT_REJECT || v == VERDICT_TEMPFAIL)) {
 		if (fo->nrejected == fo->rejcap) {
@@ -1013,14 +1040,17 @@ fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 	for (size_t i = 0; i < fo->n && len < sizeof line; i++) {
 		const struct slot *s = &fo->slots[i];
 
+		enum verdict	 v = merge_verdict(s->msg_verdict, s->deferred);
+
 		len += (size_t)snprintf(line + len, sizeof line - len,
 		    "%s%s=%s/%.0fms", i > 0 ? " " : "", s->cfg->name,
-		    s->failed ? "failed" : proto_verdict_name(s->msg_verdict),
-		    s->msg_seconds * 1000);
+		    s->failed ? "failed" : v == VERDICT_NONE ? "-" :
+		    proto_verdict_name(v), s->msg_seconds * 1000);
 	}
 	pthread_mutex_unlock(&fo->lock);
-	log_info("%s: message: upstreams %s; merged %s; %zu modification%s "
-	    "applied", fo->queueid != NULL ? fo->queueid : fo->connid, line,
+	log_info("%s: message (%s): upstreams %s; merged %s; %zu "
+	    "modification%s applied", fo->queueid != NULL ? fo->queueid :
+	    fo->connid, fo->connid, line,
 	    merged == VERDICT_NONE ? "aborted" : proto_verdict_name(merged),
 	    napplied, napplied == 1 ? "" : "s");
 	message_reset(fo);

@@ -73,7 +73,8 @@ usage(FILE *f)
 "  -f, --foreground       stay in the foreground and log to stderr\n"
 "  -p, --pidfile FILE     write the process id to FILE\n"
 "  -u, --user USER[:GROUP] drop privileges after opening the socket\n"
-"  -v, --verbose          log more (repeat for more)\n"
+"  -v, --verbose          log debug lines; twice: also trace every\n"
+"                         stage of every upstream\n"
 "  -n, --check-config     check the configuration and exit\n"
 "      --dump-config      print the effective configuration as JSON\n"
 "  -V, --version          print the version and exit\n"
@@ -230,14 +231,20 @@ sig_main(void *arg)
 	return NULL;
 }
 
-/* drop_privileges - become USER[:GROUP] for good */
-static void
-drop_privileges(const char *spec)
+struct identity {
+	uid_t	 uid;
+	gid_t	 gid;
+};
+
+/* lookup_user - USER[:GROUP] to ids; done before detaching so that a
+ * mistake is reported to whoever started us */
+static struct identity
+lookup_user(const char *spec)
 {
 	char		*user = xstrdup(spec), *group;
 	struct passwd	*pw;
 	struct group	*gr;
-	gid_t		 gid;
+	struct identity	 id;
 
 	if ((group = strchr(user, ':')) != NULL)
 		*group++ = '\0';
@@ -245,32 +252,40 @@ drop_privileges(const char *spec)
 		log_warnx("-u: no such user \"%s\"", user);
 		exit(EX_NOUSER);
 	}
-	gid = pw->pw_gid;
+	id.uid = pw->pw_uid;
+	id.gid = pw->pw_gid;
 	if (group != NULL) {
 		if ((gr = getgrnam(group)) == NULL) {
 			log_warnx("-u: no such group \"%s\"", group);
 			exit(EX_NOUSER);
 		}
-		gid = gr->gr_gid;
+		id.gid = gr->gr_gid;
 	}
-	if (setgroups(1, &gid) == -1 || setgid(gid) == -1 ||
-	    setuid(pw->pw_uid) == -1) {
+	free(user);
+	return id;
+}
+
+/* drop_privileges - become that user and group for good */
+static void
+drop_privileges(const char *spec, struct identity id)
+{
+	if (setgroups(1, &id.gid) == -1 || setgid(id.gid) == -1 ||
+	    setuid(id.uid) == -1) {
 		log_warn("-u %s", spec);
 		exit(EX_OSERR);
 	}
-	if (setuid(0) != -1 && pw->pw_uid != 0) {
+	if (id.uid != 0 && setuid(0) != -1) {
 		log_warnx("-u %s: privileges could not be dropped", spec);
 		exit(EX_OSERR);
 	}
-	free(user);
 }
 
-/* write_pidfile - create it exclusively after removing a stale one */
-static void
-write_pidfile(const char *path)
+/* open_pidfile - create it exclusively after removing a stale one;
+ * before detaching, so that a failure is seen */
+static int
+open_pidfile(const char *path)
 {
-	char	 buf[32];
-	int	 fd, n;
+	int	 fd;
 
 	(void)unlink(path);
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -278,6 +293,16 @@ write_pidfile(const char *path)
 		log_warn("pidfile %s", path);
 		exit(EX_CANTCREAT);
 	}
+	return fd;
+}
+
+/* write_pidfile - the daemon's own pid, once detached */
+static void
+write_pidfile(const char *path, int fd)
+{
+	char	 buf[32];
+	int	 n;
+
 	n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
 	if (write(fd, buf, (size_t)n) != n || close(fd) == -1) {
 		log_warn("pidfile %s", path);
@@ -325,8 +350,9 @@ main(int argc, char **argv)
 	struct pool	*pool = NULL;
 	pthread_t	 sigthread;
 	sigset_t	 set;
+	struct identity	 id = { 0, 0 };
 	char		*dump;
-	int		 rc;
+	int		 rc, pidfd = -1;
 
 	parse_args(argc, argv);
 	if ((c = load(false)) == NULL)
@@ -345,6 +371,8 @@ main(int argc, char **argv)
 	}
 	log_init("miltermux", opts.foreground);
 	log_set_verbose(opts.verbose);
+	if (opts.verbose >= 2)
+		log_set_trace(~0u);
 	conf_publish(c);
 	c = conf_acquire();
 
@@ -357,12 +385,16 @@ main(int argc, char **argv)
 		log_warnx("cannot listen on \"%s\"", c->listen);
 		return EX_UNAVAILABLE;
 	}
+	if (opts.user != NULL)
+		id = lookup_user(opts.user);
+	if (opts.pidfile != NULL)
+		pidfd = open_pidfile(opts.pidfile);
 	if (!opts.foreground)
 		daemonize();
 	if (opts.pidfile != NULL)
-		write_pidfile(opts.pidfile);
+		write_pidfile(opts.pidfile, pidfd);
 	if (opts.user != NULL)
-		drop_privileges(opts.user);
+		drop_privileges(opts.user, id);
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGUSR1);

@@ -167,6 +167,11 @@ complete(struct upstream *up, struct upstream_xchg *x, int err)
 	up->reply_due = false;
 	x->error = err;
 	x->finished = now();
+	if (x->kind == XCHG_STAGE)
+		log_trace(TRACE_UPSTREAM, "%s: upstream %s: %s: %s%s%s",
+		    up->connid, up->name, proto_stage_name(x->stage),
+		    err != 0 ? "failed" : proto_verdict_name(x->verdict),
+		    x->text != NULL ? " " : "", x->text != NULL ? x->text : "");
 	x->done(x);		/* may free x: don't touch it */
 }
 

@@ -16,9 +16,20 @@
  * SIGKILL, while its zombie still pins the group id, so that a group
  * kill never reaches a process that merely reused the id.
  *
+ * On Linux the test process is a child subreaper, so that a daemon's
+ * helpers orphaned by its master become our children: reaping them is
+ * then ours to do at once, instead of waiting for a PID 1 that may reap
+ * slowly or never (containers).
+ *
  * The Postfix instance runs master(8) directly as a child (what
- * "postfix start-fg" does, without its slow check-warn pass), after
- * "postfix post-install create-missing" has built the queue.
+ * "postfix start-fg" does, without its slow check-warn pass), after the
+ * queue was built as "postfix post-install create-missing" would, from
+ * Postfix's own postfix-files list but without forking ~60 processes.
+ *
+ * Length: over the house's ~1,500 lines on purpose.  It is one test
+ * support module that every integration test links as a single source;
+ * the Postfix part (from postfix_defaults on) is the cut to make if it
+ * grows further.
  *
  * Concurrency: single-threaded use only; see harness.h.
  * Ownership: see harness.h; buffers inside structs belong to the struct.
@@ -45,6 +56,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -74,7 +88,7 @@
 #define H_START_S	30.0		/* one daemon's start-up */
 #define H_STOP_S	10.0		/* master's SIGTERM grace */
 
-/* Records from the test process to the guard; one per SOCK_SEQPACKET message. */
+/* Test process to guard: one record per SOCK_SEQPACKET message. */
 enum guard_op {
 	GUARD_ADD = 'A',	/* pid leads a group to kill */
 	GUARD_DEL = 'D',	/* pid is being reaped: forget it */
@@ -112,6 +126,7 @@ die(const char *what)
 	abort();
 }
 
+/* h_xmalloc - malloc that aborts instead of returning NULL */
 void *
 h_xmalloc(size_t n)
 {
@@ -122,6 +137,7 @@ h_xmalloc(size_t n)
 	return p;
 }
 
+/* h_xrealloc - realloc that aborts instead of returning NULL */
 void *
 h_xrealloc(void *p, size_t n)
 {
@@ -130,6 +146,7 @@ h_xrealloc(void *p, size_t n)
 	return p;
 }
 
+/* h_xstrdup - strdup that aborts instead of returning NULL */
 char *
 h_xstrdup(const char *s)
 {
@@ -138,6 +155,7 @@ h_xstrdup(const char *s)
 	return memcpy(h_xmalloc(n), s, n);
 }
 
+/* h_xasprintf - formatted allocation; aborts instead of failing */
 char *
 h_xasprintf(const char *fmt, ...)
 {
@@ -185,6 +203,7 @@ sb_steal(struct sbuf *sb)
 	return s;
 }
 
+/* h_now - CLOCK_MONOTONIC in seconds */
 double
 h_now(void)
 {
@@ -238,7 +257,8 @@ close_fds_except(int keep)
 {
 	long	 max, fd;
 
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+#if defined(__GLIBC__) && \
+    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
 	if (close_range(3, (unsigned)keep - 1, 0) == 0 &&
 	    close_range((unsigned)keep + 1, ~0U, 0) == 0)
 		return;
@@ -438,9 +458,13 @@ h_init(void)
 	hs.guard_fd = -1;
 	if (atexit(teardown) != 0)
 		die("atexit");
+#if defined(__linux__) && defined(PR_SET_CHILD_SUBREAPER)
+	(void)prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+#endif
 	guard_start();
 }
 
+/* h_tmpdir - create this process's temp dir once and tell the guard */
 const char *
 h_tmpdir(void)
 {
@@ -510,8 +534,8 @@ wait_exited(pid_t pid, double deadline)
 
 /*
  * reap_child - the leader of slot idx has exited: SIGKILL what is left
- * of its group while the zombie pins the id, reap, wait for the group to
- * empty (bounded).
+ * of its group while the zombie pins the id, reap, then wait (bounded)
+ * for the group to empty, reaping the members that were orphaned to us.
  */
 static int
 reap_child(int idx, int *status)
@@ -529,13 +553,18 @@ reap_child(int idx, int *status)
 		rc = r == -1 ? -errno : -EAGAIN;
 	hs.child[idx] = 0;
 	deadline = h_now() + H_REAP_S;
-	while (group_alive(pid) && h_now() < deadline)
-		backoff(&step, deadline);
+	while (group_alive(pid) && h_now() < deadline) {
+		while (waitpid(-pid, NULL, WNOHANG) > 0)
+			;
+		if (group_alive(pid))
+			backoff(&step, deadline);
+	}
 	if (status != NULL)
 		*status = st;
 	return rc;
 }
 
+/* h_kill - signal the group of a registered child only */
 int
 h_kill(pid_t pid, int sig)
 {
@@ -544,6 +573,7 @@ h_kill(pid_t pid, int sig)
 	return kill(-pid, sig) == -1 ? -errno : 0;
 }
 
+/* h_wait_exit - wait for a registered child, then reap it and its group */
 int
 h_wait_exit(pid_t pid, double timeout_s, int *status)
 {
@@ -556,6 +586,7 @@ h_wait_exit(pid_t pid, double timeout_s, int *status)
 	return reap_child(idx, status);
 }
 
+/* h_stop - SIGTERM, grace period, SIGKILL, reap */
 int
 h_stop(pid_t pid, double grace_s, int *status)
 {
@@ -771,6 +802,7 @@ out:
 	return rc;
 }
 
+/* h_spawn_as - open the log for appending and spawn_child() into it */
 pid_t
 h_spawn_as(const char *const argv[], const char *logfile, const char *user)
 {
@@ -792,6 +824,7 @@ h_spawn(const char *const argv[], const char *logfile)
 	return h_spawn_as(argv, logfile, NULL);
 }
 
+/* h_run - spawn with a pipe, drain it until EOF and exit or the deadline */
 int
 h_run(const char *const argv[], double timeout_s, char **out, int *status)
 {
@@ -905,6 +938,7 @@ loopback_inet(int port)
 	return sin;
 }
 
+/* h_free_port - let the kernel pick a loopback port, then let it go */
 int
 h_free_port(void)
 {
@@ -943,6 +977,7 @@ wait_connect(const struct sockaddr *sa, socklen_t salen, double timeout_s)
 	return -ETIMEDOUT;
 }
 
+/* h_wait_port - wait_connect() to 127.0.0.1:port */
 int
 h_wait_port(int port, double timeout_s)
 {
@@ -953,6 +988,7 @@ h_wait_port(int port, double timeout_s)
 	return wait_connect((struct sockaddr *)&sin, sizeof sin, timeout_s);
 }
 
+/* h_wait_unix - wait_connect() to a unix-domain socket */
 int
 h_wait_unix(const char *path, double timeout_s)
 {
@@ -966,6 +1002,7 @@ h_wait_unix(const char *path, double timeout_s)
 	return wait_connect((struct sockaddr *)&sun, sizeof sun, timeout_s);
 }
 
+/* h_read_file - slurp a file, at most H_FILE_MAX bytes */
 char *
 h_read_file(const char *path)
 {
@@ -995,6 +1032,7 @@ h_read_file(const char *path)
 	return sb_steal(&sb);
 }
 
+/* h_write_file - create or truncate, write all, check close */
 int
 h_write_file(const char *path, const char *content)
 {
@@ -1020,6 +1058,7 @@ h_write_file(const char *path, const char *content)
 	return rc;
 }
 
+/* h_wait_file_contains - re-read the file until the needle shows */
 int
 h_wait_file_contains(const char *path, const char *needle, double timeout_s)
 {
@@ -1100,7 +1139,9 @@ smtp_read_reply(struct h_smtp *s, double deadline, char **reply)
 	int		 code = -1, c, lines, rc;
 
 	for (lines = 0; lines < H_REPLY_LINES; lines++) {
-		while ((nl = memchr(s->rbuf, '\n', s->rlen)) == NULL)
+		/* rbuf is NULL until the first read; memchr must not see it. */
+		while ((nl = s->rlen > 0 ? memchr(s->rbuf, '\n', s->rlen) :
+		    NULL) == NULL)
 			if ((rc = smtp_fill(s, deadline)) != 0)
 				goto fail;
 		len = (size_t)(nl - s->rbuf) + 1;
@@ -1205,12 +1246,14 @@ smtp_open_deadline(struct h_smtp *s, const char *host, int port,
 	return rc;
 }
 
+/* h_smtp_open - connect and read the greeting, H_SMTP_TIMEOUT */
 int
 h_smtp_open(struct h_smtp *s, const char *host, int port, char **reply)
 {
 	return smtp_open_deadline(s, host, port, H_SMTP_TIMEOUT, reply);
 }
 
+/* h_smtp_cmd - one command line, one reply; poisons the stream on I/O error */
 int
 h_smtp_cmd(struct h_smtp *s, const char *line, char **reply)
 {
@@ -1234,7 +1277,7 @@ h_smtp_cmd(struct h_smtp *s, const char *line, char **reply)
 	return smtp_read_reply(s, deadline, reply);
 }
 
-/* dot_stuff - message as DATA content: CRLF line ends, leading dots doubled, "." */
+/* dot_stuff - DATA content: CRLF line ends, leading dots doubled, "." */
 static void
 dot_stuff(struct sbuf *out, const char *msg)
 {
@@ -1254,6 +1297,7 @@ dot_stuff(struct sbuf *out, const char *msg)
 	sb_add(out, ".\r\n", 3);
 }
 
+/* h_smtp_data - DATA, the dot-stuffed message, the final reply */
 int
 h_smtp_data(struct h_smtp *s, const char *message, char **reply)
 {
@@ -1279,6 +1323,7 @@ h_smtp_data(struct h_smtp *s, const char *message, char **reply)
 	return smtp_read_reply(s, h_now() + s->timeout_s, reply);
 }
 
+/* h_smtp_send - MAIL, RCPTs and DATA; stops at the first refusal */
 int
 h_smtp_send(struct h_smtp *s, const char *from, const char *const rcpt[],
     const char *message, char **reply)
@@ -1311,6 +1356,7 @@ out:
 	return code;
 }
 
+/* h_smtp_close - QUIT briefly if still in sync, close, free */
 void
 h_smtp_close(struct h_smtp *s)
 {
@@ -1349,30 +1395,168 @@ log_has(const char *path, off_t off, const char *needle)
 	return found;
 }
 
-/* postfix_daemon_dir - where master(8) lives: compiled-in daemon_directory */
+/* Compiled-in settings the private instance shares with the system one. */
+struct postfix_defaults {
+	char	*daemon_dir;	/* master(8) and friends */
+	char	*meta_dir;	/* postfix-files */
+	char	*mail_owner;
+	char	*setgid_group;
+};
+
+/* postfix_defaults_free - release postfix_defaults_get() strings */
+static void
+postfix_defaults_free(struct postfix_defaults *d)
+{
+	free(d->daemon_dir);
+	free(d->meta_dir);
+	free(d->mail_owner);
+	free(d->setgid_group);
+	memset(d, 0, sizeof *d);
+}
+
+/*
+ * postfix_defaults_get - one "postconf -dh" for the defaults.  The
+ * instance's main.cf sets none of them, so defaults are what it uses.
+ * -ENOENT when Postfix is not installed.
+ */
 static int
-postfix_daemon_dir(char **dir)
+postfix_defaults_get(struct postfix_defaults *d)
 {
 	static const char *const argv[] = {
-		"postconf", "-dh", "daemon_directory", NULL
+		"postconf", "-dh", "daemon_directory", "meta_directory",
+		"mail_owner", "setgid_group", NULL
 	};
-	char	*out = NULL;
-	size_t	 n;
+	char	**fields[] = {
+		&d->daemon_dir, &d->meta_dir, &d->mail_owner, &d->setgid_group
+	};
+	char	*out = NULL, *line, *save = NULL;
+	size_t	 i;
 	int	 st = 0, rc;
 
-	*dir = NULL;
+	memset(d, 0, sizeof *d);
 	rc = h_run(argv, H_START_S, &out, &st);
 	if (rc == 0 && (!WIFEXITED(st) || WEXITSTATUS(st) != 0))
 		rc = -ENOENT;
-	if (rc != 0) {
-		free(out);
-		return rc;
+	line = rc == 0 ? strtok_r(out, "\n", &save) : NULL;
+	for (i = 0; rc == 0 && i < sizeof fields / sizeof fields[0]; i++) {
+		if (line == NULL || (i < 2 && line[0] != '/')) {
+			rc = -ENOENT;
+			break;
+		}
+		*fields[i] = h_xstrdup(line);
+		line = strtok_r(NULL, "\n", &save);
 	}
-	n = strlen(out);
-	while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == ' '))
-		out[--n] = '\0';
-	*dir = out;
+	free(out);
+	if (rc != 0)
+		postfix_defaults_free(d);
+	return rc;
+}
+
+/* pf_owner - uid for a postfix-files owner field, or -1 */
+static int
+pf_owner(const char *name, const struct postfix_defaults *d, uid_t *uid)
+{
+	struct passwd	*pw;
+
+	if (strcmp(name, "$mail_owner") == 0)
+		name = d->mail_owner;
+	if ((pw = getpwnam(name)) == NULL)
+		return -1;
+	*uid = pw->pw_uid;
 	return 0;
+}
+
+/* pf_group - gid for a postfix-files group field ("-": leave it), or -1 */
+static int
+pf_group(const char *name, const struct postfix_defaults *d, gid_t *gid)
+{
+	struct group	*gr;
+
+	*gid = (gid_t)-1;
+	if (strcmp(name, "-") == 0)
+		return 0;
+	if (strcmp(name, "$setgid_group") == 0)
+		name = d->setgid_group;
+	if ((gr = getgrnam(name)) == NULL)
+		return -1;
+	*gid = gr->gr_gid;
+	return 0;
+}
+
+/*
+ * make_queue - what "post-install create-missing" does for this
+ * instance: every directory that $meta_directory/postfix-files marks
+ * "c" (create) under $queue_directory or $data_directory, with its
+ * owner, group and mode.  Returns the number made, or -errno.
+ */
+static int
+make_queue(struct h_postfix *pf, const struct postfix_defaults *d)
+{
+	char		*path, *line = NULL, *f[6], *save, *full;
+	const char	*base;
+	size_t		 cap = 0;
+	FILE		*fp;
+	uid_t		 uid;
+	gid_t		 gid;
+	long		 mode;
+	int		 made = 0, i, lines;
+
+	path = h_xasprintf("%s/postfix-files", d->meta_dir);
+	fp = fopen(path, "r");
+	free(path);
+	if (fp == NULL)
+		return -errno;
+	for (lines = 0; lines < 10000 && getline(&line, &cap, fp) != -1;
+	    lines++) {
+		line[strcspn(line, "\r\n")] = '\0';
+		save = NULL;
+		for (i = 0; i < 6; i++)
+			f[i] = strtok_r(i == 0 ? line : NULL, ":", &save);
+		if (f[5] == NULL || strcmp(f[1], "d") != 0 ||
+		    strchr(f[5], 'c') == NULL)
+			continue;
+		if (strncmp(f[0], "$queue_directory", 16) == 0)
+			base = pf->queue_dir;
+		else if (strncmp(f[0], "$data_directory", 15) == 0)
+			base = pf->data_dir;
+		else
+			continue;
+		full = h_xasprintf("%s%s", base, strchr(f[0], '/') != NULL ?
+		    strchr(f[0], '/') : "");
+		mode = strtol(f[4], NULL, 8);
+		if (pf_owner(f[2], d, &uid) != 0 ||
+		    pf_group(f[3], d, &gid) != 0 ||
+		    (mkdir(full, 0700) == -1 && errno != EEXIST) ||
+		    chown(full, uid, gid) == -1 ||
+		    chmod(full, (mode_t)mode) == -1) {
+			free(full);
+			made = errno != 0 ? -errno : -EINVAL;
+			break;
+		}
+		free(full);
+		made++;
+	}
+	free(line);
+	(void)fclose(fp);
+	return made;
+}
+
+/*
+ * backdate - set path's times a minute back.  Postfix re-reads main.cf
+ * every 300 ms until its mtime is over a second older than the read
+ * began (dict_load_file: "let it settle down"), which costs a freshly
+ * written main.cf two seconds at each daemon start.
+ */
+static int
+backdate(const char *path)
+{
+	struct timespec	 ts[2];
+
+	if (clock_gettime(CLOCK_REALTIME, &ts[0]) == -1)
+		return -errno;
+	ts[0].tv_sec -= 60;
+	ts[1] = ts[0];
+	return utimensat(AT_FDCWD, path, ts, 0) == -1 ? -errno : 0;
 }
 
 /*
@@ -1461,11 +1645,13 @@ postfix_write_config(struct h_postfix *pf, const char *milter_spec,
 	    "postlog unix-dgram n - n - 1 postlogd\n",
 	    pf->smtpd_port);
 	path = h_xasprintf("%s/main.cf", pf->config_dir);
-	rc = h_write_file(path, main_cf);
+	if ((rc = h_write_file(path, main_cf)) == 0)
+		rc = backdate(path);
 	free(path);
 	if (rc == 0) {
 		path = h_xasprintf("%s/master.cf", pf->config_dir);
-		rc = h_write_file(path, master_cf);
+		if ((rc = h_write_file(path, master_cf)) == 0)
+			rc = backdate(path);
 		free(path);
 	}
 	free(main_cf);
@@ -1605,7 +1791,7 @@ master_start(struct h_postfix *pf, const char *master)
 	return rc;
 }
 
-/* create_missing - queue and data directories, owned as postfix-files says */
+/* create_missing - queue and data directories by "postfix post-install" */
 static int
 create_missing(struct h_postfix *pf)
 {
@@ -1629,21 +1815,36 @@ create_missing(struct h_postfix *pf)
 	return rc;
 }
 
+/*
+ * build_queue - make_queue(), or Postfix's own post-install when
+ * postfix-files cannot be used (it reads the main.cf just written).
+ */
+static int
+build_queue(struct h_postfix *pf, const struct postfix_defaults *d)
+{
+	return make_queue(pf, d) > 0 ? 0 : create_missing(pf);
+}
+
+/*
+ * h_postfix_start - layout; then sink, config, queue and master, again
+ * with fresh ports after a port clash
+ */
 int
 h_postfix_start(struct h_postfix *pf, const char *milter_spec,
     const char *extra_main_cf)
 {
-	struct passwd	*pw;
-	char		*daemon_dir = NULL, *master = NULL, *sink = NULL;
-	bool		 created = false;
-	int		 rc, attempt, i;
+	struct postfix_defaults	 d;
+	struct passwd		*pw;
+	char			*master = NULL, *sink = NULL;
+	bool			 created = false;
+	int			 rc, attempt, i;
 
 	memset(pf, 0, sizeof *pf);
 	if (geteuid() != 0)
 		return -EPERM;
-	if ((rc = postfix_daemon_dir(&daemon_dir)) != 0)
+	if ((rc = postfix_defaults_get(&d)) != 0)
 		return rc;
-	master = h_xasprintf("%s/master", daemon_dir);
+	master = h_xasprintf("%s/master", d.daemon_dir);
 	if (access(master, X_OK) == -1 ||
 	    (sink = find_program("smtp-sink")) == NULL ||
 	    (pw = getpwnam(H_SINK_USER)) == NULL) {
@@ -1670,7 +1871,7 @@ h_postfix_start(struct h_postfix *pf, const char *milter_spec,
 			break;
 		if ((rc = postfix_write_config(pf, milter_spec,
 		    extra_main_cf)) != 0 ||
-		    (!created && (rc = create_missing(pf)) != 0) ||
+		    (!created && (rc = build_queue(pf, &d)) != 0) ||
 		    (rc = master_start(pf, master)) != 0)
 			(void)h_postfix_stop(pf);
 		created = true;
@@ -1678,12 +1879,13 @@ h_postfix_start(struct h_postfix *pf, const char *milter_spec,
 			break;
 	}
 out:
-	free(daemon_dir);
+	postfix_defaults_free(&d);
 	free(master);
 	free(sink);
 	return rc;
 }
 
+/* h_postfix_stop - TERM the master, KILL leftovers, stop the sink */
 int
 h_postfix_stop(struct h_postfix *pf)
 {
@@ -1705,6 +1907,7 @@ h_postfix_stop(struct h_postfix *pf)
 	return rc;
 }
 
+/* h_postfix_fini - stop and release the instance's strings */
 void
 h_postfix_fini(struct h_postfix *pf)
 {
@@ -1721,6 +1924,7 @@ h_postfix_fini(struct h_postfix *pf)
 	memset(pf, 0, sizeof *pf);
 }
 
+/* h_postfix_log - the maillog_file so far */
 char *
 h_postfix_log(struct h_postfix *pf)
 {
@@ -1729,6 +1933,7 @@ h_postfix_log(struct h_postfix *pf)
 	return s != NULL ? s : h_xstrdup("");
 }
 
+/* h_postfix_print_logs - the instance's three logs, for a failing test */
 void
 h_postfix_print_logs(struct h_postfix *pf, FILE *fp)
 {
@@ -1750,6 +1955,7 @@ h_postfix_print_logs(struct h_postfix *pf, FILE *fp)
 	}
 }
 
+/* h_sink_count - the last "mesg=" counter smtp-sink -c printed */
 int
 h_sink_count(struct h_postfix *pf)
 {
@@ -1774,6 +1980,7 @@ struct dump_entry {
 	struct timespec	 mtime;
 };
 
+/* dump_cmp - order dump files by mtime, then name */
 static int
 dump_cmp(const void *a, const void *b)
 {
@@ -1818,6 +2025,7 @@ dump_list(struct h_postfix *pf, struct dump_entry **out)
 	return n;
 }
 
+/* dump_free - release a dump_list() result */
 static void
 dump_free(struct dump_entry *v, int n)
 {
@@ -1828,6 +2036,7 @@ dump_free(struct dump_entry *v, int n)
 	free(v);
 }
 
+/* h_sink_wait_messages - until n are complete and none is in progress */
 int
 h_sink_wait_messages(struct h_postfix *pf, int n, double timeout_s)
 {
@@ -1849,6 +2058,7 @@ h_sink_wait_messages(struct h_postfix *pf, int n, double timeout_s)
 	return -ETIMEDOUT;
 }
 
+/* h_sink_message - the i-th dump file in delivery order */
 char *
 h_sink_message(struct h_postfix *pf, int i)
 {

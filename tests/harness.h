@@ -14,14 +14,17 @@
  * refuses anything else.  Every loop is bounded in count and in time.
  *
  * Teardown: every process started through the harness leads its own
- * session and process group, and is registered.  At exit() (atexit) the
- * harness sends SIGTERM to each registered group, SIGKILL after a grace
- * period, reaps, then removes the temp directory unless KEEP_TMP is set
- * in the environment.  A test process that dies without running atexit
- * handlers (a Criterion .timeout kill, a crash) is covered by a guard
- * process, forked on first use, that holds the read end of a pipe: when
- * the test process goes away it sees EOF, kills the groups still
- * registered, and removes the temp directory.
+ * session and process group, and is registered.  At exit() (atexit)
+ * the harness sends SIGTERM to each registered group, SIGKILL after a
+ * grace period, reaps, then removes the temp directory unless KEEP_TMP
+ * is set in the environment.  A test process that dies without running
+ * atexit handlers (a Criterion .timeout kill, a crash) is covered by a
+ * guard process, forked on first use, holding one end of a socket pair:
+ * when the test process goes away it sees EOF, kills the groups still
+ * registered, and removes the temp directory.  On Linux the test
+ * process also makes itself a child subreaper (prctl), so that helpers
+ * orphaned by a daemon's death are reparented to it and reaped at once;
+ * a test that forks processes of its own should know that.
  *
  * Concurrency: not thread-safe.  Call it from the test's main thread
  * only.  State is per process: under Criterion each test runs in its own
@@ -231,10 +234,11 @@ struct h_postfix {
  * extra_main_cf (may be NULL) are appended to main.cf, so they override
  * the defaults.  Returns once smtpd answers with its own greeting.
  * Requires root (master(8) must be started as root): -EPERM otherwise;
- * -ENOENT if Postfix or smtp-sink is not installed; -ETIMEDOUT or
- * -EADDRINUSE if it would not come up.  On error nothing is left
- * running, and pf keeps its paths so that the logs can be read.
- * Blocks for about half a second.
+ * -ENOENT if Postfix, smtp-sink or the user "nobody" (the sink's) is
+ * missing; -ETIMEDOUT, -EIO or -EADDRINUSE if it would not come up.  On
+ * error nothing is left running, and pf keeps its paths so that the
+ * logs can be read; release it with h_postfix_fini().  Blocks for some
+ * 50 ms on an idle machine.
  */
 int	 h_postfix_start(struct h_postfix *pf, const char *milter_spec,
 	    const char *extra_main_cf);
@@ -274,10 +278,11 @@ int	 h_sink_wait_messages(struct h_postfix *pf, int n, double timeout_s);
  * The i-th (from 0) dump file, ordered by modification time then name,
  * which is delivery order for messages delivered one after the other.
  * Each dump holds smtp-sink's X-Client-Addr, X-Client-Proto,
- * X-Helo-Args, X-Mail-Args and one X-Rcpt-Args per recipient, a
- * Received header, then the message as received.  Call it after
- * h_sink_wait_messages(), when no delivery is in flight.  Caller owns;
- * NULL if there is no such message.
+ * X-Helo-Args, X-Mail-Args and one X-Rcpt-Args per recipient (the
+ * arguments as Postfix sent them: "<a@b.example> ORCPT=rfc822;..."), a
+ * Received header, then the message as received, dot-unstuffed.  Call
+ * it after h_sink_wait_messages(), when no delivery is in flight.
+ * Caller owns; NULL if there is no such message.
  */
 char	*h_sink_message(struct h_postfix *pf, int i);
 

@@ -422,7 +422,7 @@ Test(proxy, conflicting_changes_keep_the_first_upstream, .timeout = 60)
 	log = wait_log(&e, "conflict: sender");
 	HAS(log, "conflict: header Subject changed by first and second; "
 	    "first wins");
-	HAS(log, "conflict: sender change changed by first and second; "
+	HAS(log, "conflict: sender changed by first and second; "
 	    "first wins");
 }
 

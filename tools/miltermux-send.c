@@ -169,7 +169,8 @@ parse_args(int argc, char **argv)
 			break;
 		case 'P':
 			opt.client_port = (unsigned)strtoul(optarg, &end, 10);
-			if (*end != '\0' || opt.client_port > 65535) {
+			if (*end != '\0' || end == optarg ||
+			    opt.client_port > 65535) {
 				fprintf(stderr, "miltermux-send: --client-port: "
 				    "\"%s\" is not a port\n", optarg);
 				exit(EX_USAGE);
@@ -188,9 +189,11 @@ parse_args(int argc, char **argv)
 			break;
 		case 't':
 			opt.timeout = strtod(optarg, &end);
-			if (*end != '\0' || !(opt.timeout > 0)) {
+			if (*end != '\0' || !(opt.timeout > 0) ||
+			    opt.timeout > 86400) {
 				fprintf(stderr, "miltermux-send: --timeout: "
-				    "\"%s\" is not a positive number\n", optarg);
+				    "\"%s\" is not a number of seconds from "
+				    "0 to 86400\n", optarg);
 				exit(EX_USAGE);
 			}
 			break;
@@ -427,6 +430,15 @@ report(const char *what, const char *arg, const struct upstream_xchg *x)
 	}
 }
 
+static bool
+user_macro(const char *name)
+{
+	for (size_t i = 0; i < opt.nmacros; i++)
+		if (strcmp(opt.macros[i].name, name) == 0)
+			return true;
+	return false;
+}
+
 /* put_all_macros - our defaults plus the user's, for every stage */
 static void
 put_all_macros(struct buf *b, enum stage st, const char *extra_name,
@@ -437,19 +449,21 @@ put_all_macros(struct buf *b, enum stage st, const char *extra_name,
 
 	if (proto_stage_macro[st] < 0)
 		return;
-	if (st >= STAGE_ENVFROM) {
+	/* The user's macros first: a default of the same name is left
+	 * out, so -m can override it. */
+	for (size_t i = 0; i < opt.nmacros && n < 62; i++, n++) {
+		pairs[2 * n] = opt.macros[i].name;
+		pairs[2 * n + 1] = opt.macros[i].value;
+	}
+	if (st >= STAGE_ENVFROM && !user_macro("i")) {
 		pairs[2 * n] = "i";
 		pairs[2 * n + 1] = queueid;
 		n++;
 	}
-	if (extra_name != NULL) {
+	if (extra_name != NULL && !user_macro(extra_name)) {
 		pairs[2 * n] = extra_name;
 		pairs[2 * n + 1] = extra_value;
 		n++;
-	}
-	for (size_t i = 0; i < opt.nmacros && n < 64; i++, n++) {
-		pairs[2 * n] = opt.macros[i].name;
-		pairs[2 * n + 1] = opt.macros[i].value;
 	}
 	codec_put_macros(b, proto_stage_cmd[st], pairs, n);
 }
@@ -525,7 +539,8 @@ split_message(const char *m, size_t len, struct header **hdrs,
 		}
 		colon = memchr(line, ':', ll);
 		if (colon == NULL) {
-			/* Not a header: the message has no header block. */
+			/* Not a header line: the header block ends here and
+			 * this line starts the body. */
 			i = (size_t)(line - m);
 			break;
 		}
@@ -583,6 +598,7 @@ main(int argc, char **argv)
 	char			 why[256], *msg, *rcptv[2];
 	size_t			 len, nhdrs, accepted = 0;
 	enum verdict		 final = VERDICT_CONTINUE;
+	enum verdict		 refused = VERDICT_NONE;
 	bool			 leadspc, done = false;
 	int			 rc, status = EXIT_PASSED;
 
@@ -605,9 +621,11 @@ main(int argc, char **argv)
 		return EX_OSERR;
 	}
 	up = upstream_new(&cfg, "miltermux-send", pool_pick(pool));
-	if (opt.json)
-		fprintf(out, "{\n  \"server\": \"%s\",\n  \"stages\": [",
-		    opt.server);
+	if (opt.json) {
+		fputs("{\n  \"server\": ", out);
+		json_cstr(opt.server);
+		fputs(",\n  \"stages\": [", out);
+	}
 
 	/* Offer everything, as Postfix and Sendmail do. */
 	x = stage(STAGE_CONNECT);
@@ -688,14 +706,19 @@ main(int argc, char **argv)
 		if (x->verdict == VERDICT_ACCEPT ||
 		    x->verdict == VERDICT_DISCARD)
 			done = true, final = x->verdict;
-		else if (x->verdict == VERDICT_CONTINUE ||
-		    x->verdict == VERDICT_NONE)
+		else if (x->verdict == VERDICT_REJECT ||
+		    x->verdict == VERDICT_TEMPFAIL)
+			refused = x->verdict == VERDICT_REJECT ||
+			    refused == VERDICT_REJECT ? VERDICT_REJECT :
+			    VERDICT_TEMPFAIL;
+		else
 			accepted++;
 		upstream_xchg_fini(x), free(x);
 	}
 	if (!done && accepted == 0) {
+		/* Every recipient refused: the MTA would not go on. */
 		done = true;
-		final = VERDICT_REJECT;
+		final = refused;
 	}
 	if (!done) {
 		RUN(STAGE_DATA, "data", NULL, {
