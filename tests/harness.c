@@ -71,6 +71,7 @@
 #define H_GRACE_S	3.0		/* SIGTERM to SIGKILL at teardown */
 #define H_REAP_S	5.0		/* SIGKILL to gone */
 #define H_EXEC_S	10.0		/* fork to exec */
+#define H_MAX_REAP	10000		/* orphans reaped per poll */
 #define H_RUN_MAX_OUT	(16u << 20)
 #define H_FILE_MAX	(64u << 20)
 #define H_LINE_MAX	8192		/* one SMTP reply line */
@@ -366,9 +367,12 @@ guard_main(int fd)
 				(void)kill(-pids[i], sig);
 		deadline = h_now() + H_GRACE_S;
 		do {
+			/* A group gone is forgotten: its id may be reused. */
 			alive = false;
 			for (i = 0; i < H_MAX_CHILDREN; i++)
-				if (pids[i] != 0 && group_alive(pids[i]))
+				if (pids[i] != 0 && !group_alive(pids[i]))
+					pids[i] = 0;
+				else if (pids[i] != 0)
 					alive = true;
 			if (alive)
 				backoff(&step, deadline);
@@ -542,7 +546,7 @@ reap_child(int idx, int *status)
 {
 	pid_t	 pid = hs.child[idx], r;
 	double	 deadline, step = 0;
-	int	 st = 0, rc = 0;
+	int	 st = 0, rc = 0, k;
 
 	(void)kill(-pid, SIGKILL);
 	guard_send(GUARD_DEL, pid, NULL);
@@ -554,7 +558,8 @@ reap_child(int idx, int *status)
 	hs.child[idx] = 0;
 	deadline = h_now() + H_REAP_S;
 	while (group_alive(pid) && h_now() < deadline) {
-		while (waitpid(-pid, NULL, WNOHANG) > 0)
+		for (k = 0; k < H_MAX_REAP && waitpid(-pid, NULL, WNOHANG) > 0;
+		    k++)
 			;
 		if (group_alive(pid))
 			backoff(&step, deadline);
@@ -1524,6 +1529,7 @@ make_queue(struct h_postfix *pf, const struct postfix_defaults *d)
 		full = h_xasprintf("%s%s", base, strchr(f[0], '/') != NULL ?
 		    strchr(f[0], '/') : "");
 		mode = strtol(f[4], NULL, 8);
+		errno = 0;
 		if (pf_owner(f[2], d, &uid) != 0 ||
 		    pf_group(f[3], d, &gid) != 0 ||
 		    (mkdir(full, 0700) == -1 && errno != EEXIST) ||

@@ -2,14 +2,15 @@
 /*
  * test_postfix - end-to-end tests through a real Postfix.
  *
- * This file will hold the end-to-end tests that run miltermux in a
- * private Postfix instance's smtpd_milters, with test milters behind it:
- * SMTP in at smtpd, verdicts and modifications as Postfix applies them,
- * and the messages as they come out at the smtp-sink.  Each test starts
- * its own instance through tests/harness.h.
+ * miltermux runs in a private Postfix instance's smtpd_milters, with
+ * real test milters behind it: SMTP goes in at smtpd, verdicts come back
+ * as SMTP replies, and the modifications are checked as Postfix applied
+ * them, in the messages that come out at the smtp-sink (envelope in its
+ * X-Mail-Args / X-Rcpt-Args lines, then headers and body).  Each test
+ * starts its own instance through tests/harness.h.
  *
- * For now it proves that the Postfix side works without any milter, so
- * that a failing milter test can be told apart from a broken Postfix
+ * The first test proves that the Postfix side works without any milter,
+ * so that a failing milter test can be told apart from a broken Postfix
  * setup.  Tests are skipped where a private Postfix cannot run (not
  * root, Postfix or smtp-sink not installed).
  *
@@ -24,6 +25,7 @@
 
 #include <criterion/criterion.h>
 
+#include "fixture.h"
 #include "harness.h"
 
 static struct h_postfix	pf;
@@ -105,5 +107,348 @@ Test(postfix, relays_a_message_to_the_sink, .timeout = 120, .fini = fini)
 	cr_assert_not_null(strstr(msg, "\n.A line that starts with a dot.\n"),
 	    "dot-stuffing lost the leading dot:\n%s", msg);
 	free(msg);
+	passed = true;
+}
+
+/*
+ * With miltermux in front of the given upstreams: start everything and
+ * open an SMTP session that has said EHLO.
+ */
+static void
+start_proxy(struct env *e, const struct up *ups, size_t n, struct h_smtp *s)
+{
+	char	*spec, *reply = NULL;
+	int	 code;
+
+	env_setup(e, ups, n, NULL, 1);
+	spec = h_xasprintf("inet:127.0.0.1:%d", e->mux_port);
+	start_or_skip(spec, NULL);
+	free(spec);
+	code = h_smtp_open(s, "127.0.0.1", pf.smtpd_port, &reply);
+	cr_assert_eq(code, 220, "greeting: %d: %s", code,
+	    reply != NULL ? reply : strerror(-code));
+	free(reply);
+	expect(s, "EHLO client.example.test", 250);
+}
+
+/* expect_text - a command whose reply must be code and contain text */
+static void
+expect_text(struct h_smtp *s, const char *line, int want, const char *text)
+{
+	char	*reply = NULL;
+	int	 code;
+
+	code = h_smtp_cmd(s, line, &reply);
+	cr_assert_eq(code, want, "%s: got %d: %s", line, code,
+	    reply != NULL ? reply : strerror(-code));
+	cr_assert(strstr(reply, text) != NULL, "%s: reply \"%s\" lacks "
+	    "\"%s\"", line, reply, text);
+	free(reply);
+}
+
+static void
+data(struct h_smtp *s, const char *msg, int want, const char *text)
+{
+	char	*reply = NULL;
+	int	 code;
+
+	code = h_smtp_data(s, msg, &reply);
+	cr_assert_eq(code, want, "end of data: %d: %s", code,
+	    reply != NULL ? reply : strerror(-code));
+	if (text != NULL)
+		cr_assert(strstr(reply, text) != NULL, "reply \"%s\" lacks "
+		    "\"%s\"", reply, text);
+	free(reply);
+}
+
+/* delivered - wait for the n-th delivered message and return it */
+static char *
+delivered(int n)
+{
+	int	 got = h_sink_wait_messages(&pf, n, 60.0);
+	char	*msg;
+
+	cr_assert_eq(got, n, "sink messages: %d, want %d", got, n);
+	msg = h_sink_message(&pf, n - 1);
+	cr_assert_not_null(msg);
+	return msg;
+}
+
+static const char message[] =
+    "From: Alice <alice@example.org>\n"
+    "To: Bob <bob@example.net>\n"
+    "Subject: original subject\n"
+    "X-Dup: one\n"
+    "X-Dup: two\n"
+    "X-Dup: three\n"
+    "\n"
+    "original body\n";
+
+Test(postfix, all_continue_delivers_with_every_upstream_run,
+    .timeout = 120, .fini = fini)
+{
+	struct env	 e;
+	struct h_smtp	 s;
+	struct up	 ups[] = {
+		{ "a", { "--tag", NULL }, NULL },
+		{ "b", { "--tag", NULL }, NULL },
+		{ "c", { "--tag", NULL }, NULL },
+	};
+	char		*msg;
+
+	start_proxy(&e, ups, 3, &s);
+	expect(&s, "MAIL FROM:<alice@example.org>", 250);
+	expect(&s, "RCPT TO:<bob@example.net>", 250);
+	data(&s, message, 250, NULL);
+	h_smtp_close(&s);
+	msg = delivered(1);
+	HAS(msg, "X-Mail-Args: <alice@example.org>");
+	HAS(msg, "X-Rcpt-Args: <bob@example.net>");
+	HAS(msg, "\nX-Testmilter-a: seen\n");
+	HAS(msg, "\nX-Testmilter-b: seen\n");
+	HAS(msg, "\nX-Testmilter-c: seen\n");
+	HAS(msg, "\nSubject: original subject\n");
+	HAS(msg, "\n\noriginal body\n");
+	passed = true;
+}
+
+Test(postfix, custom_reject_text_reaches_the_smtp_client, .timeout = 120,
+    .fini = fini)
+{
+	struct env	 e;
+	struct h_smtp	 s;
+	struct up	 ups[] = {
+		{ "a", { NULL }, NULL },
+		{ "policy", { "--verdict", "envfrom=reject", "--reply",
+		    "envfrom=550 5.7.1 Sender refused by local policy",
+		    NULL }, NULL },
+	};
+
+	start_proxy(&e, ups, 2, &s);
+	expect_text(&s, "MAIL FROM:<alice@example.org>", 550,
+	    "550 5.7.1 Sender refused by local policy");
+	h_smtp_close(&s);
+	passed = true;
+}
+
+Test(postfix, reject_and_tempfail_together_give_the_reject,
+    .timeout = 120, .fini = fini)
+{
+	struct env	 e;
+	struct h_smtp	 s;
+	struct up	 ups[] = {
+		{ "t", { "--verdict", "eom=tempfail", "--reply",
+		    "eom=451 4.7.1 try again", NULL }, NULL },
+		{ "r", { "--verdict", "eom=reject", "--reply",
+		    "eom=554 5.7.1 content refused", NULL }, NULL },
+	};
+
+	start_proxy(&e, ups, 2, &s);
+	expect(&s, "MAIL FROM:<alice@example.org>", 250);
+	expect(&s, "RCPT TO:<bob@example.net>", 250);
+	data(&s, message, 554, "5.7.1 content refused");
+	h_smtp_close(&s);
+	cr_assert_eq(h_sink_count(&pf), 0);
+	passed = true;
+}
+
+Test(postfix, tempfail_alone_gives_4xx, .timeout = 120, .fini = fini)
+{
+	struct env	 e;
+	struct h_smtp	 s;
+	struct up	 ups[] = {
+		{ "a", { NULL }, NULL },
+		{ "t", { "--verdict", "envrcpt=tempfail", NULL }, NULL },
+	};
+
+	start_proxy(&e, ups, 2, &s);
+	expect(&s, "MAIL FROM:<alice@example.org>", 250);
+	expect_text(&s, "RCPT TO:<bob@example.net>", 451, "4.");
+	h_smtp_close(&s);
+	passed = true;
+}
+
+Test(postfix, one_recipient_rejected_and_the_others_delivered,
+    .timeout = 120, .fini = fini)
+{
+	struct env	 e;
+	struct h_smtp	 s;
+	struct up	 ups[] = {
+		{ "a", { "--reject-rcpt", "<nobody@example.net>", "--reply",
+		    "envrcpt=550 5.1.1 No such user here", NULL }, NULL },
+		{ "b", { NULL }, NULL },
+	};
+	char		*msg;
+
+	start_proxy(&e, ups, 2, &s);
+	expect(&s, "MAIL FROM:<alice@example.org>", 250);
+	expect(&s, "RCPT TO:<bob@example.net>", 250);
+	expect_text(&s, "RCPT TO:<nobody@example.net>", 550,
+	    "5.1.1 No such user here");
+	expect(&s, "RCPT TO:<carol@example.net>", 250);
+	data(&s, message, 250, NULL);
+	h_smtp_close(&s);
+	msg = delivered(1);
+	HAS(msg, "X-Rcpt-Args: <bob@example.net>");
+	HAS(msg, "X-Rcpt-Args: <carol@example.net>");
+	HASNT(msg, "nobody@example.net");
+	passed = true;
+}
+
+Test(postfix, headers_from_two_upstreams_and_rebased_edits,
+    .timeout = 120, .fini = fini)
+{
+	struct env	 e;
+	struct h_smtp	 s;
+	/* Both meant the original headers: a deletes X-Dup #1, b changes
+	 * X-Dup #2 and inserts one above everything it saw; each adds one
+	 * header. */
+	struct up	 ups[] = {
+		{ "a", { "--addheader", "X-From-A:alpha", "--chgheader",
+		    "1:X-Dup:", NULL }, NULL },
+		{ "b", { "--addheader", "X-From-B:beta", "--chgheader",
+		    "2:X-Dup:TWO", "--insheader", "1:X-Top:first", NULL },
+		    NULL },
+	};
+	char		*msg, *hdrs;
+
+	start_proxy(&e, ups, 2, &s);
+	expect(&s, "MAIL FROM:<alice@example.org>", 250);
+	expect(&s, "RCPT TO:<bob@example.net>", 250);
+	data(&s, message, 250, NULL);
+	h_smtp_close(&s);
+	msg = delivered(1);
+	hdrs = strstr(msg, "\nX-Top: first\nFrom: Alice");
+	cr_assert_not_null(hdrs, "X-Top must sit right above From "
+	    "(below Postfix's Received:):\n%s", msg);
+	HAS(hdrs, "Subject: original subject\nX-Dup: TWO\n"
+	    "X-Dup: three\n");
+	HASNT(msg, "X-Dup: one");
+	HAS(msg, "\nX-From-A: alpha\n");
+	HAS(msg, "\nX-From-B: beta\n");
+	cr_assert(strstr(msg, "X-From-A") < strstr(msg, "X-From-B"));
+	passed = true;
+}
+
+Test(postfix, recipients_sender_and_body_changes_are_delivered,
+    .timeout = 120, .fini = fini)
+{
+	struct env	 e;
+	struct h_smtp	 s;
+	struct up	 ups[] = {
+		{ "env", { "--addrcpt", "<added@example.net>",
+		    "--delrcpt", "<bob@example.net>",
+		    "--chgfrom", "<bounce@example.org>", NULL }, NULL },
+		{ "body", { "--replbody", "the replaced body\n", NULL },
+		    NULL },
+	};
+	char		*msg;
+
+	start_proxy(&e, ups, 2, &s);
+	expect(&s, "MAIL FROM:<alice@example.org>", 250);
+	expect(&s, "RCPT TO:<bob@example.net>", 250);
+	expect(&s, "RCPT TO:<carol@example.net>", 250);
+	data(&s, message, 250, NULL);
+	h_smtp_close(&s);
+	msg = delivered(1);
+	HAS(msg, "X-Mail-Args: <bounce@example.org>");
+	HAS(msg, "X-Rcpt-Args: <added@example.net>");
+	HAS(msg, "X-Rcpt-Args: <carol@example.net>");
+	HASNT(msg, "X-Rcpt-Args: <bob@example.net>");
+	HAS(msg, "\n\nthe replaced body\n");
+	HASNT(msg, "original body");
+	passed = true;
+}
+
+Test(postfix, quarantine_puts_the_message_on_hold, .timeout = 120,
+    .fini = fini)
+{
+	struct env	 e;
+	struct h_smtp	 s;
+	struct up	 ups[] = {
+		{ "a", { NULL }, NULL },
+		{ "av", { "--quarantine", "virus found", NULL }, NULL },
+	};
+	char		*log;
+
+	start_proxy(&e, ups, 2, &s);
+	expect(&s, "MAIL FROM:<alice@example.org>", 250);
+	expect(&s, "RCPT TO:<bob@example.net>", 250);
+	data(&s, message, 250, NULL);
+	h_smtp_close(&s);
+	h_wait_file_contains(pf.maillog, "milter-hold", 30);
+	log = h_postfix_log(&pf);
+	/* Postfix 3.7 logs the hold but not the milter's reason. */
+	HAS(log, "milter-hold: END-OF-MESSAGE");
+	cr_assert_eq(h_sink_count(&pf), 0, "held, not delivered");
+	passed = true;
+}
+
+Test(postfix, two_messages_in_one_session_with_rset, .timeout = 120,
+    .fini = fini)
+{
+	struct env	 e;
+	struct h_smtp	 s;
+	struct up	 ups[] = {
+		{ "a", { "--addheader", "X-Seen-By-A:yes", NULL }, NULL },
+		{ "b", { "--reject-rcpt", "<nobody@example.net>", NULL },
+		    NULL },
+	};
+	char		*m1, *m2;
+
+	start_proxy(&e, ups, 2, &s);
+	expect(&s, "MAIL FROM:<first@example.org>", 250);
+	expect(&s, "RCPT TO:<bob@example.net>", 250);
+	data(&s, message, 250, NULL);
+	expect(&s, "RSET", 250);
+	expect(&s, "MAIL FROM:<aborted@example.org>", 250);
+	expect(&s, "RSET", 250);
+	expect(&s, "MAIL FROM:<second@example.org>", 250);
+	expect(&s, "RCPT TO:<nobody@example.net>", 550);
+	expect(&s, "RCPT TO:<carol@example.net>", 250);
+	data(&s, message, 250, NULL);
+	h_smtp_close(&s);
+	m1 = delivered(1);
+	m2 = delivered(2);
+	if (strstr(m1, "second@") != NULL) {
+		char *t = m1; m1 = m2; m2 = t;
+	}
+	HAS(m1, "X-Mail-Args: <first@example.org>");
+	HAS(m1, "\nX-Seen-By-A: yes\n");
+	HAS(m2, "X-Mail-Args: <second@example.org>");
+	HAS(m2, "X-Rcpt-Args: <carol@example.net>");
+	HAS(m2, "\nX-Seen-By-A: yes\n");
+	/* Exactly one added header each: no state leaked between. */
+	cr_assert_null(strstr(strstr(m2, "X-Seen-By-A") + 1, "X-Seen-By-A"));
+	passed = true;
+}
+
+Test(postfix, down_and_slow_upstreams_get_their_on_failure,
+    .timeout = 120, .fini = fini)
+{
+	struct env	 e;
+	struct h_smtp	 s;
+	struct up	 ups[] = {
+		{ "a", { "--addheader", "X-A:kept", NULL }, NULL },
+		{ "down", { NULL }, "\"on_failure\": \"accept\"" },
+		{ "slow", { "--delay", "eom=5000", "--addheader", "X-Slow:1",
+		    NULL }, "\"on_failure\": \"tempfail\", "
+		    "\"timeouts\": { \"content\": 1 }" },
+	};
+	char		*log;
+
+	start_proxy(&e, ups, 3, &s);
+	expect(&s, "MAIL FROM:<alice@example.org>", 250);
+	expect(&s, "RCPT TO:<bob@example.net>", 250);
+	/* down is ignored (accept); slow times out at end of message and
+	 * its tempfail decides. */
+	data(&s, message, 451, "4.");
+	h_smtp_close(&s);
+	log = env_wait_log(&e, "upstream slow:");
+	HAS(log, "upstream down: negotiate: connect");
+	HAS(log, "applying on_failure=accept");
+	HAS(log, "upstream slow: eom: no answer in time");
+	HAS(log, "applying on_failure=tempfail");
+	cr_assert_eq(h_sink_count(&pf), 0);
 	passed = true;
 }

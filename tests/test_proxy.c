@@ -16,107 +16,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fixture.h"
 #include "harness.h"
-
-#define BIN(p)		PACKAGE_BUILDDIR "/" p
-#define MAX_UP		8
-#define MAX_ARGS	64
-
-struct up {
-	const char	*name;
-	const char	*args[MAX_ARGS];	/* testmilter flags */
-	const char	*json;			/* extra upstream keys */
-};
-
-struct env {
-	char	*mux_sock;
-	char	*mux_log;
-	char	*conf;
-	pid_t	 mux;
-	char	*up_log[MAX_UP];
-	size_t	 n;
-};
-
-/* start_upstreams - one testmilter per entry, each on its own socket */
-static void
-start_upstreams(struct env *e, const struct up *ups, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		const char	*argv[MAX_ARGS + 8];
-		char		*sock = h_xasprintf("%s/%s.sock", h_tmpdir(),
-				    ups[i].name);
-		char		*spec = h_xasprintf("unix:%s", sock);
-		size_t		 k = 0;
-		pid_t		 pid;
-
-		e->up_log[i] = h_xasprintf("%s/%s.log", h_tmpdir(),
-		    ups[i].name);
-		argv[k++] = BIN("tests/milters/testmilter");
-		argv[k++] = "-p";
-		argv[k++] = spec;
-		argv[k++] = "-n";
-		argv[k++] = ups[i].name;
-		argv[k++] = "--log";
-		argv[k++] = e->up_log[i];
-		for (size_t a = 0; ups[i].args[a] != NULL; a++)
-			argv[k++] = ups[i].args[a];
-		argv[k] = NULL;
-		if (strcmp(ups[i].name, "down") != 0) {
-			pid = h_spawn(argv, NULL);
-			cr_assert(pid > 0, "cannot start testmilter %s",
-			    ups[i].name);
-			cr_assert_eq(h_wait_unix(sock, 10), 0,
-			    "testmilter %s did not come up", ups[i].name);
-		}
-		free(sock);
-	}
-	e->n = n;
-}
-
-/* start_mux - write a config for ups (plus top-level extras) and run it */
-static void
-start_mux(struct env *e, const struct up *ups, size_t n, const char *top)
-{
-	char		*cfg, *list = h_xstrdup(""), *tmp;
-	const char	*argv[8];
-
-	for (size_t i = 0; i < n; i++) {
-		tmp = h_xasprintf("%s%s{ \"name\": \"%s\", \"address\": "
-		    "\"unix:%s/%s.sock\"%s%s }", list, i > 0 ? ",\n" : "",
-		    ups[i].name, h_tmpdir(), ups[i].name,
-		    ups[i].json != NULL ? ", " : "",
-		    ups[i].json != NULL ? ups[i].json : "");
-		free(list);
-		list = tmp;
-	}
-	e->mux_sock = h_xasprintf("%s/mux.sock", h_tmpdir());
-	e->mux_log = h_xasprintf("%s/miltermux.log", h_tmpdir());
-	e->conf = h_xasprintf("%s/miltermux.json", h_tmpdir());
-	cfg = h_xasprintf("{\n\"listen\": \"unix:%s\",\n\"threads\": 2,\n"
-	    "%s%s\"upstreams\": [\n%s\n] }\n", e->mux_sock,
-	    top != NULL ? top : "", top != NULL ? ",\n" : "", list);
-	cr_assert_eq(h_write_file(e->conf, cfg), 0);
-	argv[0] = BIN("miltermux");
-	argv[1] = "-f";
-	argv[2] = "-v";
-	argv[3] = "-c";
-	argv[4] = e->conf;
-	argv[5] = NULL;
-	e->mux = h_spawn(argv, e->mux_log);
-	cr_assert(e->mux > 0);
-	cr_assert_eq(h_wait_unix(e->mux_sock, 10), 0,
-	    "miltermux did not come up:\n%s", h_read_file(e->mux_log));
-	free(cfg);
-	free(list);
-}
-
-static void
-setup(struct env *e, const struct up *ups, size_t n, const char *top)
-{
-	memset(e, 0, sizeof *e);
-	start_upstreams(e, ups, n);
-	start_mux(e, ups, n, top);
-}
 
 static const char *sample =
     "From: Alice <alice@example.org>\n"
@@ -139,7 +40,7 @@ send_msg(struct env *e, int *code, ...)
 {
 	const char	*argv[MAX_ARGS];
 	char		*eml = h_xasprintf("%s/msg.eml", h_tmpdir());
-	char		*spec = h_xasprintf("unix:%s", e->mux_sock);
+	char		*spec = h_xstrdup(e->mux_spec);
 	char		*out = NULL;
 	const char	*a;
 	size_t		 k = 0;
@@ -166,26 +67,6 @@ send_msg(struct env *e, int *code, ...)
 	return out;
 }
 
-static char *
-mux_log(struct env *e)
-{
-	char	*log = h_read_file(e->mux_log);
-
-	return log != NULL ? log : h_xstrdup("");
-}
-
-#define HAS(hay, needle) cr_assert(strstr((hay), (needle)) != NULL,	\
-	"expected \"%s\" in:\n%s", (needle), (hay))
-#define HASNT(hay, needle) cr_assert(strstr((hay), (needle)) == NULL,	\
-	"did not expect \"%s\" in:\n%s", (needle), (hay))
-
-/* wait_log - the log line comes a moment after the reply */
-static char *
-wait_log(struct env *e, const char *needle)
-{
-	h_wait_file_contains(e->mux_log, needle, 10);
-	return mux_log(e);
-}
 
 Test(proxy, all_continue_passes_the_message, .timeout = 60)
 {
@@ -197,12 +78,12 @@ Test(proxy, all_continue_passes_the_message, .timeout = 60)
 	char		*out, *log;
 	int		 code;
 
-	setup(&e, ups, 3, NULL);
+	env_setup(&e, ups, 3, NULL, 0);
 	out = send_msg(&e, &code, "-r", "<bob@example.net>", NULL);
 	cr_assert_eq(code, 0, "%s", out);
 	HAS(out, "eom: continue");
 	HAS(out, "result: accept");
-	log = wait_log(&e, "merged continue");
+	log = env_wait_log(&e, "merged continue");
 	HAS(log, "a=continue");
 	HAS(log, "b=continue");
 	HAS(log, "c=continue");
@@ -235,12 +116,12 @@ Test(proxy, reject_with_custom_text_reaches_the_mta, .timeout = 60)
 	char		*out;
 	int		 code;
 
-	setup(&e, ups, 2, NULL);
+	env_setup(&e, ups, 2, NULL, 0);
 	out = send_msg(&e, &code, "-r", "<bob@example.net>", NULL);
 	cr_assert_eq(code, 1, "%s", out);
 	HAS(out, "envfrom <alice@example.org>: reject "
 	    "\"550 5.7.1 Sender refused by policy\"");
-	HAS(wait_log(&e, "merged reject"), "b=reject");
+	HAS(env_wait_log(&e, "merged reject"), "b=reject");
 }
 
 Test(proxy, multiline_reply_reaches_the_mta_unchanged, .timeout = 60)
@@ -253,7 +134,7 @@ Test(proxy, multiline_reply_reaches_the_mta_unchanged, .timeout = 60)
 	char		*out;
 	int		 code;
 
-	setup(&e, ups, 1, NULL);
+	env_setup(&e, ups, 1, NULL, 0);
 	out = send_msg(&e, &code, "-r", "<bob@example.net>", NULL);
 	cr_assert_eq(code, 2, "%s", out);
 	HAS(out, "data: tempfail \"451-4.7.1 first line\\r\\n451 4.7.1 "
@@ -273,11 +154,11 @@ Test(proxy, reject_beats_tempfail, .timeout = 60)
 	char		*out;
 	int		 code;
 
-	setup(&e, ups, 2, NULL);
+	env_setup(&e, ups, 2, NULL, 0);
 	out = send_msg(&e, &code, "-r", "<bob@example.net>", NULL);
 	cr_assert_eq(code, 1, "%s", out);
 	HAS(out, "reject \"554 5.7.1 no way\"");
-	HAS(wait_log(&e, "merged reject"), "t=tempfail");
+	HAS(env_wait_log(&e, "merged reject"), "t=tempfail");
 }
 
 Test(proxy, tempfail_alone_gives_4xx, .timeout = 60)
@@ -291,7 +172,7 @@ Test(proxy, tempfail_alone_gives_4xx, .timeout = 60)
 	char		*out;
 	int		 code;
 
-	setup(&e, ups, 2, NULL);
+	env_setup(&e, ups, 2, NULL, 0);
 	out = send_msg(&e, &code, "-r", "<bob@example.net>", NULL);
 	cr_assert_eq(code, 2, "%s", out);
 	HAS(out, "eom: tempfail \"452 4.3.1 scanner busy\"");
@@ -308,7 +189,7 @@ Test(proxy, recipient_reject_drops_only_that_recipient, .timeout = 60)
 	char		*out, *bl;
 	int		 code;
 
-	setup(&e, ups, 2, NULL);
+	env_setup(&e, ups, 2, NULL, 0);
 	out = send_msg(&e, &code, "-r", "<bob@example.net>", "-r",
 	    "<nobody@example.net>", "-r", "<carol@example.net>", NULL);
 	cr_assert_eq(code, 0, "%s", out);
@@ -335,14 +216,14 @@ Test(proxy, headers_added_by_two_upstreams_are_both_present,
 	char		*out, *pa, *pb;
 	int		 code;
 
-	setup(&e, ups, 2, NULL);
+	env_setup(&e, ups, 2, NULL, 0);
 	out = send_msg(&e, &code, "-r", "<bob@example.net>", NULL);
 	cr_assert_eq(code, 0, "%s", out);
 	pa = strstr(out, "addheader X-From-A: alpha");
 	pb = strstr(out, "addheader X-From-B: beta");
 	cr_assert(pa != NULL && pb != NULL, "%s", out);
 	cr_assert(pa < pb, "config order decides: %s", out);
-	HAS(wait_log(&e, "modifications applied"),
+	HAS(env_wait_log(&e, "modifications applied"),
 	    "merged continue; 2 modifications applied");
 }
 
@@ -359,7 +240,7 @@ Test(proxy, same_name_header_edits_are_rebased, .timeout = 60)
 	char		*out;
 	int		 code;
 
-	setup(&e, ups, 2, NULL);
+	env_setup(&e, ups, 2, NULL, 0);
 	out = send_msg(&e, &code, "-r", "<bob@example.net>", NULL);
 	cr_assert_eq(code, 0, "%s", out);
 	/* Original list (milters' view): From To Subject X-Dup:one
@@ -389,7 +270,7 @@ Test(proxy, envelope_body_and_quarantine_changes_are_applied,
 	char		*out;
 	int		 code;
 
-	setup(&e, ups, 2, NULL);
+	env_setup(&e, ups, 2, NULL, 0);
 	out = send_msg(&e, &code, "-r", "<bob@example.net>", NULL);
 	cr_assert_eq(code, 0, "%s", out);
 	HAS(out, "  chgfrom <bounce@example.org> RET=HDRS\n");
@@ -412,14 +293,14 @@ Test(proxy, conflicting_changes_keep_the_first_upstream, .timeout = 60)
 	char		*out, *log;
 	int		 code;
 
-	setup(&e, ups, 2, NULL);
+	env_setup(&e, ups, 2, NULL, 0);
 	out = send_msg(&e, &code, "-r", "<bob@example.net>", NULL);
 	cr_assert_eq(code, 0, "%s", out);
 	HAS(out, "chgheader 1 Subject: from first");
 	HASNT(out, "from second");
 	HAS(out, "chgfrom <first@example.org>");
 	HASNT(out, "<second@example.org>");
-	log = wait_log(&e, "conflict: sender");
+	log = env_wait_log(&e, "conflict: sender");
 	HAS(log, "conflict: header Subject changed by first and second; "
 	    "first wins");
 	HAS(log, "conflict: sender changed by first and second; "
@@ -440,16 +321,16 @@ Test(proxy, down_upstream_gets_its_on_failure, .timeout = 60)
 	char		*out, *log;
 	int		 code;
 
-	setup(&e, ups, 2, NULL);
+	env_setup(&e, ups, 2, NULL, 0);
 	out = send_msg(&e, &code, "-r", "<bob@example.net>", NULL);
 	cr_assert_eq(code, 0, "on_failure accept ignores it:\n%s", out);
 	HAS(out, "addheader X-A: 1");
-	log = wait_log(&e, "upstream down:");
+	log = env_wait_log(&e, "upstream down:");
 	HAS(log, "upstream down: negotiate: connect");
 	HAS(log, "applying on_failure=accept");
 	h_stop(e.mux, 5, NULL);
 
-	start_mux(&e, ups2, 2, NULL);
+	env_start_mux(&e, ups2, 2, NULL, 0);
 	out = send_msg(&e, &code, "-r", "<bob@example.net>", NULL);
 	cr_assert_eq(code, 2, "on_failure tempfail:\n%s", out);
 	HAS(out, "connect 127.0.0.1: tempfail");
@@ -468,14 +349,14 @@ Test(proxy, slow_upstream_gets_its_on_failure, .timeout = 60)
 	double		 t0;
 	int		 code;
 
-	setup(&e, ups, 2, NULL);
+	env_setup(&e, ups, 2, NULL, 0);
 	t0 = h_now();
 	out = send_msg(&e, &code, "-r", "<bob@example.net>", NULL);
 	cr_assert_lt(h_now() - t0, 4.0, "the deadline bounds the stage");
 	cr_assert_eq(code, 0, "%s", out);
 	HAS(out, "addheader X-A: 1");
 	HASNT(out, "X-S");
-	log = wait_log(&e, "upstream slow:");
+	log = env_wait_log(&e, "upstream slow:");
 	HAS(log, "upstream slow: eom: no answer in time");
 	HAS(log, "applying on_failure=accept");
 }
@@ -492,7 +373,7 @@ Test(proxy, reject_is_decisive_without_waiting_for_the_rest,
 	double		 t0, dt;
 	int		 code;
 
-	setup(&e, ups, 2, NULL);
+	env_setup(&e, ups, 2, NULL, 0);
 	t0 = h_now();
 	out = send_msg(&e, &code, "-r", "<bob@example.net>", NULL);
 	dt = h_now() - t0;
@@ -513,7 +394,7 @@ Test(proxy, eom_fan_out_is_parallel, .timeout = 60)
 	double		 ms;
 	int		 code;
 
-	setup(&e, ups, 3, NULL);
+	env_setup(&e, ups, 3, NULL, 0);
 	out = send_msg(&e, &code, "-r", "<bob@example.net>", "--json", NULL);
 	cr_assert_eq(code, 0, "%s", out);
 	p = strstr(out, "\"stage\": \"eom\"");
@@ -557,7 +438,7 @@ Test(proxy, driven_by_miltertest, .timeout = 60)
 
 	if (access("/usr/bin/miltertest", X_OK) != 0)
 		cr_skip_test("miltertest is not installed");
-	setup(&e, ups, 2, NULL);
+	env_setup(&e, ups, 2, NULL, 0);
 	lua = h_xasprintf(
 	    "local conn = mt.connect(\"unix:%s\")\n"
 	    "assert(conn, \"connect\")\n"
@@ -587,5 +468,5 @@ Test(proxy, driven_by_miltertest, .timeout = 60)
 	argv[2] = script;
 	cr_assert_eq(h_run(argv, 40, &out, &status), 0);
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-	    "miltertest failed:\n%s\nmiltermux log:\n%s", out, mux_log(&e));
+	    "miltertest failed:\n%s\nmiltermux log:\n%s", out, env_mux_log(&e));
 }

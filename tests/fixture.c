@@ -1,0 +1,119 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * fixture - test milters and miltermux for the integration tests.
+ *
+ * Concurrency: one test process, main thread.  Ownership: see fixture.h.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fixture.h"
+#include "harness.h"
+
+void
+env_start_upstreams(struct env *e, const struct up *ups, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		const char	*argv[MAX_ARGS + 8];
+		char		*sock = h_xasprintf("%s/%s.sock", h_tmpdir(),
+				    ups[i].name);
+		char		*spec = h_xasprintf("unix:%s", sock);
+		size_t		 k = 0;
+		pid_t		 pid;
+
+		e->up_log[i] = h_xasprintf("%s/%s.log", h_tmpdir(),
+		    ups[i].name);
+		argv[k++] = BIN("tests/milters/testmilter");
+		argv[k++] = "-p";
+		argv[k++] = spec;
+		argv[k++] = "-n";
+		argv[k++] = ups[i].name;
+		argv[k++] = "--log";
+		argv[k++] = e->up_log[i];
+		for (size_t a = 0; ups[i].args[a] != NULL; a++)
+			argv[k++] = ups[i].args[a];
+		argv[k] = NULL;
+		if (strcmp(ups[i].name, "down") != 0) {
+			pid = h_spawn(argv, NULL);
+			cr_assert(pid > 0, "cannot start testmilter %s",
+			    ups[i].name);
+			cr_assert_eq(h_wait_unix(sock, 10), 0,
+			    "testmilter %s did not come up", ups[i].name);
+		}
+		free(sock);
+		free(spec);
+	}
+	e->n = n;
+}
+
+void
+env_start_mux(struct env *e, const struct up *ups, size_t n,
+    const char *top, int inet)
+{
+	char		*cfg, *list = h_xstrdup(""), *tmp;
+	const char	*argv[8];
+
+	for (size_t i = 0; i < n; i++) {
+		tmp = h_xasprintf("%s%s{ \"name\": \"%s\", \"address\": "
+		    "\"unix:%s/%s.sock\"%s%s }", list, i > 0 ? ",\n" : "",
+		    ups[i].name, h_tmpdir(), ups[i].name,
+		    ups[i].json != NULL ? ", " : "",
+		    ups[i].json != NULL ? ups[i].json : "");
+		free(list);
+		list = tmp;
+	}
+	if (inet) {
+		e->mux_port = h_free_port();
+		cr_assert(e->mux_port > 0);
+		e->mux_sock = NULL;
+		e->mux_spec = h_xasprintf("inet:%d@127.0.0.1", e->mux_port);
+	} else {
+		e->mux_sock = h_xasprintf("%s/mux.sock", h_tmpdir());
+		e->mux_spec = h_xasprintf("unix:%s", e->mux_sock);
+	}
+	e->mux_log = h_xasprintf("%s/miltermux.log", h_tmpdir());
+	e->conf = h_xasprintf("%s/miltermux.json", h_tmpdir());
+	cfg = h_xasprintf("{\n\"listen\": \"%s\",\n\"threads\": 2,\n"
+	    "%s%s\"upstreams\": [\n%s\n] }\n", e->mux_spec,
+	    top != NULL ? top : "", top != NULL ? ",\n" : "", list);
+	cr_assert_eq(h_write_file(e->conf, cfg), 0);
+	argv[0] = BIN("miltermux");
+	argv[1] = "-f";
+	argv[2] = "-v";
+	argv[3] = "-c";
+	argv[4] = e->conf;
+	argv[5] = NULL;
+	e->mux = h_spawn(argv, e->mux_log);
+	cr_assert(e->mux > 0);
+	cr_assert_eq(inet ? h_wait_port(e->mux_port, 10) :
+	    h_wait_unix(e->mux_sock, 10), 0,
+	    "miltermux did not come up:\n%s", env_mux_log(e));
+	free(cfg);
+	free(list);
+}
+
+void
+env_setup(struct env *e, const struct up *ups, size_t n, const char *top,
+    int inet)
+{
+	memset(e, 0, sizeof *e);
+	env_start_upstreams(e, ups, n);
+	env_start_mux(e, ups, n, top, inet);
+}
+
+char *
+env_mux_log(struct env *e)
+{
+	char	*log = h_read_file(e->mux_log);
+
+	return log != NULL ? log : h_xstrdup("");
+}
+
+char *
+env_wait_log(struct env *e, const char *needle)
+{
+	h_wait_file_contains(e->mux_log, needle, 10);
+	return env_mux_log(e);
+}

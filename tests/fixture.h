@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * fixture - the integration tests' set-up: test milters (real libmilter
+ * filters from tests/milters/) and a real miltermux in front of them,
+ * in the test's private temp directory.
+ *
+ * Concurrency: one test process, main thread.  Ownership: the strings
+ * in struct env live until the test process exits.
+ */
+#ifndef FIXTURE_H
+#define FIXTURE_H
+
+#include <sys/types.h>
+
+#define BIN(p)		PACKAGE_BUILDDIR "/" p
+#define MAX_UP		8
+#define MAX_ARGS	64
+
+/* One upstream: its name, testmilter flags, extra JSON config keys. */
+struct up {
+	const char	*name;		/* "down": configured, not started */
+	const char	*args[MAX_ARGS];
+	const char	*json;
+};
+
+struct env {
+	char	*mux_sock;	/* unix socket path, or NULL for inet */
+	char	*mux_spec;	/* libmilter spec miltermux listens on */
+	int	 mux_port;	/* inet port, or 0 */
+	char	*mux_log;
+	char	*conf;
+	pid_t	 mux;
+	char	*up_log[MAX_UP];
+	size_t	 n;
+};
+
+/* Start the upstreams, then miltermux on a unix socket (inet: false)
+ * or on a free 127.0.0.1 port (inet: true).  top: extra top-level JSON
+ * keys or NULL.  Asserts on failure. */
+void	env_setup(struct env *, const struct up *, size_t n, const char *top,
+	    int inet);
+void	env_start_upstreams(struct env *, const struct up *, size_t n);
+void	env_start_mux(struct env *, const struct up *, size_t n,
+	    const char *top, int inet);
+/* miltermux's log so far; caller owns.  wait: until it holds needle. */
+char	*env_mux_log(struct env *);
+char	*env_wait_log(struct env *, const char *needle);
+
+#define HAS(hay, needle) cr_assert(strstr((hay), (needle)) != NULL,	\
+	"expected \"%s\" in:\n%s", (needle), (hay))
+#define HASNT(hay, needle) cr_assert(strstr((hay), (needle)) == NULL,	\
+	"did not expect \"%s\" in:\n%s", (needle), (hay))
+
+#endif /* FIXTURE_H */
