@@ -807,5 +807,18 @@ end:
 	upstream_xchg_fini(x);
 	free(x);
 	pool_free(pool);
+	for (size_t i = 0; i < nhdrs; i++) {
+		free(hdrs[i].name);
+		free(hdrs[i].value);
+	}
+	free(hdrs);
+	buf_fini(&body);
+	free(msg);
+	for (size_t i = 0; i < opt.nmacros; i++) {
+		free(opt.macros[i].name);
+		free(opt.macros[i].value);
+	}
+	free(opt.macros);
+	free(opt.rcpts);
 	return status;
 }
