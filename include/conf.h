@@ -53,6 +53,7 @@ struct conf_upstream {
 	bool			 enabled;
 	enum on_failure		 on_failure;
 	struct conf_timeouts	 timeouts;	/* with top-level defaults */
+	unsigned		 phase;		/* 1.., ordered phases */
 };
 
 struct conf {
@@ -68,6 +69,12 @@ struct conf {
 	struct conf_upstream	*upstreams;	/* config order, disabled too */
 	size_t			 nupstreams;
 	size_t			 nenabled;
+	/* How a message is kept for later phases: bytes in memory, then
+	 * a temporary file in replay_dir.  Used only with two or more
+	 * phases among the enabled upstreams. */
+	size_t			 replay_memory;
+	char			*replay_dir;
+	unsigned		 nphases;	/* distinct enabled phases */
 };
 
 struct conf_errors {
@@ -80,6 +87,9 @@ struct conf_errors {
 #define CONF_DEFAULT_CONNECT	5.0
 #define CONF_DEFAULT_COMMAND	8.0
 #define CONF_DEFAULT_CONTENT	60.0
+#define CONF_DEFAULT_PHASE	1
+#define CONF_DEFAULT_REPLAY_MEMORY	(4u * 1024 * 1024)
+#define CONF_DEFAULT_REPLAY_DIR	"/var/tmp"
 
 /*
  * Reads and validates path.  Returns 0 and *out (caller owns one

@@ -120,4 +120,33 @@ void	merge_apply_headers(const struct merge_header *in, size_t n,
 	    struct merge_header **out, size_t *nout);
 void	merge_headers_free(struct merge_header *, size_t);
 
+/*
+ * Phases.  A later phase sees the headers an earlier phase's script
+ * produced, as the MTA would show them: every header but its own hidden
+ * Received:, in order.  When earlier phases inserted t headers above
+ * that hidden header (insheader index 0), the later phase's insheader
+ * indexes, which count the hidden header where the MTA has it, are in
+ * another frame than merge_mods' (which puts the hidden header first).
+ *
+ * merge_index_from_mta() maps an insheader index a later-phase upstream
+ * sent into merge_mods' frame over the visible list; merge_compose()
+ * appends that phase's merge_mods result to the script of the phases
+ * before, mapping indexes back into the MTA's frame, so that applying
+ * the composed script to the original headers equals applying the
+ * phases one after another.  Sender change and body replacement of the
+ * later phase replace the earlier ones (it edited what they produced);
+ * recipient changes keep phase order; the first quarantine stays.
+ */
+uint32_t	merge_index_from_mta(uint32_t index, size_t t);
+void		merge_compose(struct merge_result *total,
+		    const struct merge_result *next, size_t t);
+/*
+ * The visible headers after script ops applied to orig, and in *t how
+ * many of them sit above the MTA's hidden Received: header.  Caller
+ * frees *out with merge_headers_free().
+ */
+void		merge_visible(const struct merge_header *orig, size_t norig,
+		    const struct mod *ops, size_t nops,
+		    struct merge_header **out, size_t *nout, size_t *t);
+
 #endif /* MERGE_H */

@@ -57,6 +57,8 @@
 #define THREADS_MIN		1
 #define THREADS_MAX		1024
 #define TIMEOUT_MAX		3600.0	/* seconds */
+#define PHASE_MAX		100
+#define REPLAY_MEMORY_MAX	(1024LL * 1024 * 1024)
 #define MACROS_MAX		50	/* names per macro stage */
 #define UPSTREAM_NAME_MAX	64
 #define QUOTE_MAX		80	/* bytes of a value shown in a message */
@@ -70,11 +72,14 @@ static const char *const on_failure_names[ONFAIL_COUNT] = {
 
 /* The schema: known keys per object, in the order conf_dump writes them. */
 static const char *const top_keys[] = {
-	"listen", "threads", "timeouts", "on_failure", "macros", "upstreams",
-	NULL
+	"listen", "threads", "timeouts", "on_failure", "macros", "replay",
+	"upstreams", NULL
 };
 static const char *const upstream_keys[] = {
-	"name", "address", "enabled", "on_failure", "timeouts", NULL
+	"name", "address", "enabled", "phase", "on_failure", "timeouts", NULL
+};
+static const char *const replay_keys[] = {
+	"memory", "directory", NULL
 };
 static const char *const timeout_keys[] = {
 	"connect", "command", "content", NULL
@@ -960,6 +965,61 @@ is_upstream_name(const char *s)
 	return true;
 }
 
+/* count_phases - how many distinct phases the enabled upstreams use */
+static void
+count_phases(struct conf *c)
+{
+	c->nphases = 0;
+	for (size_t i = 0; i < c->nupstreams; i++) {
+		size_t	 j;
+
+		if (!c->upstreams[i].enabled)
+			continue;
+		for (j = 0; j < i; j++)
+			if (c->upstreams[j].enabled &&
+			    c->upstreams[j].phase == c->upstreams[i].phase)
+				break;
+		if (j == i)
+			c->nphases++;
+	}
+}
+
+/* parse_replay - where a message is kept for later phases */
+static void
+parse_replay(struct ctx *x, json_t *v)
+{
+	struct conf	*c = x->c;
+	json_t		*m;
+	const char	*s;
+	char		*q;
+
+	if (!want_type(x, v, "replay", JSON_OBJECT, "an object"))
+		return;
+	check_keys(x, v, "replay", replay_keys);
+	if ((m = json_object_get(v, "memory")) != NULL &&
+	    want_type(x, m, "replay.memory", JSON_INTEGER, "an integer")) {
+		if (json_integer_value(m) < 0 ||
+		    json_integer_value(m) > REPLAY_MEMORY_MAX)
+			bad_value(x, "replay.memory", "%" JSON_INTEGER_FORMAT
+			    " is out of range 0..%lld bytes",
+			    json_integer_value(m), REPLAY_MEMORY_MAX);
+		else
+			c->replay_memory = (size_t)json_integer_value(m);
+	}
+	if ((m = json_object_get(v, "directory")) != NULL &&
+	    (s = want_string(x, m, "replay.directory")) != NULL) {
+		q = quote(s, QUOTE_MAX);
+		if (s[0] != '/')
+			bad_value(x, "replay.directory", "%s is not an "
+			    "absolute path", q);
+		else {
+			free(c->replay_dir);
+			c->replay_dir = xstrdup(s);
+		}
+		free(q);
+	}
+}
+
 /* parse_upstream - fill c->upstreams[i] from v */
 static void
 parse_upstream(struct ctx *x, json_t *v, size_t i)
@@ -974,6 +1034,7 @@ parse_upstream(struct ctx *x, json_t *v, size_t i)
 	u->enabled = true;
 	u->on_failure = c->on_failure;
 	u->timeouts = c->timeouts;
+	u->phase = CONF_DEFAULT_PHASE;
 	path = path_index("upstreams", i);
 	if (!want_type(x, v, path, JSON_OBJECT, "an object"))
 		goto out;
@@ -1015,6 +1076,19 @@ parse_upstream(struct ctx *x, json_t *v, size_t i)
 		u->address = xstrdup(s);
 	free(child);
 
+	if ((m = json_object_get(v, "phase")) != NULL) {
+		child = path_key(path, "phase");
+		if (want_type(x, m, child, JSON_INTEGER, "an integer")) {
+			if (json_integer_value(m) < 1 ||
+			    json_integer_value(m) > PHASE_MAX)
+				bad_value(x, child, "%" JSON_INTEGER_FORMAT
+				    " is out of range 1..%d",
+				    json_integer_value(m), PHASE_MAX);
+			else
+				u->phase = (unsigned)json_integer_value(m);
+		}
+		free(child);
+	}
 	if ((m = json_object_get(v, "on_failure")) != NULL) {
 		child = path_key(path, "on_failure");
 		want_on_failure(x, m, child, &u->on_failure);
@@ -1097,7 +1171,10 @@ parse_top(struct ctx *x, json_t *root)
 
 	if ((v = json_object_get(root, "macros")) != NULL)
 		parse_macros(x, v);
+	if ((v = json_object_get(root, "replay")) != NULL)
+		parse_replay(x, v);
 	parse_upstreams(x, json_object_get(root, "upstreams"));
+	count_phases(c);
 }
 
 /* conf_free - release a snapshot and every string in it */
@@ -1108,6 +1185,7 @@ conf_free(struct conf *c)
 		return;
 	free(c->path); c->path = NULL;
 	free(c->listen); c->listen = NULL;
+	free(c->replay_dir); c->replay_dir = NULL;
 	for (int s = 0; s < MACRO_STAGE_COUNT; s++) {
 		for (size_t i = 0; i < c->nmacros[s]; i++) {
 			free(c->macros[s][i]); c->macros[s][i] = NULL;
@@ -1136,6 +1214,8 @@ conf_new(const char *name)
 	c->timeouts.command = CONF_DEFAULT_COMMAND;
 	c->timeouts.content = CONF_DEFAULT_CONTENT;
 	c->on_failure = ONFAIL_TEMPFAIL;
+	c->replay_memory = CONF_DEFAULT_REPLAY_MEMORY;
+	c->replay_dir = xstrdup(CONF_DEFAULT_REPLAY_DIR);
 	/* Lists are never NULL, so users can walk them unconditionally. */
 	for (int s = 0; s < MACRO_STAGE_COUNT; s++)
 		c->macros[s] = xcalloc(1, sizeof *c->macros[s]);
@@ -1534,6 +1614,10 @@ conf_dump(const struct conf *c)
 		jset(macros, macro_keys[i], list);
 	}
 	jset(root, "macros", macros);
+	o = jnew(json_object());
+	jset(o, "memory", json_integer((json_int_t)c->replay_memory));
+	jset(o, "directory", json_string(c->replay_dir));
+	jset(root, "replay", o);
 	ups = jnew(json_array());
 	for (size_t i = 0; i < c->nupstreams; i++) {
 		u = &c->upstreams[i];
@@ -1541,6 +1625,7 @@ conf_dump(const struct conf *c)
 		jset(o, "name", json_string(u->name));
 		jset(o, "address", json_string(u->address));
 		jset(o, "enabled", json_boolean(u->enabled));
+		jset(o, "phase", json_integer(u->phase));
 		jset(o, "on_failure", json_string(conf_on_failure_name(
 		    u->on_failure)));
 		jset(o, "timeouts", dump_timeouts(&u->timeouts));

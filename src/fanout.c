@@ -32,6 +32,7 @@
 #include "fanout.h"
 #include "log.h"
 #include "merge.h"
+#include "spool.h"
 #include "upstream.h"
 #include "xalloc.h"
 
@@ -111,6 +112,16 @@ struct fanout {
 	char			*symlists[MACRO_STAGE_COUNT];
 	bool			 need_headers;
 	bool			 leadspc;	/* MTA sends raw values */
+	/* Distinct phases of the slots, ascending; with one phase, header
+	 * and body go to everyone and nothing is kept for replay. */
+	unsigned		*phases;
+	size_t			 nphases;
+	struct spool		 body;		/* the MTA's body, for replay */
+	/* Set while end of message replays to later phases, so that
+	 * back-pressure waits keep the MTA informed. */
+	fanout_progress_fn	*progress;
+	void			*progress_arg;
+	int			 spool_err;	/* 0, or why it failed */
 	/* Per message (caller's thread). */
 	bool			 in_msg;
 	char			*queueid;
@@ -173,6 +184,8 @@ fanout_unref(struct fanout *fo)
 		merge_result_fini(&fo->result);
 	free(fo->queueid);
 	free(fo->text);
+	free(fo->phases);
+	spool_fini(&fo->body);
 	free(fo->slots);
 	free(fo->connid);
 	conf_release(fo->conf);
@@ -447,8 +460,10 @@ negotiate(struct fanout *fo)
 		if ((upstream_actions(s->up) & (MA_ADDHDRS | MA_CHGHDRS)) != 0)
 			fo->need_headers = true;
 	}
-	/* Header edits are rebased on the original headers: see them
-	 * whenever anyone may edit them. */
+	/* Header edits are rebased on the original headers, and later
+	 * phases are shown them: see them whenever that matters. */
+	if (fo->nphases > 1)
+		fo->need_headers = true;
 	if (fo->need_headers)
 		no &= ~(uint32_t)MP_NOHDRS;
 	fo->actions = (act | MA_SETSYMLIST) & fo->mta_actions;
@@ -516,6 +531,21 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 		if (conf->upstreams[i].enabled)
 			fo->slots[k++].cfg = &conf->upstreams[i];
 	fo->n = k;
+	fo->phases = xcalloc(fo->n == 0 ? 1 : fo->n, sizeof *fo->phases);
+	for (size_t i = 0; i < fo->n; i++) {
+		unsigned	 ph = fo->slots[i].cfg->phase;
+		size_t		 j = 0;
+
+		while (j < fo->nphases && fo->phases[j] < ph)
+			j++;
+		if (j < fo->nphases && fo->phases[j] == ph)
+			continue;
+		memmove(&fo->phases[j + 1], &fo->phases[j],
+		    (fo->nphases - j) * sizeof *fo->phases);
+		fo->phases[j] = ph;
+		fo->nphases++;
+	}
+	spool_init(&fo->body, conf->replay_memory, conf->replay_dir);
 	atomic_store(&fo->refs, 1 + (unsigned)fo->n);
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
@@ -637,17 +667,23 @@ put_command(struct buf *b, const struct slot *s, const struct fanout_event *ev)
 	}
 }
 
-/* scatter - send ev to every usable upstream */
+/*
+ * scatter - send ev to every usable upstream of phase (0: of every
+ * phase); deadlines count from base
+ */
 static void
-scatter(struct fanout *fo, const struct fanout_event *ev, bool waited)
+scatter(struct fanout *fo, const struct fanout_event *ev, bool waited,
+    unsigned phase, double base)
 {
-	double	 t = mono();
+	double	 t = base;
 
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
 		struct fx	*f;
 
 		s->cur = NULL;
+		if (phase != 0 && s->cfg->phase != phase)
+			continue;
 		if (slot_failed(fo, s))
 			continue;
 		f = fx_new(fo, i, XCHG_STAGE, ev->stage);
@@ -657,9 +693,13 @@ scatter(struct fanout *fo, const struct fanout_event *ev, bool waited)
 	}
 }
 
-/* gather - fold the answers of a waited stage into votes */
+/*
+ * gather - fold the answers of a waited stage into votes; with a phase,
+ * only its upstreams vote (and failed ones, which vote everywhere)
+ */
 static void
-gather(struct fanout *fo, struct merge_vote *votes, bool with_deferred)
+gather(struct fanout *fo, struct merge_vote *votes, bool with_deferred,
+    unsigned phase)
 {
 	pthread_mutex_lock(&fo->lock);
 	for (size_t i = 0; i < fo->n; i++) {
@@ -672,6 +712,8 @@ gather(struct fanout *fo, struct merge_vote *votes, bool with_deferred)
 			votes[i].verdict = onfail_vote(s);
 			continue;
 		}
+		if (phase != 0 && s->cfg->phase != phase)
+			continue;
 		if (f != NULL && f->done && f->x.error == 0) {
 			votes[i].verdict = f->x.verdict;
 			votes[i].text = f->x.text;
@@ -725,6 +767,8 @@ message_reset(struct fanout *fo)
 	fo->have_result = false;
 	free(fo->queueid);
 	fo->queueid = NULL;
+	spool_reset(&fo->body);
+	fo->spool_err = 0;
 	pthread_mutex_lock(&fo->lock);
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
@@ -770,14 +814,14 @@ static void
 wait_room(struct fanout *fo, double start)
 {
 	struct timespec	 ts;
-	double		 t, next;
+	double		 t, next, nextprog = mono() + PROGRESS_INTERVAL;
 	bool		 full;
 
 	pthread_mutex_lock(&fo->lock);
 	for (;;) {
 		full = false;
 		t = mono();
-		next = t + 3600;
+		next = fo->progress != NULL ? nextprog : t + 3600;
 		for (size_t i = 0; i < fo->n; i++) {
 			struct slot	*s = &fo->slots[i];
 			double		 dl = start + s->cfg->timeouts.content;
@@ -794,10 +838,39 @@ wait_room(struct fanout *fo, double start)
 		}
 		if (!full)
 			break;
+		if (fo->progress != NULL && t >= nextprog) {
+			pthread_mutex_unlock(&fo->lock);
+			fo->progress(fo->progress_arg);
+			nextprog = mono() + PROGRESS_INTERVAL;
+			pthread_mutex_lock(&fo->lock);
+			continue;
+		}
 		ts = to_ts(next);
 		pthread_cond_timedwait(&fo->cond, &fo->lock, &ts);
 	}
 	pthread_mutex_unlock(&fo->lock);
+}
+
+/* send_content - header, eoh or body to a phase, body in packet-sized
+ * pieces, each after there is room */
+static void
+send_content(struct fanout *fo, const struct fanout_event *ev,
+    unsigned phase, double start)
+{
+	struct fanout_event	 part = *ev;
+
+	if (ev->stage != STAGE_BODY || ev->len <= PROTO_MAX_DATA) {
+		wait_room(fo, start);
+		scatter(fo, ev, false, phase, mono());
+		return;
+	}
+	for (size_t off = 0; off < ev->len; off += PROTO_MAX_DATA) {
+		part.data = ev->data + off;
+		part.len = ev->len - off > PROTO_MAX_DATA ? PROTO_MAX_DATA :
+		    ev->len - off;
+		wait_room(fo, start);
+		scatter(fo, &part, false, phase, mono());
+	}
 }
 
 /* pipelined - header, eoh, body: send without waiting for the answers */
@@ -808,26 +881,16 @@ pipelined(struct fanout *fo, const struct fanout_event *ev,
 	struct merge_vote	*votes;
 	enum verdict		 v;
 	double			 start = mono();
+	unsigned		 first = fo->nphases > 1 ? fo->phases[0] : 0;
 	int			 d;
 
-	if (ev->stage == STAGE_BODY && ev->len > PROTO_MAX_DATA) {
-		struct fanout_event	 part = *ev;
-
-		for (size_t off = 0; off < ev->len; off += PROTO_MAX_DATA) {
-			part.data = ev->data + off;
-			part.len = ev->len - off > PROTO_MAX_DATA ?
-			    PROTO_MAX_DATA : ev->len - off;
-			wait_room(fo, start);
-			scatter(fo, &part, false);
-		}
-	} else {
-		wait_room(fo, start);
-		scatter(fo, ev, false);
-	}
+	/* The MTA's content goes to the first phase as it comes; later
+	 * phases get it, as changed, at end of message. */
+	send_content(fo, ev, first, start);
 	/* A reject already given is decisive; anything weaker waits for
 	 * end of message, where every upstream has answered. */
 	votes = xcalloc(fo->n == 0 ? 1 : fo->n, sizeof *votes);
-	gather(fo, votes, true);
+	gather(fo, votes, true, 0);
 	v = merge_stage(votes, fo->n, &d);
 	if (v == VERDICT_REJECT) {
 		ans->verdict = v;
@@ -877,9 +940,14 @@ static const char *const conflict_names[CONFLICT_KIND_COUNT] = {
 	[CONFLICT_BODY]		= "body",
 };
 
-/* merge_eom - merge the modifications of every upstream that let it pass */
-static void
-merge_eom(struct fanout *fo)
+/*
+ * merge_phase - merge the modifications of a phase's upstreams (0: all)
+ * made against the headers hdrs; t is how many of those sit above the
+ * MTA's hidden header (earlier phases put them there).  0 or -errno.
+ */
+static int
+merge_phase(struct fanout *fo, unsigned phase, const struct merge_header *hdrs,
+    size_t nhdrs, size_t t, struct merge_result *out)
 {
 	struct merge_upstream	*ups = xcalloc(fo->n == 0 ? 1 : fo->n,
 				    sizeof *ups);
@@ -891,25 +959,29 @@ merge_eom(struct fanout *fo)
 		struct slot	*s = &fo->slots[i];
 		struct fx	*f = s->cur;
 
-		if (f == NULL || !f->done || f->x.error != 0 || s->failed)
+		if (f == NULL || !f->done || f->x.error != 0 || s->failed ||
+		    (phase != 0 && s->cfg->phase != phase))
 			continue;
-		if (s->leadspc_fix)
-			for (size_t k = 0; k < f->x.nmods; k++)
+		for (size_t k = 0; k < f->x.nmods; k++) {
+			if (s->leadspc_fix)
 				fix_leadspc(&f->x.mods[k]);
+			if (f->x.mods[k].kind == MOD_INSHEADER)
+				f->x.mods[k].index = merge_index_from_mta(
+				    f->x.mods[k].index, t);
+		}
 		ups[i].mods = f->x.mods;
 		ups[i].nmods = f->x.nmods;
 	}
-	rc = merge_mods(fo->hdrs, fo->nhdrs, ups, fo->n,
-	    (const char *const *)fo->rejected, fo->nrejected, &fo->result);
+	rc = merge_mods(hdrs, nhdrs, ups, fo->n,
+	    (const char *const *)fo->rejected, fo->nrejected, out);
 	free(ups);
 	if (rc != 0) {
 		log_warnc(rc, "%s: merge of modifications failed", qid);
-		memset(&fo->result, 0, sizeof fo->result);
-		return;
+		memset(out, 0, sizeof *out);
+		return rc;
 	}
-	fo->have_result = true;
-	for (size_t i = 0; i < fo->result.nconflicts; i++) {
-		const struct merge_conflict *c = &fo->result.conflicts[i];
+	for (size_t i = 0; i < out->nconflicts; i++) {
+		const struct merge_conflict *c = &out->conflicts[i];
 
 		log_info("%s: conflict: %s%s%s changed by %s and %s; %s wins",
 		    qid, conflict_names[c->kind], c->what != NULL ? " " : "",
@@ -918,16 +990,204 @@ merge_eom(struct fanout *fo)
 		    fo->slots[c->loser].cfg->name,
 		    fo->slots[c->winner].cfg->name);
 	}
+	return 0;
+}
+
+/* settle - the merged verdict of a waited stage, with its text */
+static enum verdict
+settle(struct fanout *fo, const struct fanout_event *ev, unsigned phase,
+    struct fanout_answer *ans)
+{
+	struct merge_vote	*votes;
+	enum verdict		 v;
+	int			 d;
+
+	votes = xcalloc(fo->n == 0 ? 1 : fo->n, sizeof *votes);
+	gather(fo, votes, ev->stage == STAGE_EOM, phase);
+	v = merge_stage(votes, fo->n, &d);
+	for (size_t i = 0; i < fo->n && is_tx_stage(ev->stage); i++) {
+		struct slot	*s = &fo->slots[i];
+		enum verdict	 u = votes[i].verdict;
+
+		/* What the upstream said of the message: a recipient's
+		 * refusal is not, and its end-of-message word is final. */
+		if (u == VERDICT_NONE || (ev->stage == STAGE_ENVRCPT &&
+		    u != VERDICT_ACCEPT && u != VERDICT_DISCARD) ||
+		    (phase != 0 && s->cfg->phase != phase && !s->failed))
+			continue;
+		s->msg_verdict = ev->stage == STAGE_EOM ? u :
+		    merge_verdict(s->msg_verdict, u);
+	}
+	if (v == VERDICT_NONE)
+		v = ev->stage == STAGE_UNKNOWN ? VERDICT_CONTINUE :
+		    VERDICT_ACCEPT;
+	if (v == VERDICT_SKIP || (ev->stage == STAGE_UNKNOWN &&
+	    (v == VERDICT_ACCEPT || v == VERDICT_DISCARD)))
+		v = VERDICT_CONTINUE;
+	ans->verdict = v;
+	ans->text = NULL;
+	ans->decider = NULL;
+	if (d >= 0 && votes[d].verdict == v) {
+		if (votes[d].text != NULL &&
+		    (v == VERDICT_REJECT || v == VERDICT_TEMPFAIL)) {
+			free(fo->text);
+			fo->text = xstrdup(votes[d].text);
+			ans->text = fo->text;
+		}
+		ans->decider = fo->slots[d].cfg->name;
+	}
+	free(votes);
+	log_trace(TRACE_MERGE, "%s: %s: merged %s%s%s", fo->connid,
+	    proto_stage_name(ev->stage), proto_verdict_name(v),
+	    ans->decider != NULL ? ", decided by " : "",
+	    ans->decider != NULL ? ans->decider : "");
+	return v;
+}
+
+struct replay {
+	struct fanout			*fo;
+	const struct fanout_event	*ev;
+	unsigned			 phase;
+	double				 base;
+};
+
+/* replay_body - one piece of the body to a later phase */
+static int
+replay_body(void *arg, const uint8_t *p, size_t len)
+{
+	struct replay		*r = arg;
+	struct fanout_event	 b = { .stage = STAGE_BODY, .data = p,
+				    .len = len };
+
+	send_content(r->fo, &b, r->phase, r->base);
+	return 0;
+}
+
+/*
+ * replay - show a later phase the message as the earlier phases left
+ * it: their headers, end of headers, and the body (a replacement if one
+ * was made, else the MTA's, kept in fo->body).
+ */
+static int
+replay(struct fanout *fo, const struct fanout_event *ev, unsigned phase,
+    const struct merge_header *hdrs, size_t nhdrs, const struct mod *body,
+    double base)
+{
+	struct replay		 r = { fo, ev, phase, base };
+	struct fanout_event	 h = { .macro = ev->macro,
+				    .macro_arg = ev->macro_arg };
+
+	h.stage = STAGE_HEADER;
+	for (size_t i = 0; i < nhdrs; i++) {
+		h.name = hdrs[i].name;
+		h.value = hdrs[i].value;
+		send_content(fo, &h, phase, base);
+	}
+	h.stage = STAGE_EOH;
+	send_content(fo, &h, phase, base);
+	if (body != NULL) {
+		for (size_t off = 0; off < body->bodylen; off += PROTO_MAX_DATA)
+			replay_body(&r, body->body + off,
+			    body->bodylen - off > PROTO_MAX_DATA ?
+			    PROTO_MAX_DATA : body->bodylen - off);
+		return 0;
+	}
+	return spool_read(&fo->body, PROTO_MAX_DATA, replay_body, &r);
+}
+
+static const struct mod *
+find_body(const struct merge_result *r)
+{
+	for (size_t i = 0; i < r->nops; i++)
+		if (r->ops[i].kind == MOD_REPLBODY)
+			return &r->ops[i];
+	return NULL;
+}
+
+/*
+ * end_of_message - each phase in turn: the first has had the content
+ * from the MTA, each later one is shown what the ones before produced;
+ * their scripts compose into one.  All phases share the content timeout
+ * from this moment.
+ */
+static void
+end_of_message(struct fanout *fo, const struct fanout_event *ev,
+    struct fanout_answer *ans)
+{
+	struct merge_result	 total = { 0 }, r;
+	struct merge_header	*cur = NULL;
+	size_t			 ncur = 0, t = 0;
+	double			 base = mono();
+	enum verdict		 v = VERDICT_ACCEPT, pv;
+	int			 rc;
+
+	fo->progress = ev->progress;
+	fo->progress_arg = ev->progress_arg;
+	for (size_t k = 0; k < fo->nphases; k++) {
+		unsigned	 ph = fo->nphases > 1 ? fo->phases[k] : 0;
+
+		if (k > 0 && (rc = replay(fo, ev, ph, cur, ncur,
+		    find_body(&total), base)) != 0) {
+			log_warnc(rc, "%s: cannot replay the message to "
+			    "phase %u", fo->queueid != NULL ? fo->queueid :
+			    fo->connid, ph);
+			v = VERDICT_TEMPFAIL;
+			ans->verdict = v;
+			release_cur(fo);
+			break;
+		}
+		scatter(fo, ev, true, ph, base);
+		wait_all(fo, ev->progress, ev->progress_arg);
+		pv = settle(fo, ev, ph, ans);
+		if (pv != VERDICT_CONTINUE && pv != VERDICT_ACCEPT) {
+			/* This phase ends the message; later phases still
+			 * in it are aborted by the caller. */
+			v = pv;
+			release_cur(fo);
+			break;
+		}
+		v = merge_verdict(v, pv);
+		if (k == 0) {
+			rc = merge_phase(fo, ph, fo->hdrs, fo->nhdrs, 0, &total);
+		} else {
+			rc = merge_phase(fo, ph, cur, ncur, t, &r);
+			if (rc == 0) {
+				merge_compose(&total, &r, t);
+				merge_result_fini(&r);
+			}
+		}
+		release_cur(fo);
+		if (rc != 0) {
+			v = VERDICT_TEMPFAIL;
+			break;
+		}
+		if (k + 1 < fo->nphases) {
+			merge_headers_free(cur, ncur);
+			merge_visible(fo->hdrs, fo->nhdrs, total.ops,
+			    total.nops, &cur, &ncur, &t);
+		}
+	}
+	merge_headers_free(cur, ncur);
+	fo->progress = NULL;
+	fo->progress_arg = NULL;
+	ans->verdict = v;
+	if (v == VERDICT_CONTINUE || v == VERDICT_ACCEPT) {
+		fo->result = total;
+		fo->have_result = true;
+		ans->mods = &fo->result;
+		return;
+	}
+	if (v == VERDICT_TEMPFAIL && ans->text == NULL)
+		ans->decider = NULL;
+	merge_result_fini(&total);
 }
 
 void
 fanout_event(struct fanout *fo, const struct fanout_event *ev,
     struct fanout_answer *ans)
 {
-	struct merge_vote	*votes;
 	enum verdict		 v;
 	const char		*qid;
-	int			 d;
 
 	memset(ans, 0, sizeof ans[0]);
 	ans->verdict = VERDICT_CONTINUE;
@@ -947,53 +1207,33 @@ fanout_event(struct fanout *fo, const struct fanout_event *ev,
 	}
 	if (ev->stage == STAGE_HEADER)
 		note_header(fo, ev);
+	if (ev->stage == STAGE_BODY && fo->nphases > 1 && fo->spool_err == 0 &&
+	    (fo->spool_err = spool_write(&fo->body, ev->data, ev->len)) != 0)
+		log_warnc(fo->spool_err, "%s: cannot keep the body for later "
+		    "phases in %s", fo->queueid != NULL ? fo->queueid :
+		    fo->connid, fo->conf->replay_dir);
 	if (ev->stage == STAGE_HEADER || ev->stage == STAGE_EOH ||
 	    ev->stage == STAGE_BODY) {
 		pipelined(fo, ev, ans);
-		if (ans->verdict == VERDICT_REJECT) {
+		if (ans->verdict != VERDICT_REJECT && fo->spool_err != 0)
+			ans->verdict = VERDICT_TEMPFAIL;
+		if (ans->verdict == VERDICT_REJECT ||
+		    ans->verdict == VERDICT_TEMPFAIL) {
 			abort_upstreams(fo);
-			fanout_message_done(fo, VERDICT_REJECT, 0);
+			fanout_message_done(fo, ans->verdict, 0);
 		}
 		return;
 	}
-	scatter(fo, ev, true);
-	wait_all(fo, ev->stage == STAGE_EOM ? ev->progress : NULL,
-	    ev->progress_arg);
-	votes = xcalloc(fo->n == 0 ? 1 : fo->n, sizeof *votes);
-	gather(fo, votes, ev->stage == STAGE_EOM);
-	v = merge_stage(votes, fo->n, &d);
-	for (size_t i = 0; i < fo->n && is_tx_stage(ev->stage); i++) {
-		struct slot	*s = &fo->slots[i];
-		enum verdict	 u = votes[i].verdict;
-
-		/* What the upstream said of the message: a recipient's
-		 * refusal is not, and its end-of-message word is final. */
-		if (u == VERDICT_NONE || (ev->stage == STAGE_ENVRCPT &&
-		    u != VERDICT_ACCEPT && u != VERDICT_DISCARD))
-			continue;
-		s->msg_verdict = ev->stage == STAGE_EOM ? u :
-		    merge_verdict(s->msg_verdict, u);
+	if (ev->stage == STAGE_EOM) {
+		end_of_message(fo, ev, ans);
+		if (ans->verdict != VERDICT_CONTINUE &&
+		    ans->verdict != VERDICT_ACCEPT)
+			abort_upstreams(fo);	/* later phases */
+		return;
 	}
-	if (v == VERDICT_NONE)
-		v = ev->stage == STAGE_UNKNOWN ? VERDICT_CONTINUE :
-		    VERDICT_ACCEPT;
-	if (v == VERDICT_SKIP || (ev->stage == STAGE_UNKNOWN &&
-	    (v == VERDICT_ACCEPT || v == VERDICT_DISCARD)))
-		v = VERDICT_CONTINUE;
-	ans->verdict = v;
-	if (d >= 0 && votes[d].verdict == v) {
-		if (votes[d].text != NULL &&
-		    (v == VERDICT_REJECT || v == VERDICT_TEMPFAIL)) {
-			fo->text = xstrdup(votes[d].text);
-			ans->text = fo->text;
-		}
-		ans->decider = fo->slots[d].cfg->name;
-	}
-	free(votes);
-	log_trace(TRACE_MERGE, "%s: %s: merged %s%s%s", fo->connid,
-	    proto_stage_name(ev->stage), proto_verdict_name(v),
-	    ans->decider != NULL ? ", decided by " : "",
-	    ans->decider != NULL ? ans->decider : "");
+	scatter(fo, ev, true, 0, mono());
+	wait_all(fo, NULL, NULL);
+	v = settle(fo, ev, 0, ans);
 	if (ev->stage == STAGE_ENVRCPT && ev->argc > 0 &&
 	    (v == VERDICT_REJECT || v == VERDICT_TEMPFAIL)) {
 		if (fo->nrejected == fo->rejcap) {
@@ -1003,13 +1243,8 @@ fanout_event(struct fanout *fo, const struct fanout_event *ev,
 		}
 		fo->rejected[fo->nrejected++] = xstrdup(ev->argv[0]);
 	}
-	if (ev->stage == STAGE_EOM &&
-	    (v == VERDICT_CONTINUE || v == VERDICT_ACCEPT)) {
-		merge_eom(fo);
-		ans->mods = fo->have_result ? &fo->result : NULL;
-	}
 	release_cur(fo);
-	if (!is_tx_stage(ev->stage) || ev->stage == STAGE_EOM)
+	if (!is_tx_stage(ev->stage))
 		return;
 	if (v == VERDICT_CONTINUE ||
 	    (ev->stage == STAGE_ENVRCPT && v != VERDICT_ACCEPT &&

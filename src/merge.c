@@ -709,3 +709,148 @@ merge_result_fini(struct merge_result *r)
 	r->conflicts = NULL;
 	r->nconflicts = 0;
 }
+
+/*
+ * Phases.
+ *
+ * Frames: the MTA holds R = [T1..Tt, H*, rest...] where T are headers
+ * earlier phases inserted above its hidden Received: H*; merge_mods works
+ * on L = [H*, T1..Tt, rest...].  insheader(i) means "before R[i]" for the
+ * MTA and "before L[i]" for merge_mods.  Before R[i] is before L[i + 1]
+ * for i < t, after T_t (just below it in L, the same visible place) for
+ * i == t, and before L[i] for i > t.  Back: before L[p] (p >= 1, that is
+ * before the p-th visible header) is before R[p - 1] for p <= t and
+ * before R[p] beyond; p == 0, the top, is the top in both.  With t == 0
+ * the frames coincide.
+ */
+uint32_t
+merge_index_from_mta(uint32_t index, size_t t)
+{
+	if (t == 0)
+		return index;
+	return index <= t ? index + 1 : index;
+}
+
+static uint32_t
+index_to_mta(uint32_t p, size_t t)
+{
+	if (t == 0 || p == 0)
+		return p;
+	return p <= t ? p - 1 : p;
+}
+
+static bool
+is_header_op(enum mod_kind k)
+{
+	return k == MOD_ADDHEADER || k == MOD_INSHEADER || k == MOD_CHGHEADER;
+}
+
+static bool
+is_rcpt_op(enum mod_kind k)
+{
+	return k == MOD_ADDRCPT || k == MOD_ADDRCPT_PAR || k == MOD_DELRCPT;
+}
+
+/* push_copy - append a deep copy of m */
+static void
+push_copy(struct builder *b, const struct mod *m)
+{
+	struct merge_result	*r = b->out;
+
+	if (r->nops == b->opcap) {
+		b->opcap = b->opcap == 0 ? 8 : b->opcap * 2;
+		r->ops = xreallocarray(r->ops, b->opcap, sizeof *r->ops);
+	}
+	codec_mod_copy(&r->ops[r->nops++], m);
+}
+
+/* last_of - the last op of kind k in r, or NULL */
+static const struct mod *
+last_of(const struct merge_result *r, enum mod_kind k)
+{
+	for (size_t i = r->nops; i-- > 0;)
+		if (r->ops[i].kind == k)
+			return &r->ops[i];
+	return NULL;
+}
+
+void
+merge_compose(struct merge_result *total, const struct merge_result *next,
+    size_t t)
+{
+	struct merge_result	 out = { 0 };
+	struct builder		 b = { .out = &out };
+	const struct mod	*m;
+	size_t			 i;
+
+	for (i = 0; i < total->nops; i++)
+		if (is_header_op(total->ops[i].kind))
+			push_copy(&b, &total->ops[i]);
+	for (i = 0; i < next->nops; i++) {
+		if (!is_header_op(next->ops[i].kind))
+			continue;
+		push_copy(&b, &next->ops[i]);
+		if (next->ops[i].kind == MOD_INSHEADER)
+			out.ops[out.nops - 1].index =
+			    index_to_mta(next->ops[i].index, t);
+	}
+	if ((m = last_of(next, MOD_CHGFROM)) != NULL ||
+	    (m = last_of(total, MOD_CHGFROM)) != NULL)
+		push_copy(&b, m);
+	for (i = 0; i < total->nops; i++)
+		if (is_rcpt_op(total->ops[i].kind))
+			push_copy(&b, &total->ops[i]);
+	for (i = 0; i < next->nops; i++)
+		if (is_rcpt_op(next->ops[i].kind))
+			push_copy(&b, &next->ops[i]);
+	if ((m = last_of(next, MOD_REPLBODY)) != NULL ||
+	    (m = last_of(total, MOD_REPLBODY)) != NULL)
+		push_copy(&b, m);
+	for (i = 0; i < total->nops; i++)
+		if (total->ops[i].kind == MOD_QUARANTINE)
+			break;
+	if ((m = i < total->nops ? &total->ops[i] :
+	    last_of(next, MOD_QUARANTINE)) != NULL)
+		push_copy(&b, m);
+	/* Conflicts were reported per phase; keep them all. */
+	for (i = 0; i < total->nconflicts; i++)
+		push_conflict(&b, total->conflicts[i].kind,
+		    total->conflicts[i].winner, total->conflicts[i].loser,
+		    total->conflicts[i].what);
+	for (i = 0; i < next->nconflicts; i++)
+		push_conflict(&b, next->conflicts[i].kind,
+		    next->conflicts[i].winner, next->conflicts[i].loser,
+		    next->conflicts[i].what);
+	merge_result_fini(total);
+	*total = out;
+}
+
+void
+merge_visible(const struct merge_header *orig, size_t norig,
+    const struct mod *ops, size_t nops, struct merge_header **out,
+    size_t *nout, size_t *t)
+{
+	static const char	 hidden[] = "\001hidden";
+	struct merge_header	*in, *all;
+	size_t			 nall, k = 0;
+
+	in = xcalloc(norig + 1, sizeof *in);
+	in[0].name = (char *)hidden;
+	in[0].value = (char *)"";
+	for (size_t i = 0; i < norig; i++)
+		in[i + 1] = orig[i];
+	merge_apply_headers(in, norig + 1, true, ops, nops, &all, &nall);
+	free(in);
+	*t = 0;
+	for (size_t i = 0; i < nall; i++) {
+		if (strcmp(all[i].name, hidden) == 0) {
+			*t = i;
+			free(all[i].name);
+			free(all[i].value);
+			continue;
+		}
+		all[k++] = all[i];
+	}
+	*out = all;
+	*nout = k;
+}
