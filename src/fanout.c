@@ -1086,10 +1086,24 @@ replay(struct fanout *fo, const struct fanout_event *ev, unsigned phase,
 	h.stage = STAGE_EOH;
 	send_content(fo, &h, phase, base);
 	if (body != NULL) {
-		for (size_t off = 0; off < body->bodylen; off += PROTO_MAX_DATA)
-			replay_body(&r, body->body + off,
-			    body->bodylen - off > PROTO_MAX_DATA ?
-			    PROTO_MAX_DATA : body->bodylen - off);
+		struct buf	 crlf;
+
+		/* The MTA keeps a replacement body as lines and shows it to
+		 * the next filter with CRLF line ends (PROTOCOL.md 5.1); so
+		 * does the replay. */
+		buf_init(&crlf);
+		for (size_t i = 0; i < body->bodylen; i++) {
+			if (body->body[i] == '\n' &&
+			    (i == 0 || body->body[i - 1] != '\r'))
+				buf_add_u8(&crlf, '\r');
+			buf_add_u8(&crlf, body->body[i]);
+		}
+		for (size_t off = 0; off < buf_avail(&crlf);
+		    off += PROTO_MAX_DATA)
+			replay_body(&r, buf_head(&crlf) + off,
+			    buf_avail(&crlf) - off > PROTO_MAX_DATA ?
+			    PROTO_MAX_DATA : buf_avail(&crlf) - off);
+		buf_fini(&crlf);
 		return 0;
 	}
 	return spool_read(&fo->body, PROTO_MAX_DATA, replay_body, &r);

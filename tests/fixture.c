@@ -35,7 +35,8 @@ env_start_upstreams(struct env *e, const struct up *ups, size_t n)
 		for (size_t a = 0; ups[i].args[a] != NULL; a++)
 			argv[k++] = ups[i].args[a];
 		argv[k] = NULL;
-		if (strcmp(ups[i].name, "down") != 0) {
+		if (strcmp(ups[i].name, "down") != 0 &&
+		    (ups[i].args[0] == NULL || ups[i].args[0][0] != '@')) {
 			pid = h_spawn(argv, NULL);
 			cr_assert(pid > 0, "cannot start testmilter %s",
 			    ups[i].name);
@@ -56,11 +57,17 @@ env_start_mux(struct env *e, const struct up *ups, size_t n,
 	const char	*argv[8];
 
 	for (size_t i = 0; i < n; i++) {
+		char	*addr = ups[i].args[0] != NULL &&
+			    ups[i].args[0][0] == '@' ?
+			    h_xstrdup(ups[i].args[0] + 1) :
+			    h_xasprintf("unix:%s/%s.sock", h_tmpdir(),
+			    ups[i].name);
+
 		tmp = h_xasprintf("%s%s{ \"name\": \"%s\", \"address\": "
-		    "\"unix:%s/%s.sock\"%s%s }", list, i > 0 ? ",\n" : "",
-		    ups[i].name, h_tmpdir(), ups[i].name,
-		    ups[i].json != NULL ? ", " : "",
+		    "\"%s\"%s%s }", list, i > 0 ? ",\n" : "", ups[i].name,
+		    addr, ups[i].json != NULL ? ", " : "",
 		    ups[i].json != NULL ? ups[i].json : "");
+		free(addr);
 		free(list);
 		list = tmp;
 	}

@@ -16,7 +16,11 @@
 #define MAX_UP		8
 #define MAX_ARGS	64
 
-/* One upstream: its name, testmilter flags, extra JSON config keys. */
+/*
+ * One upstream: its name, testmilter flags, extra JSON config keys.  An
+ * args[0] of "@SPEC" names a milter the test runs itself at SPEC: then
+ * nothing is started for it.
+ */
 struct up {
 	const char	*name;		/* "down": configured, not started */
 	const char	*args[MAX_ARGS];

@@ -22,6 +22,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <criterion/criterion.h>
 
@@ -450,5 +453,135 @@ Test(postfix, down_and_slow_upstreams_get_their_on_failure,
 	HAS(log, "upstream slow: eom: no answer in time");
 	HAS(log, "applying on_failure=tempfail");
 	cr_assert_eq(h_sink_count(&pf), 0);
+	passed = true;
+}
+
+/*
+ * Phases: OpenDKIM signs in phase 2, after phase-1 milters changed the
+ * Subject, added and deleted headers and replaced the body.  The signer
+ * must see the message as phase 1 left it, so the signature of the
+ * delivered message verifies; with everything in phase 1 it signs the
+ * original, and the delivered message's signature does not verify.
+ */
+static char *
+start_opendkim(void)
+{
+	char		*dir = h_path("dkim"), *conf, *spec, *sock, *out = NULL;
+	const char	*gen[] = { "opendkim-genkey", "-b", "1024", "-d",
+			    "example.org", "-s", "test", "-D", NULL, NULL };
+	const char	*run[] = { "opendkim", "-f", "-x", NULL, NULL };
+	int		 status;
+
+	if (access("/usr/sbin/opendkim", X_OK) != 0 ||
+	    access("/usr/bin/python3", X_OK) != 0)
+		cr_skip_test("opendkim or python3-dkim is not installed");
+	cr_assert_eq(mkdir(dir, 0700), 0);
+	gen[8] = dir;
+	cr_assert_eq(h_run(gen, 60, &out, &status), 0);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	    "opendkim-genkey: %s", out);
+	free(out);
+	sock = h_xasprintf("%s/dkim.sock", dir);
+	conf = h_xasprintf("%s/opendkim.conf", dir);
+	spec = h_xasprintf(
+	    "Mode s\nDomain example.org\nSelector test\n"
+	    "KeyFile %s/test.private\nSocket local:%s\n"
+	    "Canonicalization relaxed/relaxed\nInternalHosts 127.0.0.1\n"
+	    "Background no\nRequireSafeKeys false\nSyslog no\n", dir, sock);
+	cr_assert_eq(h_write_file(conf, spec), 0);
+	run[3] = conf;
+	cr_assert(h_spawn(run, h_path("opendkim.log")) > 0);
+	cr_assert_eq(h_wait_unix(sock, 20), 0, "opendkim did not come up");
+	free(spec);
+	free(conf);
+	free(dir);
+	return h_xasprintf("unix:%s", sock);
+}
+
+static const char dkim_message[] =
+    "From: Alice <alice@example.org>\n"
+    "To: Bob <bob@example.net>\n"
+    "Subject: quarterly report\n"
+    "Date: Sun, 22 Nov 2026 12:00:00 +0000\n"
+    "Message-ID: <phase-test@example.org>\n"
+    "X-Internal: remove me\n"
+    "\n"
+    "The original body.\n";
+
+/* dkim_run - one message through the given upstreams; 0 if it verifies */
+static int
+dkim_run(const struct up *ups, size_t n, char **msgp)
+{
+	struct env	 e;
+	struct h_smtp	 s;
+	char		*msg, *path = h_path("delivered.eml"), *out = NULL;
+	char		*key = h_path("dkim/test.txt");
+	const char	*argv[] = { "/usr/bin/python3",
+			    PACKAGE_SRCDIR "/tests/dkim_verify.py", NULL, NULL,
+			    NULL };
+	int		 status;
+
+	start_proxy(&e, ups, n, &s);
+	expect(&s, "MAIL FROM:<alice@example.org>", 250);
+	expect(&s, "RCPT TO:<bob@example.net>", 250);
+	data(&s, dkim_message, 250, NULL);
+	h_smtp_close(&s);
+	msg = delivered(1);
+	cr_assert_eq(h_write_file(path, strstr(msg, "\n") + 1), 0);
+	argv[2] = path;
+	argv[3] = key;
+	cr_assert_eq(h_run(argv, 60, &out, &status), 0);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) <= 1,
+	    "dkim_verify.py: %s", out);
+	fprintf(stderr, "%s", out);
+	free(out);
+	*msgp = msg;
+	return WEXITSTATUS(status);
+}
+
+Test(postfix, dkim_in_phase_2_signs_the_merged_message, .timeout = 120,
+    .fini = fini)
+{
+	char		*spec = start_opendkim(), *msg;
+	char		*at = h_xasprintf("@%s", spec);
+	struct up	 ups[] = {
+		{ "tag", { "--chgheader", "1:Subject:[external] quarterly "
+		    "report", "--addheader", "X-Scanned:clean", NULL },
+		    NULL },
+		{ "strip", { "--chgheader", "1:X-Internal:", "--replbody",
+		    "The body after the disclaimer milter.\\n", NULL },
+		    NULL },
+		{ "dkim", { at, NULL }, "\"phase\": 2" },
+	};
+
+	cr_assert_eq(dkim_run(ups, 3, &msg), 0, "the signature must verify:"
+	    "\n%s", msg);
+	HAS(msg, "\nSubject: [external] quarterly report\n");
+	HAS(msg, "\nX-Scanned: clean\n");
+	HASNT(msg, "X-Internal");
+	HAS(msg, "\n\nThe body after the disclaimer milter.\n");
+	HAS(msg, "DKIM-Signature:");
+	passed = true;
+}
+
+Test(postfix, dkim_in_phase_1_signs_the_original, .timeout = 120,
+    .fini = fini)
+{
+	char		*spec = start_opendkim(), *msg;
+	char		*at = h_xasprintf("@%s", spec);
+	struct up	 ups[] = {
+		{ "tag", { "--chgheader", "1:Subject:[external] quarterly "
+		    "report", "--addheader", "X-Scanned:clean", NULL },
+		    NULL },
+		{ "strip", { "--chgheader", "1:X-Internal:", "--replbody",
+		    "The body after the disclaimer milter.\\n", NULL },
+		    NULL },
+		{ "dkim", { at, NULL }, NULL },
+	};
+
+	cr_assert_eq(dkim_run(ups, 3, &msg), 1, "signing the original must "
+	    "not verify after the changes:\n%s", msg);
+	HAS(msg, "\nSubject: [external] quarterly report\n");
+	HAS(msg, "DKIM-Signature:");
 	passed = true;
 }
