@@ -121,25 +121,31 @@ void	merge_apply_headers(const struct merge_header *in, size_t n,
 void	merge_headers_free(struct merge_header *, size_t);
 
 /*
- * Phases.  A later phase sees the headers an earlier phase's script
- * produced, as the MTA would show them: every header but its own hidden
- * Received:, in order.  When earlier phases inserted t headers above
- * that hidden header (insheader index 0), the later phase's insheader
- * indexes, which count the hidden header where the MTA has it, are in
- * another frame than merge_mods' (which puts the hidden header first).
- *
- * merge_index_from_mta() maps an insheader index a later-phase upstream
- * sent into merge_mods' frame over the visible list; merge_compose()
- * appends that phase's merge_mods result to the script of the phases
- * before, mapping indexes back into the MTA's frame, so that applying
- * the composed script to the original headers equals applying the
- * phases one after another.  Sender change and body replacement of the
- * later phase replace the earlier ones (it edited what they produced);
- * recipient changes keep phase order; the first quarantine stays.
+ * As merge_mods, when h of the headers orig[] sit above the MTA's hidden
+ * Received: (earlier phases inserted them at index 0): the requests'
+ * indexes count the hidden header where the MTA has it, and so do the
+ * script's.  merge_mods is merge_mods_at with h == 0.  -EINVAL if h >
+ * norig.
  */
-uint32_t	merge_index_from_mta(uint32_t index, size_t t);
-void		merge_compose(struct merge_result *total,
-		    const struct merge_result *next, size_t t);
+int	merge_mods_at(const struct merge_header *orig, size_t norig, size_t h,
+	    const struct merge_upstream *ups, size_t nups,
+	    const char *const *rejected, size_t nrejected,
+	    struct merge_result *out);
+
+/*
+ * Phases.  A later phase sees the headers the earlier phases' script
+ * produced, as the MTA shows them (merge_visible), and its script,
+ * merged with merge_mods_at against those, applies to the message the
+ * MTA holds after the earlier script.  merge_compose() appends it to
+ * the earlier script, so that applying the result to the original
+ * headers equals applying the phases one after another.  The later
+ * phase's sender change and body replacement replace the earlier ones
+ * (it edited what they produced); recipient changes keep phase order;
+ * the first quarantine stays; all conflicts are kept.
+ */
+void	merge_compose(struct merge_result *total,
+	    const struct merge_result *next);
+
 /*
  * The visible headers after script ops applied to orig, and in *t how
  * many of them sit above the MTA's hidden Received: header.  Caller

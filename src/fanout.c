@@ -962,17 +962,13 @@ merge_phase(struct fanout *fo, unsigned phase, const struct merge_header *hdrs,
 		if (f == NULL || !f->done || f->x.error != 0 || s->failed ||
 		    (phase != 0 && s->cfg->phase != phase))
 			continue;
-		for (size_t k = 0; k < f->x.nmods; k++) {
-			if (s->leadspc_fix)
+		if (s->leadspc_fix)
+			for (size_t k = 0; k < f->x.nmods; k++)
 				fix_leadspc(&f->x.mods[k]);
-			if (f->x.mods[k].kind == MOD_INSHEADER)
-				f->x.mods[k].index = merge_index_from_mta(
-				    f->x.mods[k].index, t);
-		}
 		ups[i].mods = f->x.mods;
 		ups[i].nmods = f->x.nmods;
 	}
-	rc = merge_mods(hdrs, nhdrs, ups, fo->n,
+	rc = merge_mods_at(hdrs, nhdrs, t, ups, fo->n,
 	    (const char *const *)fo->rejected, fo->nrejected, out);
 	free(ups);
 	if (rc != 0) {
@@ -1166,7 +1162,7 @@ end_of_message(struct fanout *fo, const struct fanout_event *ev,
 		} else {
 			rc = merge_phase(fo, ph, cur, ncur, t, &r);
 			if (rc == 0) {
-				merge_compose(&total, &r, t);
+				merge_compose(&total, &r);
 				merge_result_fini(&r);
 			}
 		}

@@ -336,7 +336,7 @@ struct fate {
 
 /* A new header in the merged list, placed before its anchor. */
 struct newent {
-	size_t		 anchor;	/* 0 TOP, 1..n Orig[anchor], n+1 END */
+	size_t		 anchor;	/* MTA index of the anchor; n+1 END */
 	const char	*name;		/* borrowed */
 	const char	*value;		/* borrowed */
 };
@@ -354,10 +354,23 @@ fate_differs(const struct fate *f, const struct ent *e)
  * merge_header_lists - replay every upstream on its private list and
  * fold the lists into fates of originals and anchored new entries
  */
+/*
+ * key - where an element of the unchanged MTA list [Orig[1..h], H*,
+ * Orig[h+1..n]] stands: Orig[p] is at p - 1 above the hidden header and
+ * at p below it, H* at h.  An insheader at that index lands right before
+ * the element; with h == 0 H* is the top.
+ */
+static size_t
+key(size_t p, size_t h)
+{
+	return p <= h ? p - 1 : p;
+}
+
 static void
 merge_header_lists(const struct merge_header *orig, size_t norig,
-    const struct merge_upstream *ups, size_t nups, struct builder *b,
-    struct fate *fates, struct newent **newsp, size_t *nnewsp)
+    size_t h, const struct merge_upstream *ups, size_t nups,
+    struct builder *b, struct fate *fates, struct newent **newsp,
+    size_t *nnewsp)
 {
 	struct hlist	 l = { 0 };
 	struct newent	*news = NULL;
@@ -367,10 +380,14 @@ merge_header_lists(const struct merge_header *orig, size_t norig,
 
 	for (u = 0; u < nups; u++) {
 		l.n = 0;
-		e = (struct ent){ .kind = ENT_HIDDEN, .name = "",
-		    .value = "" };
-		hlist_insert(&l, l.n, &e);
-		for (i = 0; i < norig; i++) {
+		for (i = 0; i <= norig; i++) {
+			if (i == h) {
+				e = (struct ent){ .kind = ENT_HIDDEN,
+				    .name = "", .value = "" };
+				hlist_insert(&l, l.n, &e);
+			}
+			if (i == norig)
+				break;
 			e = (struct ent){ .kind = ENT_ORIG, .pos = i + 1,
 			    .name = orig[i].name, .value = orig[i].value };
 			hlist_insert(&l, l.n, &e);
@@ -401,7 +418,7 @@ merge_header_lists(const struct merge_header *orig, size_t norig,
 				continue;
 			}
 			anchor = p == NULL ? norig + 1 :
-			    p->kind == ENT_HIDDEN ? 0 : p->pos;
+			    p->kind == ENT_HIDDEN ? h : key(p->pos, h);
 			for (; first < nnews; first++)
 				news[first].anchor = anchor;
 			if (p == NULL || p->kind != ENT_ORIG ||
@@ -439,7 +456,7 @@ merge_header_lists(const struct merge_header *orig, size_t norig,
  * Appends come last and disturb nothing.
  */
 static void
-merge_headers(const struct merge_header *orig, size_t norig,
+merge_headers(const struct merge_header *orig, size_t norig, size_t h,
     const struct merge_upstream *ups, size_t nups, struct builder *b)
 {
 	struct fate	*fates;
@@ -447,7 +464,8 @@ merge_headers(const struct merge_header *orig, size_t norig,
 	size_t		 nnews, p, i, j, idx;
 
 	fates = xcalloc(norig, sizeof *fates);
-	merge_header_lists(orig, norig, ups, nups, b, fates, &news, &nnews);
+	merge_header_lists(orig, norig, h, ups, nups, b, fates, &news,
+	    &nnews);
 
 	for (p = norig + 1; p-- > 0;)
 		for (j = nnews; j-- > 0;)
@@ -463,7 +481,7 @@ merge_headers(const struct merge_header *orig, size_t norig,
 			if (strcasecmp(orig[j].name, orig[i - 1].name) == 0)
 				idx++;
 		for (j = 0; j < nnews; j++)
-			if (news[j].anchor <= i &&
+			if (news[j].anchor <= key(i, h) &&
 			    strcasecmp(news[j].name, orig[i - 1].name) == 0)
 				idx++;
 		push_op(b, MOD_CHGHEADER, idx, fates[i - 1].name,
@@ -662,12 +680,22 @@ merge_mods(const struct merge_header *orig, size_t norig,
     const char *const *rejected, size_t nrejected,
     struct merge_result *out)
 {
+	return merge_mods_at(orig, norig, 0, ups, nups, rejected, nrejected,
+	    out);
+}
+
+int
+merge_mods_at(const struct merge_header *orig, size_t norig, size_t h,
+    const struct merge_upstream *ups, size_t nups,
+    const char *const *rejected, size_t nrejected,
+    struct merge_result *out)
+{
 	struct builder	 b = { .out = out };
 	size_t		 u, i;
 
 	memset(out, 0, sizeof *out);
 	if ((norig > 0 && orig == NULL) || (nups > 0 && ups == NULL) ||
-	    (nrejected > 0 && rejected == NULL))
+	    (nrejected > 0 && rejected == NULL) || h > norig)
 		return -EINVAL;
 	for (i = 0; i < norig; i++)
 		if (orig[i].name == NULL || orig[i].value == NULL)
@@ -681,7 +709,7 @@ merge_mods(const struct merge_header *orig, size_t norig,
 				return -EINVAL;
 	}
 
-	merge_headers(orig, norig, ups, nups, &b);
+	merge_headers(orig, norig, h, ups, nups, &b);
 	merge_sender(ups, nups, &b);
 	merge_rcpts(ups, nups, rejected, nrejected, &b);
 	merge_body(ups, nups, &b);
@@ -712,32 +740,7 @@ merge_result_fini(struct merge_result *r)
 
 /*
  * Phases.
- *
- * Frames: the MTA holds R = [T1..Tt, H*, rest...] where T are headers
- * earlier phases inserted above its hidden Received: H*; merge_mods works
- * on L = [H*, T1..Tt, rest...].  insheader(i) means "before R[i]" for the
- * MTA and "before L[i]" for merge_mods.  Before R[i] is before L[i + 1]
- * for i < t, after T_t (just below it in L, the same visible place) for
- * i == t, and before L[i] for i > t.  Back: before L[p] (p >= 1, that is
- * before the p-th visible header) is before R[p - 1] for p <= t and
- * before R[p] beyond; p == 0, the top, is the top in both.  With t == 0
- * the frames coincide.
  */
-uint32_t
-merge_index_from_mta(uint32_t index, size_t t)
-{
-	if (t == 0)
-		return index;
-	return index <= t ? index + 1 : index;
-}
-
-static uint32_t
-index_to_mta(uint32_t p, size_t t)
-{
-	if (t == 0 || p == 0)
-		return p;
-	return p <= t ? p - 1 : p;
-}
 
 static bool
 is_header_op(enum mod_kind k)
@@ -775,8 +778,7 @@ last_of(const struct merge_result *r, enum mod_kind k)
 }
 
 void
-merge_compose(struct merge_result *total, const struct merge_result *next,
-    size_t t)
+merge_compose(struct merge_result *total, const struct merge_result *next)
 {
 	struct merge_result	 out = { 0 };
 	struct builder		 b = { .out = &out };
@@ -790,9 +792,6 @@ merge_compose(struct merge_result *total, const struct merge_result *next,
 		if (!is_header_op(next->ops[i].kind))
 			continue;
 		push_copy(&b, &next->ops[i]);
-		if (next->ops[i].kind == MOD_INSHEADER)
-			out.ops[out.nops - 1].index =
-			    index_to_mta(next->ops[i].index, t);
 	}
 	if ((m = last_of(next, MOD_CHGFROM)) != NULL ||
 	    (m = last_of(total, MOD_CHGFROM)) != NULL)

@@ -1189,3 +1189,255 @@ Test(merge, random_scripts_merge_like_independent_replay, .timeout = 60)
 	/* The generator must actually reach the interesting cases. */
 	cr_assert_gt(conflicts_total, 50);
 }
+
+/*
+ * Phases.  A later phase's script, made against what the earlier phases
+ * produced, composed into one script: applying that to the original
+ * must give what the MTA gives applying the phases one after another.
+ * The reference below is separate from merge.c: a flat list where the
+ * MTA's hidden Received: sits wherever earlier inserts left it.
+ */
+
+#define P_MAXENT	64
+
+struct pent {
+	bool		 hidden;
+	const char	*name;
+	const char	*value;
+};
+
+static void
+p_put(struct pent *l, size_t *n, size_t at, struct pent e)
+{
+	cr_assert_lt(*n, (size_t)P_MAXENT);
+	memmove(&l[at + 1], &l[at], (*n - at) * sizeof *l);
+	l[at] = e;
+	(*n)++;
+}
+
+/* p_apply - Postfix's semantics; a deleted entry is unlinked */
+static void
+p_apply(struct pent *l, size_t *n, const struct mod *m)
+{
+	struct pent	 e = { false, m->name, m->value };
+	size_t		 i, k;
+
+	switch (m->kind) {
+	case MOD_ADDHEADER:
+		p_put(l, n, *n, e);
+		break;
+	case MOD_INSHEADER:
+		p_put(l, n, m->index < *n ? m->index : *n, e);
+		break;
+	case MOD_CHGHEADER:
+		k = m->index > 0 ? m->index : 1;
+		for (i = 0; i < *n; i++)
+			if (!l[i].hidden && strcasecmp(l[i].name, m->name) == 0
+			    && --k == 0)
+				break;
+		if (i == *n) {
+			if (*m->value != '\0')
+				p_put(l, n, *n, e);
+		} else if (*m->value == '\0') {
+			memmove(&l[i], &l[i + 1], (*n - i - 1) * sizeof *l);
+			(*n)--;
+		} else
+			l[i] = e;
+		break;
+	default:
+		break;
+	}
+}
+
+/* p_visible - the list without the hidden entry, and where it was */
+static size_t
+p_visible(const struct pent *l, size_t n, struct merge_header *out,
+    size_t *t)
+{
+	size_t	 k = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		if (l[i].hidden) {
+			*t = i;
+			continue;
+		}
+		out[k].name = (char *)l[i].name;
+		out[k].value = (char *)l[i].value;
+		k++;
+	}
+	return k;
+}
+
+Test(merge, compose_dkim_like_phase_two)
+{
+	/* Phase 1 tags the Subject, deletes a header and puts one on top;
+	 * phase 2 signs: inserts at 1 what it computed from phase 1's
+	 * result, and changes the tagged Subject again. */
+	static struct merge_header orig[] = {
+		{ "From", "a@example.org" }, { "Subject", "report" },
+		{ "X-Internal", "secret" }, { "To", "b@example.net" },
+	};
+	static struct mod p1[] = {
+		CHG(1, "Subject", "[ext] report"), CHG(1, "X-Internal", ""),
+		INS(0, "X-Top", "t"),
+	};
+	static struct mod p2[] = {
+		INS(1, "DKIM-Signature", "sig"),
+		CHG(1, "Subject", "[ext] report (signed)"),
+	};
+	/* As an MTA applying the phases in turn: phase 2's insert at 1
+	 * goes between X-Top and the MTA's own Received:. */
+	static const struct merge_header want[] = {
+		{ "X-Top", "t" }, { "DKIM-Signature", "sig" },
+		{ "Received", "(hidden) by mx.example" },
+		{ "From", "a@example.org" },
+		{ "Subject", "[ext] report (signed)" },
+		{ "To", "b@example.net" },
+	};
+	struct merge_upstream	 u1 = { p1, nitems(p1) }, u2;
+	struct merge_result	 total, r2;
+	struct merge_header	*cur, *got;
+	size_t			 ncur, t, ngot;
+
+	cr_assert_eq(merge_mods(orig, nitems(orig), &u1, 1, NULL, 0, &total),
+	    0);
+	merge_visible(orig, nitems(orig), total.ops, total.nops, &cur, &ncur,
+	    &t);
+	cr_assert_eq(t, 1, "X-Top sits above the hidden header");
+	cr_assert_eq(ncur, 4);
+	cr_assert_str_eq(cur[0].name, "X-Top");
+	cr_assert_str_eq(cur[2].value, "[ext] report");
+	u2 = (struct merge_upstream){ p2, nitems(p2) };
+	cr_assert_eq(merge_mods_at(cur, ncur, t, &u2, 1, NULL, 0, &r2), 0);
+	merge_compose(&total, &r2);
+	apply_hidden(orig, nitems(orig), total.ops, total.nops, &got, &ngot);
+	assert_headers(got, ngot, want, nitems(want));
+	merge_headers_free(got, ngot);
+	merge_headers_free(cur, ncur);
+	merge_result_fini(&r2);
+	merge_result_fini(&total);
+}
+
+Test(merge, compose_later_phase_wins_sender_and_body)
+{
+	static struct mod p1[] = {
+		{ .kind = MOD_CHGFROM, .name = "<one@example.org>" },
+		{ .kind = MOD_ADDRCPT, .name = "<added@example.org>" },
+		{ .kind = MOD_REPLBODY, .body = (uint8_t *)"one\r\n",
+		    .bodylen = 5 },
+		{ .kind = MOD_QUARANTINE, .name = "first" },
+	};
+	static struct mod p2[] = {
+		{ .kind = MOD_DELRCPT, .name = "<added@example.org>" },
+		{ .kind = MOD_CHGFROM, .name = "<two@example.org>" },
+		{ .kind = MOD_REPLBODY, .body = (uint8_t *)"two\r\n",
+		    .bodylen = 5 },
+		{ .kind = MOD_QUARANTINE, .name = "second" },
+	};
+	struct merge_upstream	 u1 = { p1, nitems(p1) }, u2 = { p2, nitems(p2) };
+	struct merge_result	 total, r2;
+
+	cr_assert_eq(merge_mods(NULL, 0, &u1, 1, NULL, 0, &total), 0);
+	cr_assert_eq(merge_mods(NULL, 0, &u2, 1, NULL, 0, &r2), 0);
+	merge_compose(&total, &r2);
+	cr_assert_eq(total.nops, 5);
+	cr_assert_eq(total.ops[0].kind, MOD_CHGFROM);
+	cr_assert_str_eq(total.ops[0].name, "<two@example.org>");
+	/* Recipients keep phase order: added, then deleted again. */
+	cr_assert_eq(total.ops[1].kind, MOD_ADDRCPT);
+	cr_assert_eq(total.ops[2].kind, MOD_DELRCPT);
+	cr_assert_eq(total.ops[3].kind, MOD_REPLBODY);
+	cr_assert_eq(memcmp(total.ops[3].body, "two\r\n", 5), 0);
+	cr_assert_eq(total.ops[4].kind, MOD_QUARANTINE);
+	cr_assert_str_eq(total.ops[4].name, "first");
+	merge_result_fini(&r2);
+	merge_result_fini(&total);
+}
+
+Test(merge, random_phases_compose_like_sequential_application,
+    .timeout = 60)
+{
+	static const char *const onames[] = {
+		"Subject", "X-A", "x-a", "Received", "To",
+	};
+	static const char *const ovals[] = {
+		"o1", "o2", "o3", "o4", "o5", "o6",
+	};
+	uint64_t		 seed = 0x7068617365730a01ull;
+	struct merge_header	 orig[8], *cur, *got, want[P_MAXENT];
+	struct mod		 m1[2][R_MAXOPS], m2[R_MAXOPS];
+	char			 v1[2][R_MAXOPS][48], v2[R_MAXOPS][48];
+	struct merge_upstream	 ups1[2], up2;
+	struct merge_result	 total, r2;
+	struct pent		 l[P_MAXENT];
+	size_t			 norig, ncur, t, tref, nl, ngot, nwant, nup1;
+	int			 it, tops = 0;
+
+	for (it = 0; it < 1500; it++) {
+		norig = 2 + rnd(&seed, 5);
+		for (size_t i = 0; i < norig; i++)
+			orig[i] = (struct merge_header){ (char *)onames[
+			    rnd(&seed, nitems(onames))], (char *)ovals[i] };
+		nup1 = 1 + rnd(&seed, 2);
+		for (size_t u = 0; u < nup1; u++) {
+			ups1[u].mods = m1[u];
+			ups1[u].nmods = rnd(&seed, R_MAXOPS + 1);
+			gen_script(&seed, (int)u, norig, m1[u], ups1[u].nmods,
+			    v1[u]);
+		}
+		cr_assert_eq(merge_mods(orig, norig, ups1, nup1, NULL, 0,
+		    &total), 0);
+
+		/* The MTA after phase 1, hidden header where it ends up. */
+		nl = 0;
+		p_put(l, &nl, 0, (struct pent){ true, hidden.name,
+		    hidden.value });
+		for (size_t i = 0; i < norig; i++)
+			p_put(l, &nl, nl, (struct pent){ false, orig[i].name,
+			    orig[i].value });
+		for (size_t i = 0; i < total.nops; i++)
+			p_apply(l, &nl, &total.ops[i]);
+		merge_visible(orig, norig, total.ops, total.nops, &cur, &ncur,
+		    &t);
+		nwant = p_visible(l, nl, want, &tref);
+		assert_headers(cur, ncur, want, nwant);
+		cr_assert_eq(t, tref, "iteration %d: hidden at %zu, want %zu",
+		    it, t, tref);
+		if (t > 0)
+			tops++;
+
+		/* Phase 2 asks against what it saw, in the MTA's frame. */
+		up2.mods = m2;
+		up2.nmods = 1 + rnd(&seed, R_MAXOPS);
+		gen_script(&seed, 7, ncur, m2, up2.nmods, v2);
+		for (size_t i = 0; i < up2.nmods; i++)
+			p_apply(l, &nl, &m2[i]);
+		for (size_t i = 0; i < nl; i++)
+			want[i] = (struct merge_header){ (char *)l[i].name,
+			    (char *)l[i].value };
+		nwant = nl;
+		/* Phase 1's strings go with its script in merge_compose. */
+		for (size_t i = 0; i < nwant; i++) {
+			want[i].name = strdup(want[i].name);
+			want[i].value = strdup(want[i].value);
+		}
+
+		cr_assert_eq(merge_mods_at(cur, ncur, t, &up2, 1, NULL, 0,
+		    &r2), 0);
+		merge_compose(&total, &r2);
+		apply_hidden(orig, norig, total.ops, total.nops, &got, &ngot);
+		/* Every header in order, the hidden one where an MTA
+		 * applying the phases in turn would have it. */
+		assert_headers(got, ngot, want, nwant);
+		for (size_t i = 0; i < nwant; i++) {
+			free(want[i].name);
+			free(want[i].value);
+		}
+		merge_headers_free(got, ngot);
+		merge_headers_free(cur, ncur);
+		merge_result_fini(&r2);
+		merge_result_fini(&total);
+	}
+	cr_assert_gt(tops, 50, "the cases with headers above the hidden one "
+	    "must be exercised (%d)", tops);
+}
