@@ -208,6 +208,16 @@ ParameterizedTestParameters(conf, reports_each_error_kind_at_its_position)
 		  "listed twice (first at macros.envrcpt[0])" },
 		{ "conf_err_macro_too_many.json", ":3:13: macros.data: ",
 		  "lists 51 macro names; at most 50" },
+		{ "conf_err_range_phase.json", ":3:29: upstreams[0].phase: ",
+		  "0 is out of range 1..100" },
+		{ "conf_err_type_phase.json", ":2:79: upstreams[0].phase: ",
+		  "must be an integer, not a string" },
+		{ "conf_err_replay_memory.json", ":2:25: replay.memory: ",
+		  "-1 is out of range 0..1073741824 bytes" },
+		{ "conf_err_replay_directory.json", ":2:28: replay.directory: ",
+		  "\"var/tmp\" is not an absolute path" },
+		{ "conf_err_replay_unknown.json", ":2:15: replay.dir: ",
+		  "unknown key; expected one of memory, directory" },
 		/* Columns count characters: two of the bytes before are é, à. */
 		{ "conf_err_utf8_column.json", ":2:80: upstreams[0].on_failure: ",
 		  "\"x\" is not one of" },
@@ -478,9 +488,15 @@ Test(conf, shipped_config_loads_cleanly)
 	cr_assert_eq(c->nupstreams, 3);
 	cr_assert_eq(c->nenabled, 3);
 	cr_assert_eq(c->nmacros[MACRO_ENVFROM], 1);
-	cr_assert_eq(c->upstreams[0].on_failure, ONFAIL_ACCEPT);
-	assert_timeouts(&c->upstreams[1].timeouts, 5, 8, 30);
-	assert_inet(&c->upstreams[2].addr, "127.0.0.1", 8893);
+	assert_timeouts(&c->upstreams[0].timeouts, 5, 8, 30);
+	assert_inet(&c->upstreams[1].addr, "127.0.0.1", 8893);
+	cr_assert_eq(c->upstreams[2].on_failure, ONFAIL_ACCEPT);
+	/* The signer runs after the others (README, "Phases"). */
+	cr_assert_eq(c->upstreams[0].phase, 1);
+	cr_assert_eq(c->upstreams[2].phase, 2);
+	cr_assert_eq(c->nphases, 2);
+	cr_assert_eq(c->replay_memory, 4194304);
+	cr_assert_str_eq(c->replay_dir, "/var/tmp");
 	conf_release(c);
 }
 
@@ -493,6 +509,9 @@ assert_same_conf(const struct conf *a, const struct conf *b)
 	cr_assert_eq(a->threads, b->threads);
 	cr_assert(memcmp(&a->timeouts, &b->timeouts, sizeof a->timeouts) == 0);
 	cr_assert_eq(a->on_failure, b->on_failure);
+	cr_assert_eq(a->replay_memory, b->replay_memory);
+	cr_assert_str_eq(a->replay_dir, b->replay_dir);
+	cr_assert_eq(a->nphases, b->nphases);
 	for (int s = 0; s < MACRO_STAGE_COUNT; s++) {
 		cr_assert_eq(a->nmacros[s], b->nmacros[s]);
 		for (size_t i = 0; i <= a->nmacros[s]; i++)
@@ -513,6 +532,7 @@ assert_same_conf(const struct conf *a, const struct conf *b)
 		cr_assert(memcmp(&u->addr.sa, &v->addr.sa, u->addr.salen) == 0);
 		cr_assert_eq(u->enabled, v->enabled);
 		cr_assert_eq(u->on_failure, v->on_failure);
+		cr_assert_eq(u->phase, v->phase);
 		cr_assert(memcmp(&u->timeouts, &v->timeouts,
 		    sizeof u->timeouts) == 0, "upstream %zu timeouts", i);
 	}
