@@ -63,6 +63,7 @@ struct upstream_xchg {
 	int				 error;	/* 0 or -errno */
 	enum verdict			 verdict;
 	char				*text;	/* 'y' text; done() may take it */
+	unsigned			 nprogress; /* progress packets seen */
 	struct mod			*mods;	/* eom requests, arrival order */
 	size_t				 nmods;
 	size_t				 modcap;

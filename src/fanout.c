@@ -121,6 +121,7 @@ struct fanout {
 	 * back-pressure waits keep the MTA informed. */
 	fanout_progress_fn	*progress;
 	void			*progress_arg;
+	double			 nextprog;	/* when the next is due */
 	int			 spool_err;	/* 0, or why it failed */
 	/* Per message (caller's thread). */
 	bool			 in_msg;
@@ -315,15 +316,14 @@ static void	post_cancel(struct fanout *, size_t);
 static void
 wait_all(struct fanout *fo, fanout_progress_fn *progress, void *parg)
 {
-	double		 t, next, nextprog;
+	double		 t, next;
 	struct timespec	 ts;
 	bool		 expired;
 
-	nextprog = mono() + PROGRESS_INTERVAL;
 	pthread_mutex_lock(&fo->lock);
 	while (fo->pending > 0 && !fo->decisive) {
 		t = mono();
-		next = progress != NULL ? nextprog : t + 3600;
+		next = progress != NULL ? fo->nextprog : t + 3600;
 		expired = false;
 		for (size_t i = 0; i < fo->n; i++) {
 			struct slot	*s = &fo->slots[i];
@@ -342,10 +342,10 @@ wait_all(struct fanout *fo, fanout_progress_fn *progress, void *parg)
 			pthread_cond_wait(&fo->cond, &fo->lock);
 			continue;
 		}
-		if (progress != NULL && t >= nextprog) {
+		if (progress != NULL && t >= fo->nextprog) {
 			pthread_mutex_unlock(&fo->lock);
 			progress(parg);
-			nextprog = mono() + PROGRESS_INTERVAL;
+			fo->nextprog = mono() + PROGRESS_INTERVAL;
 			pthread_mutex_lock(&fo->lock);
 			continue;
 		}
@@ -814,14 +814,14 @@ static void
 wait_room(struct fanout *fo, double start)
 {
 	struct timespec	 ts;
-	double		 t, next, nextprog = mono() + PROGRESS_INTERVAL;
+	double		 t, next;
 	bool		 full;
 
 	pthread_mutex_lock(&fo->lock);
 	for (;;) {
 		full = false;
 		t = mono();
-		next = fo->progress != NULL ? nextprog : t + 3600;
+		next = fo->progress != NULL ? fo->nextprog : t + 3600;
 		for (size_t i = 0; i < fo->n; i++) {
 			struct slot	*s = &fo->slots[i];
 			double		 dl = start + s->cfg->timeouts.content;
@@ -838,10 +838,10 @@ wait_room(struct fanout *fo, double start)
 		}
 		if (!full)
 			break;
-		if (fo->progress != NULL && t >= nextprog) {
+		if (fo->progress != NULL && t >= fo->nextprog) {
 			pthread_mutex_unlock(&fo->lock);
 			fo->progress(fo->progress_arg);
-			nextprog = mono() + PROGRESS_INTERVAL;
+			fo->nextprog = mono() + PROGRESS_INTERVAL;
 			pthread_mutex_lock(&fo->lock);
 			continue;
 		}
@@ -1133,6 +1133,8 @@ end_of_message(struct fanout *fo, const struct fanout_event *ev,
 
 	fo->progress = ev->progress;
 	fo->progress_arg = ev->progress_arg;
+	/* One clock for all phases: the MTA waits for them all. */
+	fo->nextprog = base + PROGRESS_INTERVAL;
 	for (size_t k = 0; k < fo->nphases; k++) {
 		unsigned	 ph = fo->nphases > 1 ? fo->phases[k] : 0;
 

@@ -167,6 +167,8 @@ complete(struct upstream *up, struct upstream_xchg *x, int err)
 	up->reply_due = false;
 	x->error = err;
 	x->finished = now();
+	if (x->started.tv_sec == 0 && x->started.tv_nsec == 0)
+		x->started = x->finished;	/* failed before its turn */
 	if (x->kind == XCHG_STAGE)
 		log_trace(TRACE_UPSTREAM, "%s: upstream %s: %s: %s%s%s",
 		    up->connid, up->name, proto_stage_name(x->stage),
@@ -470,6 +472,7 @@ on_packet(struct upstream *up, char cmd, const uint8_t *data, size_t len,
 	}
 	switch (r.kind) {
 	case REPLY_PROGRESS:
+		x->nprogress++;
 		codec_reply_fini(&r);
 		return 0;
 	case REPLY_MOD:

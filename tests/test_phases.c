@@ -236,3 +236,56 @@ Test(phases, big_message_is_replayed_from_a_bounded_store, .timeout = 120)
 	    peak - base);
 	cr_assert_eq(count_files(dir), 0, "a replay file was left behind");
 }
+
+/* While later phases work, the MTA is kept informed. */
+Test(phases, progress_while_phase_two_works, .timeout = 60)
+{
+	struct env	 e;
+	struct up	 ups[] = {
+		{ "first", { "--delay", "eom=3000", NULL }, NULL },
+		{ "second", { "--delay", "eom=3000", "--tag", NULL },
+		    "\"phase\": 2" },
+	};
+	char		*eml = h_path("m.eml"), *out, *p;
+	int		 code;
+
+	cr_assert_eq(h_write_file(eml, "Subject: s\n\nbody\n"), 0);
+	env_setup(&e, ups, 2, NULL, 0);
+	out = send_file(&e, eml, &code);
+	cr_assert_eq(code, 0, "%s", out);
+	/* 6 s of work over two phases: a progress packet every 5 s, on
+	 * one clock for both. */
+	p = strstr(out, "\"stage\": \"eom\"");
+	cr_assert_not_null(p, "%s", out);
+	HAS(p, "\"progress\": 1");
+	HAS(out, "X-Testmilter-second");
+}
+
+/*
+ * All phases together get one content timeout from the MTA's end of
+ * message: phase 2's own 1.5 s fit its 2 s, but not after phase 1's
+ * 1.5 s, so it is cut off and its on_failure (accept) applies.
+ */
+Test(phases, phases_share_one_content_budget, .timeout = 60)
+{
+	struct env	 e;
+	struct up	 ups[] = {
+		{ "first", { "--delay", "eom=1500", NULL }, NULL },
+		{ "second", { "--delay", "eom=1500", "--tag", NULL },
+		    "\"phase\": 2, \"on_failure\": \"accept\", "
+		    "\"timeouts\": { \"content\": 2 }" },
+	};
+	char		*eml = h_path("m.eml"), *out;
+	double		 t0;
+	int		 code;
+
+	cr_assert_eq(h_write_file(eml, "Subject: s\n\nbody\n"), 0);
+	env_setup(&e, ups, 2, NULL, 0);
+	t0 = h_now();
+	out = send_file(&e, eml, &code);
+	cr_assert_lt(h_now() - t0, 2.8, "the budget is 2 s from eom");
+	cr_assert_eq(code, 0, "%s", out);
+	HASNT(out, "X-Testmilter-second");
+	HAS(env_wait_log(&e, "upstream second:"),
+	    "upstream second: eom: no answer in time");
+}

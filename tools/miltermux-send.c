@@ -396,6 +396,8 @@ report(const char *what, const char *arg, const struct upstream_xchg *x)
 			json_cstr(strerror(-x->error));
 		}
 		fprintf(out, ", \"ms\": %.3f", ms_of(x));
+		if (x->nprogress > 0)
+			fprintf(out, ", \"progress\": %u", x->nprogress);
 		if (x->kind == XCHG_STAGE && x->stage == STAGE_EOM) {
 			fputs(", \"modifications\": [", out);
 			for (size_t i = 0; i < x->nmods; i++) {
@@ -422,6 +424,8 @@ report(const char *what, const char *arg, const struct upstream_xchg *x)
 	}
 	if (x->error != 0)
 		fprintf(out, " (%s)", strerror(-x->error));
+	if (x->nprogress > 0)
+		fprintf(out, " (%u progress)", x->nprogress);
 	fprintf(out, " [%.1f ms]\n", ms_of(x));
 	if (x->kind == XCHG_STAGE && x->stage == STAGE_EOM && x->nmods > 0) {
 		fprintf(out, "modifications:\n");
