@@ -30,7 +30,7 @@
  * sets *cmd, *data (borrowed, points into p), *len (data bytes) and
  * *used (bytes the packet takes); -EAGAIN when more bytes are needed;
  * -EMSGSIZE when the length field is zero or the data would exceed
- * max_data.
+ * max_data, and then *len is the length field as read, for the log.
  */
 int	codec_frame(const uint8_t *p, size_t avail, size_t max_data,
 	    char *cmd, const uint8_t **data, size_t *len, size_t *used);
@@ -145,14 +145,18 @@ struct codec_reply {
  */
 int	codec_decode_reply(char cmd, const uint8_t *data, size_t len,
 	    struct codec_reply *out);
+/* Is cmd a code a filter may answer a command with (not 'O')? */
+bool	codec_is_reply_code(char cmd);
 void	codec_reply_fini(struct codec_reply *);
 
 /*
  * Splits a valid 'y' text into its parts for smfi_setmlreply: rcode
  * ("550"), xcode ("5.7.1", or "" when absent) and the lines' texts with
- * the "ddd-"/"ddd " prefix and the repeated xcode removed.  Returns the
- * number of lines (at most maxlines; extra lines are dropped) or
- * -EPROTO.  Strings point into *storage, which the caller frees.
+ * the "ddd-"/"ddd " prefix and the repeated xcode removed.  The texts
+ * are formats, as both MTAs read them: a "%%" stays and a lone '%' is
+ * doubled, so no text acts as a conversion.  Returns the number of
+ * lines (at most maxlines; extra lines are dropped) or -EPROTO.
+ * Strings point into *storage, which the caller frees.
  */
 int	codec_split_replytext(const char *text, char rcode[4],
 	    char xcode[16], char **lines, int maxlines, char **storage);

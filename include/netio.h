@@ -12,6 +12,7 @@
 #ifndef NETIO_H
 #define NETIO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/socket.h>
 
@@ -39,5 +40,11 @@ int	netio_flush(int fd, struct buf *b);
  * -ECONNRESET at end of stream, or -errno.
  */
 int	netio_fill(int fd, struct buf *b, size_t max);
+/*
+ * Whether at least one byte is waiting to be read on fd, without
+ * reading it.  End of stream and errors count as no: the next read
+ * reports them.
+ */
+bool	netio_has_data(int fd);
 
 #endif /* NETIO_H */

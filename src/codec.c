@@ -187,8 +187,10 @@ codec_frame(const uint8_t *p, size_t avail, size_t max_data, char *cmd,
 	plen = get_u32(p);
 	/* Judge the length before waiting for the data: an oversized
 	 * packet is refused as soon as its header is in. */
-	if (plen == 0 || (size_t)plen - 1 > max_data)
+	if (plen == 0 || (size_t)plen - 1 > max_data) {
+		*len = plen;
 		return -EMSGSIZE;
+	}
 	if (avail - U32_LEN < plen)
 		return -EAGAIN;
 	*cmd = (char)p[U32_LEN];
@@ -596,6 +598,12 @@ codec_decode_reply(char cmd, const uint8_t *data, size_t len,
 	return 0;
 }
 
+bool
+codec_is_reply_code(char cmd)
+{
+	return reply_layouts[(unsigned char)cmd].layout != LAYOUT_REFUSED;
+}
+
 void
 codec_reply_fini(struct codec_reply *r)
 {
@@ -607,11 +615,37 @@ codec_reply_fini(struct codec_reply *r)
 }
 
 /*
+ * put_escaped - copy t[0..tl) to w as a reply format, NUL-terminated;
+ * returns the length written without the NUL
+ *
+ * Sendmail uses the reply text as a format string and Postfix turns
+ * "%%" into "%" (PROTOCOL.md 4.3): a "%%" the filter sent stays, and a
+ * lone '%' is doubled so that it reaches the SMTP client as itself and
+ * never acts as a conversion.
+ */
+static size_t
+put_escaped(char *w, const char *t, size_t tl)
+{
+	size_t	 i, o = 0;
+
+	for (i = 0; i < tl; i++) {
+		w[o++] = t[i];
+		if (t[i] != '%')
+			continue;
+		if (i + 1 < tl && t[i + 1] == '%')
+			i++;
+		w[o++] = '%';
+	}
+	w[o] = '\0';
+	return o;
+}
+
+/*
  * codec_split_replytext - rcode, xcode and line texts of a valid 'y' text
  *
  * Each line loses its "ddd-"/"ddd " prefix and, when it repeats the
  * first line's enhanced code, that code and one space after it, which
- * is the shape smfi_setmlreply() wants back.
+ * is the shape smfi_setmlreply() wants back; a lone '%' is doubled.
  */
 int
 codec_split_replytext(const char *text, char rcode[4], char xcode[16],
@@ -635,9 +669,9 @@ codec_split_replytext(const char *text, char rcode[4], char xcode[16],
 	memcpy(xcode, text + 4, xl);
 	xcode[xl] = '\0';
 
-	/* Every line text is shorter than its line: n + 1 bytes hold
-	 * them all with their NULs. */
-	w = *storage = xmalloc(n + 1);
+	/* Every line text is shorter than its line, even with each '%'
+	 * doubled: 2n + 1 bytes hold them all with their NULs. */
+	w = *storage = xmalloc(2 * n + 1);
 	p = text;
 	end = text + n;
 	do {
@@ -656,10 +690,8 @@ codec_split_replytext(const char *text, char rcode[4], char xcode[16],
 				tl--;
 			}
 		}
-		memcpy(w, t, tl);
-		w[tl] = '\0';
 		lines[count++] = w;
-		w += tl + 1;
+		w += put_escaped(w, t, tl) + 1;
 		p += last ? ll : ll + 2;
 	} while (!last);
 	return count;

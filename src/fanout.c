@@ -554,9 +554,16 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 		s->up = upstream_new(s->cfg, connid, pool_pick(pool));
 		f = fx_new(fo, i, XCHG_OPEN, STAGE_CONNECT);
 		f->x.offer_actions = mta_actions & MA_ALL;
-		/* We can leave out any step and need no reply to any:
-		 * both are emulated per upstream. */
-		f->x.offer_proto = MP_ALL_NO | MP_ALL_NR | MP_SKIP |
+		/* We can leave out any step: that is emulated per
+		 * upstream.  We do not offer to go without replies
+		 * (MP_ALL_NR): a reply to a command sent without one
+		 * would be taken for the answer to the next command, as
+		 * the protocol has no sequence numbers, so a filter
+		 * that replies anyway could not be caught in time.
+		 * libmilter fakes the missing NR bits for its filters by
+		 * sending continue (PROTOCOL.md 2.5); a filter that asks
+		 * for them all the same is refused at negotiation. */
+		f->x.offer_proto = MP_ALL_NO | MP_SKIP |
 		    (mta_proto & MP_HDR_LEADSPC);
 		submit(fo, f, true, t + s->cfg->timeouts.connect);
 	}

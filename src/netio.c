@@ -98,3 +98,15 @@ netio_fill(int fd, struct buf *b, size_t max)
 		return -errno;
 	}
 }
+
+bool
+netio_has_data(int fd)
+{
+	char	 c;
+	ssize_t	 n;
+
+	do
+		n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+	while (n == -1 && errno == EINTR);
+	return n == 1;
+}

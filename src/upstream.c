@@ -14,6 +14,7 @@
  * their submitter.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,8 @@
 #include "xalloc.h"
 
 #define READ_CHUNK	(64 * 1024)
+#define WHY_LEN		320	/* a failure's reason, for the log */
+#define SHOW_BYTES	48	/* bytes of a bad packet the log shows */
 
 TAILQ_HEAD(xchg_queue, upstream_xchg);
 
@@ -52,6 +55,10 @@ struct upstream {
 	bool			 reply_due;	/* current exchange waits */
 	bool			 failed;
 	int			 fail_err;
+	char			 why[WHY_LEN];	/* reason being built */
+	/* The last command written, for a reply that comes after it. */
+	int			 last_stage;	/* -1 before the first */
+	bool			 last_nr;	/* sent without reply (NR) */
 	/* Mirror of the filter's libmilter state. */
 	bool			 ready;		/* options negotiated */
 	bool			 connected;	/* CONNECT stage done */
@@ -66,6 +73,7 @@ struct upstream {
 };
 
 static void	start(struct upstream *);
+static const char *stray_why(struct upstream *);
 static void	on_ready(struct pool_io *, uint32_t);
 
 struct upstream *
@@ -82,6 +90,7 @@ upstream_new(const struct conf_upstream *cfg, const char *connid,
 	up->addr = cfg->addr;
 	up->on_failure = cfg->on_failure;
 	up->skip_stage = -1;
+	up->last_stage = -1;
 	TAILQ_INIT(&up->queue);
 	buf_init(&up->wbuf);
 	buf_init(&up->rbuf);
@@ -196,13 +205,17 @@ static void
 fail(struct upstream *up, int err, const char *why)
 {
 	struct upstream_xchg	*x;
-	const char		*stage = "idle";
+	char			 stage[32] = "idle";
 
 	if (!up->failed) {
 		x = TAILQ_FIRST(&up->queue);
 		if (x != NULL)
-			stage = x->kind == XCHG_OPEN ? "negotiate" :
-			    proto_stage_name(x->stage);
+			snprintf(stage, sizeof stage, "%s",
+			    x->kind == XCHG_OPEN ? "negotiate" :
+			    proto_stage_name(x->stage));
+		else if (up->last_stage >= 0)
+			snprintf(stage, sizeof stage, "after %s",
+			    proto_stage_name(up->last_stage));
 		log_warnx("%s: upstream %s: %s: %s%s%s; applying on_failure=%s",
 		    up->connid, up->name, stage, why,
 		    err != 0 ? ": " : "", err != 0 ? strerror(-err) : "",
@@ -215,6 +228,14 @@ fail(struct upstream *up, int err, const char *why)
 	buf_reset(&up->rbuf);
 	while ((x = TAILQ_FIRST(&up->queue)) != NULL)
 		complete(up, x, up->fail_err);
+}
+
+/* write_why - a failed write, said the way the reader would say it */
+static const char *
+write_why(int rc)
+{
+	return rc == -EPIPE || rc == -ECONNRESET ?
+	    "connection closed while a command was written" : "write";
 }
 
 /* want - set the epoll interest from what the upstream waits for */
@@ -337,8 +358,19 @@ start(struct upstream *up)
 				return;	/* fail() completed everything */
 			break;
 		}
+		/* Bytes waiting now came while no reply was due. */
+		if (up->ready && up->io.fd != -1 && !up->connecting &&
+		    netio_has_data(up->io.fd)) {
+			fail(up, -EPROTO, stray_why(up));
+			return;
+		}
 		p = decide(up, x, &cmd);
 		x->verdict = p == PLAN_NONE ? VERDICT_NONE : VERDICT_CONTINUE;
+		if (cmd) {
+			up->last_stage = (int)x->stage;
+			up->last_nr = p == PLAN_QUIET &&
+			    x->stage != STAGE_ABORT;
+		}
 		if (p != PLAN_NONE && x->stage != STAGE_ABORT)
 			buf_add(&up->wbuf, buf_head(&x->macros),
 			    buf_avail(&x->macros));
@@ -348,7 +380,7 @@ start(struct upstream *up)
 		up->reply_due = p == PLAN_WAIT;
 		if (buf_avail(&up->wbuf) > 0 &&
 		    (rc = netio_flush(up->io.fd, &up->wbuf)) != 0) {
-			fail(up, rc, "write");
+			fail(up, rc, write_why(rc));
 			return;
 		}
 		if (up->reply_due || buf_avail(&up->wbuf) > 0)
@@ -400,30 +432,107 @@ after_verdict(struct upstream *up, enum stage s, enum verdict v)
 		up->skip_stage = (int)s;
 }
 
+/* set_why - the reason fail() will log, formatted into up->why */
+static const char *
+set_why(struct upstream *up, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static const char *
+set_why(struct upstream *up, const char *fmt, ...)
+{
+	va_list	 ap;
+
+	va_start(ap, fmt);
+	vsnprintf(up->why, sizeof up->why, fmt, ap);
+	va_end(ap);
+	return up->why;
+}
+
+/*
+ * show - up to SHOW_BYTES of a filter's bytes as one safe line for the
+ * log: quotes, backslashes and anything not printable ASCII escaped (a
+ * CR or LF would split the line, and a '%' is only ever an argument)
+ */
+static const char *
+show(char *dst, size_t size, const uint8_t *p, size_t len)
+{
+	size_t	 o = 0, i;
+
+	for (i = 0; i < len && i < SHOW_BYTES && o + 5 < size; i++) {
+		if (p[i] == '\r')
+			o += (size_t)snprintf(dst + o, size - o, "\\r");
+		else if (p[i] == '\n')
+			o += (size_t)snprintf(dst + o, size - o, "\\n");
+		else if (p[i] == '"' || p[i] == '\\')
+			o += (size_t)snprintf(dst + o, size - o, "\\%c", p[i]);
+		else if (p[i] < 0x20 || p[i] >= 0x7f)
+			o += (size_t)snprintf(dst + o, size - o, "\\x%02x",
+			    p[i]);
+		else
+			dst[o++] = (char)p[i];
+	}
+	dst[o] = '\0';
+	if (i < len && o + 3 < size)
+		memcpy(dst + o, "...", 4);
+	return dst;
+}
+
+/*
+ * stray_why - why a packet that came when no reply was due is wrong,
+ * naming the command it followed; into up->why
+ *
+ * A filter that negotiated no reply for a stage (SMFIP_NR_*) and
+ * replies anyway is caught here if its reply arrives before the next
+ * command is written.  XXX: one that arrives later is taken for the
+ * answer to that command: the protocol carries no sequence numbers,
+ * so neither we nor Postfix (milter8.c) can tell; the reply one too
+ * many then shows up at the end of the exchanges, as here.
+ */
+static const char *
+stray_why(struct upstream *up)
+{
+	const char	*last;
+
+	if (up->last_stage < 0)
+		return set_why(up, "%s", up->ready ? "data after the option "
+		    "negotiation reply" : "reply where none was due");
+	last = proto_stage_name(up->last_stage);
+	if (up->last_stage == STAGE_ABORT)
+		return set_why(up, "reply to abort, which takes none");
+	if (up->last_nr)
+		return set_why(up, "reply to %s, for which it negotiated "
+		    "no reply", last);
+	return set_why(up, "data after the final reply to %s", last);
+}
+
 /* on_optneg - check and record the filter's option reply */
 static int
 on_optneg(struct upstream *up, struct upstream_xchg *x, char cmd,
-    const uint8_t *data, size_t len, const char **why)
+    const uint8_t *data, size_t len)
 {
 	struct codec_optneg	 o;
+	uint32_t		 extra;
 	int			 rc;
 
 	if (cmd != MR_OPTNEG) {
-		*why = "option negotiation: unexpected reply";
+		set_why(up, "option negotiation: reply code 0x%02x instead "
+		    "of 'O'", (unsigned char)cmd);
 		return -EPROTO;
 	}
 	if ((rc = codec_decode_optneg(data, len, &o)) != 0) {
-		*why = "option negotiation: malformed reply";
+		set_why(up, "option negotiation: malformed reply");
 		return rc;
 	}
 	rc = -EPROTO;
 	if (o.version < 2 || o.version > PROTO_VERSION)
-		*why = "option negotiation: unsupported protocol version";
-	else if ((o.actions & ~x->offer_actions) != 0)
-		*why = "option negotiation: asked for actions not offered";
-	else if ((o.protocol & ~MP_INTERNAL & ~x->offer_proto) != 0)
-		*why = "option negotiation: asked for protocol steps not "
-		    "offered";
+		set_why(up, "option negotiation: unsupported protocol "
+		    "version %u", o.version);
+	else if ((extra = o.actions & ~x->offer_actions) != 0)
+		set_why(up, "option negotiation: asked for actions 0x%x, "
+		    "which were not offered", extra);
+	else if ((extra = o.protocol & ~MP_INTERNAL & ~x->offer_proto) != 0)
+		set_why(up, "option negotiation: asked for protocol bits "
+		    "0x%x, which were not offered", extra);
 	else
 		rc = 0;
 	if (rc != 0) {
@@ -447,27 +556,46 @@ on_optneg(struct upstream *up, struct upstream_xchg *x, char cmd,
 	return 0;
 }
 
-/* on_packet - one reply for the current exchange; 1 when it completed */
+/* bad_reply - why codec_decode_reply refused a packet */
+static void
+bad_reply(struct upstream *up, char cmd, const uint8_t *data, size_t len)
+{
+	char	 shown[4 * SHOW_BYTES + 8];
+
+	if (!codec_is_reply_code(cmd))
+		set_why(up, "unknown reply code 0x%02x", (unsigned char)cmd);
+	else if (cmd == MR_REPLYCODE)
+		set_why(up, "malformed reply text \"%s\" (CR, LF or NUL "
+		    "inside, or not a 4xx/5xx reply with an enhanced code of "
+		    "its class)",
+		    show(shown, sizeof shown, data,
+		    len > 0 && data[len - 1] == '\0' ? len - 1 : len));
+	else
+		set_why(up, "malformed '%c' reply (%zu data bytes)", cmd, len);
+}
+
+/*
+ * on_packet - one reply for the current exchange; 1 when it was the
+ * final one (recorded in the exchange, which the caller completes)
+ */
 static int
-on_packet(struct upstream *up, char cmd, const uint8_t *data, size_t len,
-    const char **why)
+on_packet(struct upstream *up, char cmd, const uint8_t *data, size_t len)
 {
 	struct upstream_xchg	*x = TAILQ_FIRST(&up->queue);
 	struct codec_reply	 r;
 	int			 rc;
 
 	if (x == NULL || !up->reply_due) {
-		*why = "reply where none was due";
+		stray_why(up);
 		return -EPROTO;
 	}
 	if (x->kind == XCHG_OPEN) {
-		if ((rc = on_optneg(up, x, cmd, data, len, why)) != 0)
+		if ((rc = on_optneg(up, x, cmd, data, len)) != 0)
 			return rc;
-		complete(up, x, 0);
 		return 1;
 	}
 	if ((rc = codec_decode_reply(cmd, data, len, &r)) != 0) {
-		*why = "malformed reply";
+		bad_reply(up, cmd, data, len);
 		return rc;
 	}
 	switch (r.kind) {
@@ -477,12 +605,14 @@ on_packet(struct upstream *up, char cmd, const uint8_t *data, size_t len,
 		return 0;
 	case REPLY_MOD:
 		if (x->stage != STAGE_EOM) {
-			*why = "modification before end of message";
+			set_why(up, "modification (%s) before end of message",
+			    codec_mod_kind_name(r.mod.kind));
 			codec_reply_fini(&r);
 			return -EPROTO;
 		}
 		if ((up->actions & codec_mod_action(r.mod.kind)) == 0) {
-			*why = "modification it did not negotiate";
+			set_why(up, "modification (%s) it did not negotiate",
+			    codec_mod_kind_name(r.mod.kind));
 			codec_reply_fini(&r);
 			return -EPROTO;
 		}
@@ -499,7 +629,8 @@ on_packet(struct upstream *up, char cmd, const uint8_t *data, size_t len,
 		break;
 	}
 	if (!verdict_ok(x->stage, &r.verdict)) {
-		*why = "verdict not allowed at this stage";
+		set_why(up, "verdict %s not allowed at this stage",
+		    proto_verdict_name(r.verdict));
 		codec_reply_fini(&r);
 		return -EPROTO;
 	}
@@ -508,8 +639,22 @@ on_packet(struct upstream *up, char cmd, const uint8_t *data, size_t len,
 	r.text = NULL;
 	codec_reply_fini(&r);
 	after_verdict(up, x->stage, x->verdict);
-	complete(up, x, 0);
 	return 1;
+}
+
+/* bad_frame - why codec_frame refused the packet header at p */
+static void
+bad_frame(struct upstream *up, const uint8_t *p, size_t avail, size_t field)
+{
+	char	 shown[4 * CODEC_HDR_LEN + 8];
+
+	show(shown, sizeof shown, p, avail < CODEC_HDR_LEN ? avail :
+	    CODEC_HDR_LEN);
+	if (field == 0)
+		set_why(up, "bad packet \"%s\": length field 0", shown);
+	else
+		set_why(up, "bad packet \"%s\": length field %zu over the "
+		    "limit of %u", shown, field, PROTO_MAX_DATA + 1);
 }
 
 /* read_replies - read what is there and handle every whole packet */
@@ -517,7 +662,6 @@ static void
 read_replies(struct upstream *up)
 {
 	const uint8_t	*data;
-	const char	*why = "read";
 	size_t		 len, used;
 	char		 cmd;
 	int		 rc, frc;
@@ -535,27 +679,31 @@ read_replies(struct upstream *up)
 			if (frc == -EAGAIN)
 				break;
 			if (frc != 0) {
-				fail(up, frc, "bad packet length");
+				bad_frame(up, buf_head(&up->rbuf),
+				    buf_avail(&up->rbuf), len);
+				fail(up, frc, up->why);
 				return;
 			}
-			frc = on_packet(up, cmd, data, len, &why);
+			frc = on_packet(up, cmd, data, len);
 			buf_consume(&up->rbuf, used);
 			if (frc < 0) {
-				fail(up, frc, why);
+				fail(up, frc, up->why);
 				return;
 			}
+			if (frc == 0)
+				continue;
 			/* The protocol is strictly one command, one answer:
 			 * nothing may follow a final reply before the next
-			 * command was sent. */
-			if (frc == 1 && buf_avail(&up->rbuf) > 0) {
-				fail(up, -EPROTO, "data after the final reply");
+			 * command was sent.  Judged before the exchange
+			 * completes, so that its stage gets the failure. */
+			if (buf_avail(&up->rbuf) > 0) {
+				fail(up, -EPROTO, stray_why(up));
 				return;
 			}
-			if (frc == 1) {
-				start(up);
-				if (up->failed)
-					return;
-			}
+			complete(up, TAILQ_FIRST(&up->queue), 0);
+			start(up);
+			if (up->failed)
+				return;
 		}
 		if (rc == -ECONNRESET) {
 			if (buf_avail(&up->rbuf) > 0)
@@ -590,7 +738,7 @@ on_ready(struct pool_io *io, uint32_t events)
 	}
 	if ((events & EPOLLOUT) != 0 && buf_avail(&up->wbuf) > 0) {
 		if ((rc = netio_flush(up->io.fd, &up->wbuf)) != 0) {
-			fail(up, rc, "write");
+			fail(up, rc, write_why(rc));
 			return;
 		}
 		x = TAILQ_FIRST(&up->queue);

@@ -5,12 +5,22 @@
  * Concurrency: one test process, main thread.  Ownership: see fixture.h.
  */
 #include <criterion/criterion.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fixture.h"
 #include "harness.h"
+
+/* external - a milter the test runs itself */
+static bool
+external(const struct up *u)
+{
+	return u->args[0] != NULL &&
+	    strncmp(u->args[0], EXTERNAL, strlen(EXTERNAL)) == 0;
+}
 
 void
 env_start_upstreams(struct env *e, const struct up *ups, size_t n)
@@ -20,28 +30,33 @@ env_start_upstreams(struct env *e, const struct up *ups, size_t n)
 		char		*sock = h_xasprintf("%s/%s.sock", h_tmpdir(),
 				    ups[i].name);
 		char		*spec = h_xasprintf("unix:%s", sock);
+		bool		 bad = ups[i].args[0] != NULL &&
+				    strcmp(ups[i].args[0], BADMILTER) == 0;
 		size_t		 k = 0;
 		pid_t		 pid;
 
 		e->up_log[i] = h_xasprintf("%s/%s.log", h_tmpdir(),
 		    ups[i].name);
-		argv[k++] = BIN("tests/milters/testmilter");
+		argv[k++] = bad ? BIN("tests/milters/badmilter") :
+		    BIN("tests/milters/testmilter");
 		argv[k++] = "-p";
 		argv[k++] = spec;
-		argv[k++] = "-n";
-		argv[k++] = ups[i].name;
+		if (!bad) {
+			argv[k++] = "-n";
+			argv[k++] = ups[i].name;
+		}
 		argv[k++] = "--log";
 		argv[k++] = e->up_log[i];
-		for (size_t a = 0; ups[i].args[a] != NULL; a++)
+		for (size_t a = bad ? 1 : 0; ups[i].args[a] != NULL; a++)
 			argv[k++] = ups[i].args[a];
 		argv[k] = NULL;
-		if (strcmp(ups[i].name, "down") != 0 &&
-		    (ups[i].args[0] == NULL || ups[i].args[0][0] != '@')) {
+		if (strcmp(ups[i].name, "down") != 0 && !external(&ups[i])) {
 			pid = h_spawn(argv, NULL);
-			cr_assert(pid > 0, "cannot start testmilter %s",
+			cr_assert(pid > 0, "cannot start upstream %s",
 			    ups[i].name);
+			e->up_pid[i] = pid;
 			cr_assert_eq(h_wait_unix(sock, 10), 0,
-			    "testmilter %s did not come up", ups[i].name);
+			    "upstream %s did not come up", ups[i].name);
 		}
 		free(sock);
 		free(spec);
@@ -57,9 +72,8 @@ env_start_mux(struct env *e, const struct up *ups, size_t n,
 	const char	*argv[8];
 
 	for (size_t i = 0; i < n; i++) {
-		char	*addr = ups[i].args[0] != NULL &&
-			    ups[i].args[0][0] == '@' ?
-			    h_xstrdup(ups[i].args[0] + 1) :
+		char	*addr = external(&ups[i]) ?
+			    h_xstrdup(ups[i].args[0] + strlen(EXTERNAL)) :
 			    h_xasprintf("unix:%s/%s.sock", h_tmpdir(),
 			    ups[i].name);
 
@@ -108,6 +122,30 @@ env_setup(struct env *e, const struct up *ups, size_t n, const char *top,
 	memset(e, 0, sizeof *e);
 	env_start_upstreams(e, ups, n);
 	env_start_mux(e, ups, n, top, inet);
+}
+
+/* env_stop - all SIGTERMed at once, then each given what is left */
+void
+env_stop(struct env *e, double grace_s)
+{
+	double	 deadline = h_now() + grace_s, left;
+
+	if (e->mux > 0)
+		(void)h_kill(e->mux, SIGTERM);
+	for (size_t i = 0; i < e->n; i++)
+		if (e->up_pid[i] > 0)
+			(void)h_kill(e->up_pid[i], SIGTERM);
+	if (e->mux > 0) {
+		left = deadline - h_now();
+		(void)h_stop(e->mux, left > 0 ? left : 0, NULL);
+	}
+	e->mux = 0;
+	for (size_t i = 0; i < e->n; i++) {
+		left = deadline - h_now();
+		if (e->up_pid[i] > 0)
+			(void)h_stop(e->up_pid[i], left > 0 ? left : 0, NULL);
+		e->up_pid[i] = 0;
+	}
 }
 
 char *

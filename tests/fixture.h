@@ -17,10 +17,15 @@
 #define MAX_ARGS	64
 
 /*
- * One upstream: its name, testmilter flags, extra JSON config keys.  An
- * args[0] of "@SPEC" names a milter the test runs itself at SPEC: then
- * nothing is started for it.
+ * One upstream: its name, testmilter flags, extra JSON config keys.
+ * When args[0] is BADMILTER, the upstream is tests/milters/badmilter
+ * instead, with the flags that follow (its --log is up_log[i]).  An
+ * args[0] of EXTERNAL "SPEC" names a milter the test runs itself at
+ * SPEC: then nothing is started for it.
  */
+#define BADMILTER	"@badmilter"
+#define EXTERNAL	"external:"
+
 struct up {
 	const char	*name;		/* "down": configured, not started */
 	const char	*args[MAX_ARGS];
@@ -35,6 +40,7 @@ struct env {
 	char	*conf;
 	pid_t	 mux;
 	char	*up_log[MAX_UP];
+	pid_t	 up_pid[MAX_UP];	/* 0: not started */
 	size_t	 n;
 };
 
@@ -46,6 +52,12 @@ void	env_setup(struct env *, const struct up *, size_t n, const char *top,
 void	env_start_upstreams(struct env *, const struct up *, size_t n);
 void	env_start_mux(struct env *, const struct up *, size_t n,
 	    const char *top, int inet);
+/*
+ * Stop miltermux and the upstreams now: SIGTERM, then SIGKILL after
+ * grace_s.  libmilter notices SIGTERM only every few seconds, so a test
+ * that has checked everything saves the teardown's grace period.
+ */
+void	env_stop(struct env *, double grace_s);
 /* miltermux's log so far; caller owns.  wait: until it holds needle. */
 char	*env_mux_log(struct env *);
 char	*env_wait_log(struct env *, const char *needle);

@@ -872,6 +872,98 @@ Test(codec, split_refuses_invalid_text)
 	cr_assert_null(storage);
 }
 
+struct percent_case {
+	char	 name[40];
+	char	 text[64];
+	int	 nlines;
+	char	 want[2][40];
+};
+
+/*
+ * Sendmail reads the text as a format and Postfix turns "%%" into "%"
+ * (PROTOCOL.md 4.3): whatever an upstream sent, no '%' may stay lone.
+ */
+ParameterizedTestParameters(codec, split_doubles_lone_percent_only)
+{
+	static struct percent_case cases[] = {
+		{ "lone", "550 5.7.1 100% sure", 1, { "100%% sure" } },
+		{ "doubled_stays", "550 5.7.1 100%% sure", 1,
+		    { "100%% sure" } },
+		{ "conversion", "550 5.7.1 %s%n%d", 1, { "%%s%%n%%d" } },
+		{ "three", "451 4.3.2 a%%%b", 1, { "a%%%%b" } },
+		{ "at_end", "550 5.7.1 end%", 1, { "end%%" } },
+		{ "only_percent", "550 %", 1, { "%%" } },
+		{ "no_xcode", "451 50% off", 1, { "50%% off" } },
+		{ "multiline", "550-5.7.1 a% b\r\n550 5.7.1 c%%d%", 2,
+		    { "a%% b", "c%%d%%" } },
+		{ "none", "550 5.7.1 plain", 1, { "plain" } },
+	};
+
+	return cr_make_param_array(struct percent_case, cases, NELEM(cases));
+}
+
+ParameterizedTest(struct percent_case *tc, codec,
+    split_doubles_lone_percent_only)
+{
+	char	 rcode[4], xcode[16], *lines[32], *storage;
+	int	 i;
+
+	cr_assert_eq(codec_split_replytext(tc->text, rcode, xcode, lines, 32,
+	    &storage), tc->nlines, "%s", tc->name);
+	for (i = 0; i < tc->nlines; i++)
+		cr_assert_str_eq(lines[i], tc->want[i], "%s line %d",
+		    tc->name, i);
+	free(storage);
+}
+
+Test(codec, split_doubles_every_lone_percent_of_a_long_text)
+{
+	char	 text[4 + 2 * 490 + 1], rcode[4], xcode[16], *lines[1];
+	char	*storage;
+	size_t	 i;
+
+	/* "%x" 490 times: each '%' lone, the text grows by half. */
+	memcpy(text, "550 ", 4);
+	for (i = 0; i < 490; i++)
+		memcpy(text + 4 + 2 * i, "%x", 2);
+	text[sizeof text - 1] = '\0';
+	cr_assert_eq(codec_split_replytext(text, rcode, xcode, lines, 1,
+	    &storage), 1);
+	cr_assert_eq(strlen(lines[0]), 3 * 490);
+	for (i = 0; i < 490; i++)
+		cr_assert_eq(memcmp(lines[0] + 3 * i, "%%x", 3), 0,
+		    "at %zu: %s", i, lines[0]);
+	free(storage);
+}
+
+Test(codec, frame_reports_the_bad_length_field)
+{
+	static const char	 huge[] = "\x00\x01\x00\x01" "c";
+	static const char	 zero[] = "\x00\x00\x00\x00" "c";
+	const uint8_t		*data;
+	size_t			 len = 7, used;
+	char			 cmd;
+
+	cr_assert_eq(codec_frame(BYTES(huge), PROTO_MAX_DATA, &cmd, &data,
+	    &len, &used), -EMSGSIZE);
+	cr_assert_eq(len, 65537);
+	cr_assert_eq(codec_frame(BYTES(zero), PROTO_MAX_DATA, &cmd, &data,
+	    &len, &used), -EMSGSIZE);
+	cr_assert_eq(len, 0);
+}
+
+Test(codec, knows_which_codes_answer_a_command)
+{
+	static const char	 known[] = "cartdyspqhim+2-eb";
+	static const char	 unknown[] = "ZOlf4#~\x00\xfe";
+
+	for (size_t i = 0; i < sizeof known - 1; i++)
+		cr_assert(codec_is_reply_code(known[i]), "'%c'", known[i]);
+	for (size_t i = 0; i < sizeof unknown - 1; i++)
+		cr_assert(!codec_is_reply_code(unknown[i]), "0x%02x",
+		    (unsigned char)unknown[i]);
+}
+
 /* Filter-side string lists. */
 
 Test(codec, decodes_string_list)

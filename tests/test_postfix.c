@@ -543,7 +543,7 @@ Test(postfix, dkim_in_phase_2_signs_the_merged_message, .timeout = 120,
     .fini = fini)
 {
 	char		*spec = start_opendkim(), *msg;
-	char		*at = h_xasprintf("@%s", spec);
+	char		*at = h_xasprintf(EXTERNAL "%s", spec);
 	struct up	 ups[] = {
 		{ "tag", { "--chgheader", "1:Subject:[external] quarterly "
 		    "report", "--addheader", "X-Scanned:clean", NULL },
@@ -568,7 +568,7 @@ Test(postfix, dkim_in_phase_1_signs_the_original, .timeout = 120,
     .fini = fini)
 {
 	char		*spec = start_opendkim(), *msg;
-	char		*at = h_xasprintf("@%s", spec);
+	char		*at = h_xasprintf(EXTERNAL "%s", spec);
 	struct up	 ups[] = {
 		{ "tag", { "--chgheader", "1:Subject:[external] quarterly "
 		    "report", "--addheader", "X-Scanned:clean", NULL },
