@@ -171,7 +171,7 @@ delivered(int n)
 	int	 got = h_sink_wait_messages(&pf, n, 60.0);
 	char	*msg;
 
-	cr_assert_eq(got, n, "sink messages: %d, want %d", got, n);
+	cr_assert_geq(got, n, "sink messages: %d, want %d", got, n);
 	msg = h_sink_message(&pf, n - 1);
 	cr_assert_not_null(msg);
 	return msg;
