@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "procstat.h"
 
@@ -67,4 +68,42 @@ long
 ps_hwm_kb(pid_t pid)
 {
 	return status_field(pid, "VmHWM:");
+}
+
+static double
+mono(void)
+{
+	struct timespec	 ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int
+ps_wait_steady(pid_t pid, double steady_s, double timeout_s, long *fds,
+    long *threads)
+{
+	struct timespec	 pause = { 0, 20 * 1000 * 1000 };
+	double		 t, since = mono(), deadline = since + timeout_s;
+	long		 f, n;
+
+	*fds = ps_fds(pid);
+	*threads = ps_threads(pid);
+	for (int i = 0; i < 1000000; i++) {
+		if (*fds < 0 || *threads < 0)
+			return -ESRCH;
+		t = mono();
+		if (t - since >= steady_s)
+			return 0;
+		if (t >= deadline)
+			return -ETIMEDOUT;
+		nanosleep(&pause, NULL);
+		f = ps_fds(pid);
+		n = ps_threads(pid);
+		if (f != *fds || n != *threads)
+			since = mono();
+		*fds = f;
+		*threads = n;
+	}
+	return -ETIMEDOUT;
 }

@@ -21,4 +21,14 @@ long	ps_threads(pid_t);
 long	ps_rss_kb(pid_t);
 long	ps_hwm_kb(pid_t);
 
+/*
+ * Polls until the process's descriptor and thread counts have not
+ * changed for steady_s, at most timeout_s; sets *fds and *threads to the
+ * last counts.  For a baseline: a daemon that just came up may still be
+ * opening descriptors or starting threads.  0, or -ETIMEDOUT (the counts
+ * are then the last seen), or -ESRCH.
+ */
+int	ps_wait_steady(pid_t, double steady_s, double timeout_s, long *fds,
+	    long *threads);
+
 #endif /* PROCSTAT_H */

@@ -312,9 +312,10 @@ Test(mta_gone, leaves_no_socket_thread_or_memory_behind, .timeout = 170)
 
 	env_setup(&e, ups, 2, NULL, 0);
 	run.spec = e.mux_spec;
-	/* Before the first session: what miltermux holds of its own. */
-	fds0 = ps_fds(e.mux);
-	thr0 = ps_threads(e.mux);
+	/* What miltermux holds of its own, once one whole session has
+	 * gone through it (libmilter sets its worker pool up lazily). */
+	one_message(e.mux_spec);
+	cr_assert_eq(ps_wait_steady(e.mux, 0.3, 10, &fds0, &thr0), 0);
 	cr_assert(fds0 > 0 && thr0 > 0);
 
 	/* A warm-up storm brings up libmilter's workers, malloc's arenas
