@@ -202,7 +202,7 @@ mta_exchange(struct mta *m, const struct buf *b, bool want_reply,
 	rc = mta_send_raw(m, buf_head(b), buf_avail(b));
 	if (rc == 0 && want_reply)
 		rc = read_reply(m, at_eom, r);
-	if (r == &scratch)
+	if (r == &scratch || rc != 0)
 		mta_result_fini(r);
 	return rc;
 }

@@ -80,9 +80,9 @@ int	mta_macros(struct mta *m, char cmd, const char *const *pairs,
  * The stages.  Each sends the command unless the filter switched the
  * stage off (then r->verdict is VERDICT_NONE and nothing is sent), and
  * reads the reply unless it asked for none.  r may be NULL when the
- * caller only cares about errors.  mta_eom() collects modifications
- * and counts progress packets; the other stages treat modifications as
- * -EPROTO.
+ * caller only cares about errors; on error it holds nothing to free.
+ * mta_eom() collects modifications and counts progress packets; the
+ * other stages treat modifications as -EPROTO.
  */
 int	mta_connect(struct mta *m, const char *host, const char *addr,
 	    struct mta_result *r);

@@ -41,7 +41,7 @@ struct rec_stats {
 	size_t			 rcpts;
 	size_t			 body_packets;
 	uint64_t		 body_bytes;
-	uint64_t		 body_hash;	/* rec_hash() of all body bytes */
+	uint64_t		 body_hash;	/* rec_hash() of the body */
 	size_t			 eoms;
 	size_t			 aborts;
 	size_t			 bad;		/* malformed packets */

@@ -313,7 +313,8 @@ Test(heavy, ten_thousand_headers_arrive_in_order_and_edits_land,
     .timeout = 120)
 {
 	const char *const	 args[] = { "--addheader", "X-Added:yes",
-				    "--chgheader", "2:X-H-07777:changed", NULL };
+				    "--chgheader", "2:X-H-07777:changed",
+				    NULL };
 	struct heavy		 h;
 	struct mta_result	 r;
 	struct rec_stats	 st;
@@ -365,8 +366,9 @@ Test(heavy, ten_thousand_headers_arrive_in_order_and_edits_land,
 
 Test(heavy, thousand_recipients_each_get_their_answer, .timeout = 120)
 {
-	const char *const	 args[] = { "--reject-rcpt", "<r500@example.net>",
-				    "--delrcpt", "<r7@example.net>", NULL };
+	const char *const	 args[] = { "--reject-rcpt",
+				    "<r500@example.net>", "--delrcpt",
+				    "<r7@example.net>", NULL };
 	struct heavy		 h;
 	struct mta_result	 r, *rr = h_xmalloc(1000 * sizeof *rr);
 	struct rec_stats	 st;
@@ -451,9 +453,12 @@ Test(heavy, body_of_50_MiB_streams_in_bounded_memory, .timeout = 150)
 	rss1 = ps_rss_kb(h.e.mux);
 	cr_log_info("50 MiB body in %.1f s; miltermux VmHWM %ld -> %ld KiB, "
 	    "VmRSS %ld -> %ld KiB", t1 - t0, hwm0, hwm1, rss0, rss1);
-	cr_assert_leq(hwm1 - hwm0, 32 * 1024, "peak memory grew by %ld KiB "
-	    "for a 50 MiB body", hwm1 - hwm0);
-	cr_assert_leq(rss1 - rss0, 32 * 1024);
+	if (PS_MEMORY_MEANINGFUL) {
+		cr_assert_leq(hwm1 - hwm0, 32 * 1024, "peak memory grew by "
+		    "%ld KiB for a 50 MiB body", hwm1 - hwm0);
+		cr_assert_leq(rss1 - rss0, 32 * 1024);
+	} else
+		cr_log_info("sanitizer build: memory bounds not checked");
 
 	check_upstreams(&h, 2, &st);
 	/* The warm-up's 7 bytes come first. */

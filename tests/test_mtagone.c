@@ -77,7 +77,7 @@ struct run {
 	const char	*spec;
 	atomic_uint	 next;		/* next session number */
 	unsigned	 last;		/* one past the last session */
-	atomic_uint	 errors;	/* a reply that did not come, or was wrong */
+	atomic_uint	 errors;	/* replies missing or wrong */
 	atomic_uint	 cuts[STEP_COUNT + 1][CUT_COUNT];
 	char		 first_error[256];
 	pthread_mutex_t	 lock;		/* first_error */
@@ -353,8 +353,11 @@ Test(mta_gone, leaves_no_socket_thread_or_memory_behind, .timeout = 170)
 	cr_assert(ok, "miltermux kept %ld fds (%ld at start) and %ld threads "
 	    "(%ld at start, %d idle workers allowed)", fds1, fds0, thr1, thr0,
 	    IDLE_WORKERS);
-	cr_assert_leq(rss1 - rss0, RSS_SLACK_KB, "resident memory grew by "
-	    "%ld KiB over %d sessions", rss1 - rss0, SESSIONS);
+	if (PS_MEMORY_MEANINGFUL)
+		cr_assert_leq(rss1 - rss0, RSS_SLACK_KB, "resident memory grew "
+		    "by %ld KiB over %d sessions", rss1 - rss0, SESSIONS);
+	else
+		cr_log_info("sanitizer build: memory bounds not checked");
 	/* Every cut point was hit. */
 	for (int s = 0; s <= STEP_COUNT; s++)
 		for (int c = 0; c < CUT_COUNT; c++)
