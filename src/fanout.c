@@ -609,7 +609,7 @@ put_macros(struct buf *b, const struct slot *s, const struct fanout_event *ev)
 {
 	int		 m = proto_stage_macro[ev->stage];
 	const char	*pairs[2 * MAX_MACROS];
-	size_t		 n = 0;
+	size_t		 n = 0, used = 1, need;
 	char		*copy, *tok, *save = NULL;
 
 	if (m < 0 || ev->macro == NULL || s->names[m] == NULL)
@@ -621,6 +621,13 @@ put_macros(struct buf *b, const struct slot *s, const struct fanout_event *ev)
 
 		if (v == NULL)
 			continue;
+		/* The MTA may send macros of up to 1 MiB (front.c); one
+		 * that would push the packet over 64 KiB is left out, as
+		 * if it had no value. */
+		need = strlen(tok) + strnlen(v, PROTO_MAX_DATA) + 2;
+		if (used + need > PROTO_MAX_DATA)
+			continue;
+		used += need;
 		/* The names are borrowed from s->names via copy, which lives
 		 * until the packet is built below. */
 		pairs[2 * n] = tok;
@@ -631,39 +638,82 @@ put_macros(struct buf *b, const struct slot *s, const struct fanout_event *ev)
 	free(copy);
 }
 
-/* put_command - the stage's command packet for one upstream */
+/* fit - s, or a copy of its first max bytes in *cut (caller frees) */
+static const char *
+fit(const char *s, size_t max, char **cut)
+{
+	if (strnlen(s, max + 1) <= max)
+		return s;
+	*cut = xstrndup(s, max);
+	return *cut;
+}
+
+/*
+ * put_argv - MAIL or RCPT within one packet: the address cut to fit,
+ * then the ESMTP parameters that still fit whole
+ */
+static void
+put_argv(struct buf *b, char cmd, const char *const *argv, size_t argc)
+{
+	const char	**v = xcalloc(argc == 0 ? 1 : argc, sizeof *v);
+	char		*cut = NULL;
+	size_t		 n = 0, used = 0, len;
+
+	if (argc > 0) {
+		v[n++] = fit(argv[0], PROTO_MAX_DATA - 1, &cut);
+		used = strlen(v[0]) + 1;
+	}
+	for (size_t i = 1; i < argc; i++) {
+		len = strnlen(argv[i], PROTO_MAX_DATA) + 1;
+		if (used + len <= PROTO_MAX_DATA) {
+			v[n++] = argv[i];
+			used += len;
+		}
+	}
+	codec_put_argv(b, cmd, v, n);
+	free(cut);
+	free(v);
+}
+
+/*
+ * put_command - the stage's command packet for one upstream
+ *
+ * The MTA may send packets of up to 1 MiB (front.c), but a packet over
+ * 64 KiB makes libmilter drop the connection: what does not fit is cut
+ * (strings) or left out (ESMTP parameters).
+ */
 static void
 put_command(struct buf *b, const struct slot *s, const struct fanout_event *ev)
 {
-	const char	*v;
-	size_t		 room;
-	char		*cut = NULL;
+	const char	*v, *name, *addr;
+	char		*cut = NULL, *cut2 = NULL;
 
 	switch (ev->stage) {
 	case STAGE_CONNECT:
-		codec_put_connect(b, ev->argv[0], ev->family, ev->port,
-		    ev->argc > 1 && ev->argv[1] != NULL ? ev->argv[1] : "");
+		addr = ev->argc > 1 && ev->argv[1] != NULL ? ev->argv[1] : "";
+		addr = fit(addr, 1024, &cut2);
+		/* host, NUL, family, port, address, NUL */
+		v = fit(ev->argv[0], PROTO_MAX_DATA - 5 - strlen(addr), &cut);
+		codec_put_connect(b, v, ev->family, ev->port, addr);
 		break;
 	case STAGE_HELO:
 	case STAGE_UNKNOWN:
-		codec_put_str(b, proto_stage_cmd[ev->stage], ev->argv[0]);
+		codec_put_str(b, proto_stage_cmd[ev->stage],
+		    fit(ev->argv[0], PROTO_MAX_DATA - 1, &cut));
 		break;
 	case STAGE_ENVFROM:
 	case STAGE_ENVRCPT:
-		codec_put_argv(b, proto_stage_cmd[ev->stage], ev->argv,
-		    ev->argc);
+		put_argv(b, proto_stage_cmd[ev->stage], ev->argv, ev->argc);
 		break;
 	case STAGE_HEADER:
 		v = ev->value;
 		if (s->leadspc_fix && v[0] == ' ')
 			v++;	/* what the MTA would have sent it */
-		/* A packet over 64 KiB would make libmilter drop the
-		 * connection: cut the value to fit. */
-		room = PROTO_MAX_DATA - strlen(ev->name) - 2;
-		if (strlen(v) > room)
-			v = cut = xstrndup(v, room);
-		codec_put_header(b, ev->name, v);
-		free(cut);
+		/* The value is cut to fit, and the name too when even it
+		 * alone would not. */
+		name = fit(ev->name, PROTO_MAX_DATA - 2, &cut2);
+		v = fit(v, PROTO_MAX_DATA - strlen(name) - 2, &cut);
+		codec_put_header(b, name, v);
 		break;
 	case STAGE_BODY:
 		codec_put_packet(b, MC_BODY, ev->data, ev->len);
@@ -672,6 +722,8 @@ put_command(struct buf *b, const struct slot *s, const struct fanout_event *ev)
 		codec_put_packet(b, proto_stage_cmd[ev->stage], NULL, 0);
 		break;
 	}
+	free(cut);
+	free(cut2);
 }
 
 /*
