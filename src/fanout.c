@@ -195,10 +195,14 @@ fx_done(struct upstream_xchg *x)
 	struct fx	*f = (struct fx *)x;
 	struct fanout	*fo = f->fo;
 	struct slot	*s = &fo->slots[f->slot];
-	bool		 mine;
+	bool		 mine, wake;
 
 	pthread_mutex_lock(&fo->lock);
 	s->inflight--;
+	/* Wake the caller only for what it waits on (wait_all: the last
+	 * answer, a reject, a failure; wait_room: room again), so that
+	 * three upstreams do not wake it three times. */
+	wake = x->error != 0 || s->inflight == MAX_INFLIGHT;
 	if (x->error != 0 && x->error != -ECANCELED)
 		s->failed = true;
 	if (x->kind == XCHG_STAGE)
@@ -209,6 +213,7 @@ fx_done(struct upstream_xchg *x)
 		fo->pending--;
 		if (x->error == 0 && x->verdict == VERDICT_REJECT)
 			fo->decisive = true;
+		wake = wake || fo->pending == 0 || fo->decisive;
 	} else if (x->error == 0 && x->kind == XCHG_STAGE &&
 	    merge_verdict(s->deferred, x->verdict) != s->deferred &&
 	    x->verdict != VERDICT_CONTINUE && x->verdict != VERDICT_SKIP) {
@@ -217,8 +222,15 @@ fx_done(struct upstream_xchg *x)
 		s->deferred_text = x->text;
 		x->text = NULL;
 	}
-	pthread_cond_broadcast(&fo->cond);
 	pthread_mutex_unlock(&fo->lock);
+	/*
+	 * Signalled after the unlock, or the woken caller would block at
+	 * once on the mutex we hold.  fo outlives this: its last
+	 * references are the close exchanges, which this upstream's loop
+	 * runs only after we return.
+	 */
+	if (wake)
+		pthread_cond_broadcast(&fo->cond);
 	if (mine)
 		fx_free(f);
 }

@@ -48,6 +48,7 @@ struct upstream {
 	struct buf		 wbuf;
 	struct buf		 rbuf;
 	bool			 registered;	/* fd in the loop's epoll */
+	uint32_t		 events;	/* its interest when registered */
 	bool			 connecting;
 	bool			 reply_due;	/* current exchange waits */
 	bool			 failed;
@@ -226,6 +227,10 @@ want(struct upstream *up)
 		return;
 	if (up->connecting || buf_avail(&up->wbuf) > 0)
 		ev |= EPOLLOUT;
+	/* One epoll_ctl per change, not per event: most exchanges leave
+	 * the interest at EPOLLIN. */
+	if (up->registered && up->events == ev)
+		return;
 	rc = up->registered ? pool_io_mod(up->loop, &up->io, ev) :
 	    pool_io_add(up->loop, &up->io, ev);
 	if (rc != 0) {
@@ -233,6 +238,7 @@ want(struct upstream *up)
 		return;
 	}
 	up->registered = true;
+	up->events = ev;
 }
 
 /* decide - what the filter's state allows for this stage */
@@ -565,7 +571,9 @@ read_replies(struct upstream *up)
 				fail(up, 0, "connection closed");
 			return;
 		}
-		if (rc == 0)
+		/* A short read emptied the socket: spare the read that
+		 * would only say EAGAIN. */
+		if (rc == 0 || (size_t)rc < READ_CHUNK)
 			return;
 	}
 }
@@ -656,7 +664,12 @@ upstream_submit(struct upstream *up, struct upstream_xchg *x)
 {
 	x->up = up;
 	x->job.run = run_xchg;
-	pool_post(up->loop, &x->job);
+	/* Closing frees the upstream, so it waits for the loop's turn
+	 * (pool_run()'s rule); anything else may start at once. */
+	if (x->kind == XCHG_CLOSE)
+		pool_post(up->loop, &x->job);
+	else
+		pool_run(up->loop, &x->job);
 }
 
 void
