@@ -508,6 +508,7 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
     uint32_t mta_actions, uint32_t mta_proto)
 {
 	struct fanout		*fo = xcalloc(1, sizeof *fo);
+	struct pool_loop	*loop;
 	pthread_condattr_t	 ca;
 	double			 t = mono();
 	size_t			 k = 0;
@@ -529,11 +530,15 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 			fo->slots[k++].cfg = &conf->upstreams[i];
 	fo->n = k;
 	atomic_store(&fo->refs, 1 + (unsigned)fo->n);
+	/* All of a connection's upstreams on one loop: their answers to a
+	 * stage arrive together and one wake-up of that loop handles them;
+	 * connections still spread over the loops. */
+	loop = pool_pick(pool);
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
 		struct fx	*f;
 
-		s->up = upstream_new(s->cfg, connid, pool_pick(pool));
+		s->up = upstream_new(s->cfg, connid, loop);
 		f = fx_new(fo, i, XCHG_OPEN, STAGE_CONNECT);
 		f->x.offer_actions = mta_actions & MA_ALL;
 		/* We can leave out any step and need no reply to any:
