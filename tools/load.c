@@ -768,9 +768,9 @@ report(struct load *ld, FILE *out, double seconds)
 		return;
 	}
 	fprintf(out, "load: %lu messages, %u sessions at once, up to %u "
-	    "messages per session, %zu bytes, %zu recipient%s\n", o->count,
-	    o->concurrency, o->per_session, o->size, o->nrcpts,
-	    o->nrcpts == 1 ? "" : "s");
+	    "message%s per session, %zu bytes, %zu recipient%s\n", o->count,
+	    o->concurrency, o->per_session, o->per_session == 1 ? "" : "s",
+	    o->size, o->nrcpts, o->nrcpts == 1 ? "" : "s");
 	fprintf(out, "%s:", o->nups > 1 ? "chain" : "milter");
 	for (size_t j = 0; j < o->nups; j++)
 		fprintf(out, " %s", o->ups[j].address);
