@@ -77,7 +77,7 @@ struct slot {
 	struct load		*ld;
 	unsigned		 id;
 	struct pool_loop	*loop;
-	struct pool_job		 start;		/* first: start_run casts */
+	struct pool_job		 start;		/* the slot's first session */
 	struct expiry		 expiry;
 	atomic_bool		 expire_posted;
 	atomic_llong		 deadline;	/* monotonic ns; 0: none due */
