@@ -27,6 +27,22 @@
  */
 int	netio_connect(const struct sockaddr *sa, socklen_t salen,
 	    int *inprogress);
+/*
+ * Sets TCP_NODELAY on every listening TCP socket the process has open,
+ * so that the connections accepted from it start with it: Linux copies
+ * the option from the listening socket at accept(2).  For a listening
+ * socket opened by a library that keeps its fd to itself (libmilter).
+ * Returns how many sockets it set, or -errno if the fds cannot be
+ * listed.
+ */
+int	netio_nodelay_listeners(void);
+/*
+ * Has the kernel acknowledge what fd received at once instead of after
+ * the delayed-ACK timer (TCP_QUICKACK, which lasts only a while: call it
+ * again after each read that leaves an answer incomplete).  A no-op on
+ * anything but TCP.
+ */
+void	netio_quickack(int fd);
 /* 0 when the connect on fd succeeded, else -errno. */
 int	netio_connect_result(int fd);
 /*

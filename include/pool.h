@@ -9,8 +9,9 @@
  * advances whichever exchange is ready.  Other threads reach a loop by
  * posting a job to its mailbox.
  *
- * Concurrency: pool_post() is thread-safe; pool_io_*() only on the
- * loop's own thread.  Ownership: jobs and io handles are embedded in the
+ * Concurrency: pool_post() and pool_run() are thread-safe; pool_io_*()
+ * only from a job or handler of that loop (on its thread, or run by
+ * pool_run).  Ownership: jobs and io handles are embedded in the
  * caller's structures; the pool allocates nothing per job, and the
  * caller keeps that storage alive until run() has returned or the
  * handle was removed.
@@ -48,6 +49,14 @@ struct pool_loop *pool_pick(struct pool *);
  * fails and never blocks beyond a short mutex hold.
  */
 void	pool_post(struct pool_loop *, struct pool_job *);
+/*
+ * Like pool_post(), except that when the loop is asleep with nothing
+ * queued and the caller is not a loop thread, the caller runs job at
+ * once itself, as the loop would (no thread wake-up, no wait for one).
+ * The job must not free a pool_io handle (the loop may hold an event
+ * for it), and the caller must hold no lock that the job takes.
+ */
+void	pool_run(struct pool_loop *, struct pool_job *);
 /* Loop thread only: watch fd for events (EPOLLIN/EPOLLOUT). */
 int	pool_io_add(struct pool_loop *, struct pool_io *, uint32_t events);
 int	pool_io_mod(struct pool_loop *, struct pool_io *, uint32_t events);

@@ -88,7 +88,11 @@ void		 upstream_xchg_init(struct upstream_xchg *, enum xchg_kind,
 void		 upstream_xchg_fini(struct upstream_xchg *);
 /*
  * Posts x to the upstream's loop, where it queues behind earlier
- * exchanges.  Thread-safe.  done() runs exactly once.
+ * exchanges.  Thread-safe.  done() runs exactly once.  When the loop is
+ * idle, a caller that is not a loop thread starts x itself (pool_run):
+ * the command is written before upstream_submit() returns, and done()
+ * may run on the caller's thread too, so the caller must not hold a
+ * lock that done() takes.
  */
 void		 upstream_submit(struct upstream *, struct upstream_xchg *x);
 /*

@@ -209,10 +209,14 @@ fx_done(struct upstream_xchg *x)
 	struct fx	*f = (struct fx *)x;
 	struct fanout	*fo = f->fo;
 	struct slot	*s = &fo->slots[f->slot];
-	bool		 mine;
+	bool		 mine, wake;
 
 	pthread_mutex_lock(&fo->lock);
 	s->inflight--;
+	/* Wake the caller only for what it waits on (wait_all: the last
+	 * answer, a reject, a failure; wait_room: room again), so that
+	 * three upstreams do not wake it three times. */
+	wake = x->error != 0 || s->inflight == MAX_INFLIGHT;
 	if (x->error != 0 && x->error != -ECANCELED)
 		s->failed = true;
 	if (x->kind == XCHG_STAGE)
@@ -223,6 +227,7 @@ fx_done(struct upstream_xchg *x)
 		fo->pending--;
 		if (x->error == 0 && x->verdict == VERDICT_REJECT)
 			fo->decisive = true;
+		wake = wake || fo->pending == 0 || fo->decisive;
 	} else if (x->error == 0 && x->kind == XCHG_STAGE &&
 	    merge_verdict(s->deferred, x->verdict) != s->deferred &&
 	    x->verdict != VERDICT_CONTINUE && x->verdict != VERDICT_SKIP) {
@@ -231,8 +236,15 @@ fx_done(struct upstream_xchg *x)
 		s->deferred_text = x->text;
 		x->text = NULL;
 	}
-	pthread_cond_broadcast(&fo->cond);
 	pthread_mutex_unlock(&fo->lock);
+	/*
+	 * Signalled after the unlock, or the woken caller would block at
+	 * once on the mutex we hold.  fo outlives this: its last
+	 * references are the close exchanges, which this upstream's loop
+	 * runs only after we return.
+	 */
+	if (wake)
+		pthread_cond_broadcast(&fo->cond);
 	if (mine)
 		fx_free(f);
 }
@@ -511,6 +523,7 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
     uint32_t mta_actions, uint32_t mta_proto)
 {
 	struct fanout		*fo = xcalloc(1, sizeof *fo);
+	struct pool_loop	*loop;
 	pthread_condattr_t	 ca;
 	double			 t = mono();
 	size_t			 k = 0;
@@ -547,11 +560,15 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 	}
 	spool_init(&fo->body, conf->replay_memory, conf->replay_dir);
 	atomic_store(&fo->refs, 1 + (unsigned)fo->n);
+	/* All of a connection's upstreams on one loop: their answers to a
+	 * stage arrive together and one wake-up of that loop handles them;
+	 * connections still spread over the loops. */
+	loop = pool_pick(pool);
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
 		struct fx	*f;
 
-		s->up = upstream_new(s->cfg, connid, pool_pick(pool));
+		s->up = upstream_new(s->cfg, connid, loop);
 		f = fx_new(fo, i, XCHG_OPEN, STAGE_CONNECT);
 		f->x.offer_actions = mta_actions & MA_ALL;
 		/* We can leave out any step: that is emulated per

@@ -29,6 +29,7 @@
 #include "fanout.h"
 #include "front.h"
 #include "log.h"
+#include "netio.h"
 #include "xalloc.h"
 
 #define MAX_REPLY_LINES	32
@@ -426,7 +427,21 @@ front_init(const char *listen)
 int
 front_open_socket(void)
 {
-	return smfi_opensocket(1) == MI_SUCCESS ? 0 : -EADDRNOTAVAIL;
+	int	 rc;
+
+	if (smfi_opensocket(1) != MI_SUCCESS)
+		return -EADDRNOTAVAIL;
+	/*
+	 * libmilter writes each modification and then the verdict in
+	 * separate writes; with Nagle's algorithm on, the second one waits
+	 * for the MTA's ACK of the first, which the MTA delays by 40 ms as
+	 * it has nothing to send.  libmilter owns the accepted sockets and
+	 * keeps the listening fd to itself, but on Linux they inherit
+	 * TCP_NODELAY from the listening socket: set it there.
+	 */
+	if ((rc = netio_nodelay_listeners()) < 0)
+		log_warnc(rc, "cannot set TCP_NODELAY on the listening socket");
+	return 0;
 }
 
 int

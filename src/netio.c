@@ -4,8 +4,10 @@
  *
  * Concurrency: no shared state.  Ownership: see netio.h.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -46,6 +48,62 @@ netio_connect(const struct sockaddr *sa, socklen_t salen, int *inprogress)
 		return -err;
 	}
 	return fd;
+}
+
+/* is_tcp_listener - a listening TCP socket? */
+static int
+is_tcp_listener(int fd)
+{
+	struct sockaddr_storage	 ss;
+	socklen_t		 len = sizeof ss;
+	int			 v = 0;
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) == -1 ||
+	    (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+		return 0;
+	len = sizeof v;
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &len) == -1 ||
+	    v != SOCK_STREAM)
+		return 0;
+	len = sizeof v;
+	return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &v, &len) == 0 &&
+	    v != 0;
+}
+
+int
+netio_nodelay_listeners(void)
+{
+	DIR		*d;
+	struct dirent	*e;
+	char		*end;
+	long		 fd;
+	int		 one = 1, n = 0;
+
+	if ((d = opendir("/proc/self/fd")) == NULL)
+		return -errno;
+	while ((e = readdir(d)) != NULL) {
+		fd = strtol(e->d_name, &end, 10);
+		if (*end != '\0' || end == e->d_name || fd == dirfd(d))
+			continue;
+		if (is_tcp_listener((int)fd) && setsockopt((int)fd,
+		    IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0)
+			n++;
+	}
+	closedir(d);
+	return n;
+}
+
+void
+netio_quickack(int fd)
+{
+#ifdef TCP_QUICKACK
+	int	 one = 1;
+
+	/* Fails with ENOPROTOOPT on a unix socket: nothing to do there. */
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+#else
+	(void)fd;
+#endif
 }
 
 int

@@ -8,8 +8,17 @@
  * socket can never leave a stale event for it in the batch being
  * handled.
  *
- * Locking: loop->lock protects loop->mailbox and loop->stopping only.
- * No job or handler runs with it held.
+ * pool_run() saves the wake-up of a sleeping loop: the caller runs the
+ * job itself, holding the loop's run lock, which the loop thread holds
+ * whenever it is not asleep in epoll_wait.  A job so run may change the
+ * epoll set while the loop sleeps, and an event the loop collected in
+ * the meantime is then handled after the job; that is why such a job
+ * must never free a handle (pool.h), while the jobs of the mailbox run
+ * only between batches and may.
+ *
+ * Locking: loop->lock protects loop->mailbox, loop->stopping and
+ * loop->sleeping only; no job or handler runs with it held.  loop->run
+ * is taken before loop->lock, or tried (never waited for) under it.
  */
 /* pthread_setname_np is a GNU extension; only this file needs it. */
 #define _GNU_SOURCE
@@ -43,6 +52,9 @@ struct pool_loop {
 	pthread_t		 thread;
 	unsigned		 index;
 	pthread_mutex_t		 lock;	/* mailbox, stopping, sleeping */
+	/* Held by whoever runs the loop's jobs and handlers: its thread,
+	 * except while asleep in epoll_wait, or a pool_run() caller. */
+	pthread_mutex_t		 run;
 	struct pool_jobq	 mailbox;
 	bool			 stopping;
 	bool			 sleeping;	/* in epoll_wait: post wakes */
@@ -56,22 +68,23 @@ struct pool {
 
 static _Thread_local const struct pool_loop *current_loop;
 
-/* drain - run every job posted so far; returns false once stopping */
+/*
+ * drain - run every job posted so far; returns false once stopping.
+ * *sleep tells whether the loop may block in epoll_wait: it had nothing
+ * to run, and from now on a post wakes it.
+ */
 static bool
-drain(struct pool_loop *l)
+drain(struct pool_loop *l, bool *sleep)
 {
 	struct pool_jobq	 q = TAILQ_HEAD_INITIALIZER(q);
 	struct pool_job		*job;
 	bool			 stopping;
-	uint64_t		 v;
 
 	pthread_mutex_lock(&l->lock);
 	TAILQ_CONCAT(&q, &l->mailbox, entry);
 	stopping = l->stopping;
-	l->sleeping = TAILQ_EMPTY(&q) && !stopping;
+	l->sleeping = *sleep = TAILQ_EMPTY(&q) && !stopping;
 	pthread_mutex_unlock(&l->lock);
-	if (read(l->wakefd, &v, sizeof v) == -1 && errno != EAGAIN)
-		log_warn("pool: read eventfd");
 	while ((job = TAILQ_FIRST(&q)) != NULL) {
 		TAILQ_REMOVE(&q, job, entry);
 		job->run(job);		/* may free job: don't touch it */
@@ -86,7 +99,9 @@ loop_main(void *arg)
 	struct pool_loop	*l = arg;
 	struct epoll_event	 ev[POOL_EVENTS];
 	struct pool_io		*io;
-	int			 n, timeout;
+	uint64_t		 v;
+	int			 n;
+	bool			 sleep;
 	char			 name[16];
 
 	current_loop = l;
@@ -94,13 +109,20 @@ loop_main(void *arg)
 #ifdef HAVE_PTHREAD_SETNAME_NP
 	pthread_setname_np(pthread_self(), name);
 #endif
+	pthread_mutex_lock(&l->run);
 	for (;;) {
-		if (!drain(l))
+		if (!drain(l, &sleep))
 			break;
-		pthread_mutex_lock(&l->lock);
-		timeout = l->sleeping ? -1 : 0;
-		pthread_mutex_unlock(&l->lock);
-		n = epoll_wait(l->epfd, ev, POOL_EVENTS, timeout);
+		/* Asleep, the loop lets pool_run() callers in. */
+		if (sleep)
+			pthread_mutex_unlock(&l->run);
+		n = epoll_wait(l->epfd, ev, POOL_EVENTS, sleep ? -1 : 0);
+		if (sleep) {
+			pthread_mutex_lock(&l->lock);
+			l->sleeping = false;
+			pthread_mutex_unlock(&l->lock);
+			pthread_mutex_lock(&l->run);
+		}
 		if (n == -1) {
 			if (errno == EINTR)
 				continue;
@@ -108,11 +130,18 @@ loop_main(void *arg)
 		}
 		for (int i = 0; i < n; i++) {
 			io = ev[i].data.ptr;
-			if (io == NULL)
-				continue;	/* the wake eventfd */
+			if (io == NULL) {
+				/* The wake eventfd: read only when it fired,
+				 * not on every turn of the loop. */
+				if (read(l->wakefd, &v, sizeof v) == -1 &&
+				    errno != EAGAIN)
+					log_warn("pool: read eventfd");
+				continue;
+			}
 			io->ready(io, ev[i].events);
 		}
 	}
+	pthread_mutex_unlock(&l->run);
 	return NULL;
 }
 
@@ -140,6 +169,7 @@ pool_new(unsigned nthreads, struct pool **out)
 		l->index = i;
 		TAILQ_INIT(&l->mailbox);
 		pthread_mutex_init(&l->lock, NULL);
+		pthread_mutex_init(&l->run, NULL);
 		l->epfd = epoll_create1(EPOLL_CLOEXEC);
 		l->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		if (l->epfd == -1 || l->wakefd == -1) {
@@ -198,6 +228,7 @@ pool_free(struct pool *p)
 		close(l->epfd);
 		close(l->wakefd);
 		pthread_mutex_destroy(&l->lock);
+		pthread_mutex_destroy(&l->run);
 	}
 	free(p->loops);
 	p->loops = NULL;
@@ -228,6 +259,31 @@ pool_post(struct pool_loop *l, struct pool_job *job)
 	 * one that is running drains its mailbox before it waits again. */
 	if (wake && write(l->wakefd, &one, sizeof one) == -1)
 		log_warn("pool: wake loop %u", l->index);
+}
+
+void
+pool_run(struct pool_loop *l, struct pool_job *job)
+{
+	bool	 now;
+
+	/*
+	 * Only a caller that is no loop itself, only when the loop sleeps
+	 * with an empty mailbox (nothing to overtake), and only if the run
+	 * lock is free: trylock under l->lock never waits, so the order
+	 * run -> lock of the loop thread cannot deadlock with us.
+	 */
+	pthread_mutex_lock(&l->lock);
+	now = current_loop == NULL && l->sleeping && !l->stopping &&
+	    TAILQ_EMPTY(&l->mailbox) && pthread_mutex_trylock(&l->run) == 0;
+	pthread_mutex_unlock(&l->lock);
+	if (!now) {
+		pool_post(l, job);
+		return;
+	}
+	current_loop = l;
+	job->run(job);
+	current_loop = NULL;
+	pthread_mutex_unlock(&l->run);
 }
 
 int

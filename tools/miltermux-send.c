@@ -25,6 +25,7 @@
 
 #include "codec.h"
 #include "conf.h"
+#include "load.h"
 #include "log.h"
 #include "pool.h"
 #include "upstream.h"
@@ -36,13 +37,21 @@
 #define EXIT_TEMPFAILED	2
 #define EXIT_DISCARDED	3
 
-struct macro {
-	char	*name;
-	char	*value;
+/* Flags of the load mode; any of them selects it. */
+enum {
+	OPT_COUNT = 256,
+	OPT_CONCURRENCY,
+	OPT_PER_SESSION,
+	OPT_SIZE,
+	OPT_RCPTS,
+	OPT_CHAIN,
+	OPT_THREADS
 };
 
 static struct {
 	const char	*server;
+	const char	**servers;	/* every -s, in order */
+	size_t		 nservers;
 	const char	*from;
 	const char	**rcpts;
 	size_t		 nrcpts;
@@ -50,11 +59,20 @@ static struct {
 	const char	*client_name;
 	const char	*client_addr;
 	unsigned	 client_port;
-	struct macro	*macros;
+	struct load_macro *macros;
 	size_t		 nmacros;
 	double		 timeout;
 	bool		 json;
 	const char	*file;
+	bool		 load;
+	bool		 chain;
+	unsigned long	 count;
+	unsigned long	 concurrency;
+	unsigned long	 per_session;
+	unsigned long	 size;
+	unsigned long	 nrcpts_gen;	/* --rcpts; 0: not given */
+	unsigned long	 threads;
+	bool		 size_set;
 } opt = {
 	.from = "<>",
 	.helo = "localhost",
@@ -62,6 +80,11 @@ static struct {
 	.client_addr = "127.0.0.1",
 	.client_port = 25000,
 	.timeout = 60,
+	.count = 1,
+	.concurrency = 1,
+	.per_session = 1,
+	.size = 1024,
+	.threads = 1,
 };
 
 struct waiter {
@@ -86,6 +109,8 @@ usage(FILE *f)
 {
 	fprintf(f,
 "usage: miltermux-send -s SPEC --rcpt ADDR [options] [FILE.eml]\n"
+"       miltermux-send -s SPEC [-s SPEC... --chain] --count M [load options]\n"
+"           [options] [FILE.eml]\n"
 "\n"
 "Drives the milter at SPEC through one SMTP session carrying the message\n"
 "in FILE.eml (standard input when absent or \"-\"), and prints each reply\n"
@@ -104,8 +129,22 @@ usage(FILE *f)
 "  -j, --json               print one JSON document instead of text\n"
 "  -h, --help               print this help and exit\n"
 "\n"
+"Load mode, chosen by any of these: many sessions at once, and figures\n"
+"(messages per second, latency percentiles, errors) instead of replies.\n"
+"The message is FILE.eml if given, else one generated of --size bytes.\n"
+"      --count M            messages in all (default 1)\n"
+"      --concurrency K      sessions at once (default 1)\n"
+"      --per-session N      messages per session, at most (default 1)\n"
+"      --size BYTES         size of the generated message (default 1024)\n"
+"      --rcpts N            recipients <rcpt1@example.net>... (default 1;\n"
+"                           without it, the -r recipients)\n"
+"      --chain              -s may be repeated: ask the milters one after\n"
+"                           another at each stage, as Postfix and Sendmail\n"
+"      --threads N          event loop threads (default 1)\n"
+"\n"
 "Exit status: 0 the message passed, 1 rejected, 2 temporarily failed,\n"
-"3 discarded; 64 usage, 66 no input, 69 the milter failed.\n");
+"3 discarded; 64 usage, 66 no input, 69 the milter failed.  Load mode:\n"
+"0 every message was answered, 69 some failed.\n");
 }
 
 static void
@@ -124,6 +163,24 @@ add_macro(const char *name, const char *value)
 	opt.nmacros++;
 }
 
+/* number - a decimal count from lo to hi, or a usage error */
+static unsigned long
+number(const char *flag, const char *arg, unsigned long lo, unsigned long hi)
+{
+	unsigned long	 v;
+	char		*end;
+
+	errno = 0;
+	v = strtoul(arg, &end, 10);
+	if (errno != 0 || end == arg || *end != '\0' || arg[0] == '-' ||
+	    v < lo || v > hi) {
+		fprintf(stderr, "miltermux-send: %s: \"%s\" is not a number "
+		    "from %lu to %lu\n", flag, arg, lo, hi);
+		exit(EX_USAGE);
+	}
+	return v;
+}
+
 static void
 parse_args(int argc, char **argv)
 {
@@ -139,6 +196,13 @@ parse_args(int argc, char **argv)
 		{ "timeout",	 required_argument, NULL, 't' },
 		{ "json",	 no_argument,	    NULL, 'j' },
 		{ "help",	 no_argument,	    NULL, 'h' },
+		{ "count",	 required_argument, NULL, OPT_COUNT },
+		{ "concurrency", required_argument, NULL, OPT_CONCURRENCY },
+		{ "per-session", required_argument, NULL, OPT_PER_SESSION },
+		{ "size",	 required_argument, NULL, OPT_SIZE },
+		{ "rcpts",	 required_argument, NULL, OPT_RCPTS },
+		{ "chain",	 no_argument,	    NULL, OPT_CHAIN },
+		{ "threads",	 required_argument, NULL, OPT_THREADS },
 		{ NULL,		 0,		    NULL, 0 }
 	};
 	char	*end, *eq, *copy;
@@ -149,6 +213,9 @@ parse_args(int argc, char **argv)
 		switch (ch) {
 		case 's':
 			opt.server = optarg;
+			opt.servers = xreallocarray(opt.servers,
+			    opt.nservers + 1, sizeof *opt.servers);
+			opt.servers[opt.nservers++] = optarg;
 			break;
 		case 'f':
 			opt.from = optarg;
@@ -203,6 +270,37 @@ parse_args(int argc, char **argv)
 		case 'h':
 			usage(stdout);
 			exit(EX_OK);
+		case OPT_COUNT:
+			opt.count = number("--count", optarg, 1, 100000000);
+			opt.load = true;
+			break;
+		case OPT_CONCURRENCY:
+			opt.concurrency = number("--concurrency", optarg, 1,
+			    100000);
+			opt.load = true;
+			break;
+		case OPT_PER_SESSION:
+			opt.per_session = number("--per-session", optarg, 1,
+			    1000000);
+			opt.load = true;
+			break;
+		case OPT_SIZE:
+			opt.size = number("--size", optarg, 0, 64 << 20);
+			opt.size_set = true;
+			opt.load = true;
+			break;
+		case OPT_RCPTS:
+			opt.nrcpts_gen = number("--rcpts", optarg, 1, 10000);
+			opt.load = true;
+			break;
+		case OPT_CHAIN:
+			opt.chain = true;
+			opt.load = true;
+			break;
+		case OPT_THREADS:
+			opt.threads = number("--threads", optarg, 1, 64);
+			opt.load = true;
+			break;
 		default:
 			usage(stderr);
 			exit(EX_USAGE);
@@ -213,6 +311,32 @@ parse_args(int argc, char **argv)
 		exit(EX_USAGE);
 	}
 	opt.file = optind < argc ? argv[optind] : "-";
+	if (opt.nservers > 1 && !opt.chain) {
+		fprintf(stderr, "miltermux-send: -s given %zu times: several "
+		    "milters need --chain\n", opt.nservers);
+		exit(EX_USAGE);
+	}
+	if (opt.load) {
+		if (opt.server == NULL) {
+			fprintf(stderr, "miltermux-send: --server is "
+			    "required\n");
+			usage(stderr);
+			exit(EX_USAGE);
+		}
+		if (opt.nrcpts > 0 && opt.nrcpts_gen > 0) {
+			fprintf(stderr, "miltermux-send: --rcpts and --rcpt "
+			    "exclude each other\n");
+			exit(EX_USAGE);
+		}
+		if (opt.size_set && optind < argc) {
+			fprintf(stderr, "miltermux-send: --size is for the "
+			    "generated message, not FILE\n");
+			exit(EX_USAGE);
+		}
+		if (optind >= argc)
+			opt.file = NULL;	/* generate one */
+		return;
+	}
 	if (opt.server == NULL || opt.nrcpts == 0) {
 		fprintf(stderr, "miltermux-send: --server and at least one "
 		    "--rcpt are required\n");
@@ -504,18 +628,13 @@ read_input(const char *path, size_t *len)
 	return data;
 }
 
-struct header {
-	char	*name;
-	char	*value;
-};
-
 /*
  * split_message - headers as an MTA hands them to milters (folded lines
  * joined with a bare LF, one space after the colon removed unless the
  * milter wants it kept) and the body with CRLF line ends.
  */
 static size_t
-split_message(const char *m, size_t len, struct header **hdrs,
+split_message(const char *m, size_t len, struct load_header **hdrs,
     struct buf *body)
 {
 	size_t		 i = 0, n = 0, cap = 0;
@@ -590,6 +709,122 @@ stage(enum stage st)
 	return x;
 }
 
+/*
+ * generate - a message of about opt.size bytes as stored in an .eml
+ * (CRLF line ends): five headers and a body of 76-character lines.
+ */
+static size_t
+generate(struct load_header **hdrs, struct buf *body)
+{
+	static const char *const names[] = {
+		"From", "To", "Subject", "Date", "Message-ID"
+	};
+	const char	*values[] = {
+		" <sender@example.org>", " <rcpt1@example.net>",
+		" miltermux-send load test", " Thu, 1 Jan 2026 00:00:00 +0000",
+		" <load@miltermux-send.example.org>"
+	};
+	size_t		 n = sizeof names / sizeof names[0], used = 2;
+	size_t		 line;
+
+	*hdrs = xcalloc(n, sizeof **hdrs);
+	for (size_t i = 0; i < n; i++) {
+		(*hdrs)[i].name = xstrdup(names[i]);
+		(*hdrs)[i].value = xstrdup(values[i]);
+		used += strlen(names[i]) + 1 + strlen(values[i]) + 2;
+	}
+	for (size_t left = opt.size > used ? opt.size - used : 0, k = 0;
+	    left > 0; left -= line) {
+		line = left > 78 ? 78 : left;
+		for (size_t i = 0; i + 2 < line; i++, k++)
+			buf_add_u8(body, (uint8_t)('a' + k % 26));
+		if (line >= 2)
+			buf_add(body, "\r\n", 2);
+		else
+			buf_add_u8(body, '.');
+	}
+	return n;
+}
+
+/* run_load - the load mode: build the message and the milter list */
+static int
+run_load(void)
+{
+	struct load_opts	 lo;
+	struct conf_upstream	*ups;
+	struct load_header	*hdrs;
+	struct buf		 body = BUF_INIT;
+	char			 why[256], *msg = NULL, **gen = NULL;
+	size_t			 len = 0, nhdrs;
+	int			 status;
+
+	ups = xcalloc(opt.nservers, sizeof *ups);
+	for (size_t i = 0; i < opt.nservers; i++) {
+		ups[i].name = (char *)opt.servers[i];
+		ups[i].address = (char *)opt.servers[i];
+		ups[i].enabled = true;
+		ups[i].on_failure = ONFAIL_TEMPFAIL;
+		if (conf_parse_address(opt.servers[i], &ups[i].addr, why,
+		    sizeof why) != 0) {
+			fprintf(stderr, "miltermux-send: --server: %s\n", why);
+			return EX_USAGE;
+		}
+	}
+	if (opt.file != NULL) {
+		msg = read_input(opt.file, &len);
+		nhdrs = split_message(msg, len, &hdrs, &body);
+	} else {
+		nhdrs = generate(&hdrs, &body);
+		len = opt.size;
+	}
+	memset(&lo, 0, sizeof lo);
+	if (opt.nrcpts == 0) {
+		size_t	 n = opt.nrcpts_gen > 0 ? opt.nrcpts_gen : 1;
+
+		gen = xcalloc(n, sizeof *gen);
+		for (size_t i = 0; i < n; i++)
+			gen[i] = xasprintf("<rcpt%zu@example.net>", i + 1);
+		lo.rcpts = (const char *const *)gen;
+		lo.nrcpts = n;
+	} else {
+		lo.rcpts = opt.rcpts;
+		lo.nrcpts = opt.nrcpts;
+	}
+	lo.ups = ups;
+	lo.nups = opt.nservers;
+	lo.count = opt.count;
+	lo.concurrency = (unsigned)opt.concurrency;
+	lo.per_session = (unsigned)opt.per_session;
+	lo.threads = (unsigned)opt.threads;
+	lo.timeout = opt.timeout;
+	lo.json = opt.json;
+	lo.helo = opt.helo;
+	lo.client_name = opt.client_name;
+	lo.client_addr = opt.client_addr;
+	lo.client_port = opt.client_port;
+	lo.from = opt.from;
+	lo.macros = opt.macros;
+	lo.nmacros = opt.nmacros;
+	lo.hdrs = hdrs;
+	lo.nhdrs = nhdrs;
+	lo.body = buf_head(&body);
+	lo.bodylen = buf_avail(&body);
+	lo.size = len;
+	status = load_run(&lo, out);
+	for (size_t i = 0; i < nhdrs; i++) {
+		free(hdrs[i].name);
+		free(hdrs[i].value);
+	}
+	free(hdrs);
+	for (size_t i = 0; gen != NULL && i < lo.nrcpts; i++)
+		free(gen[i]);
+	free(gen);
+	buf_fini(&body);
+	free(msg);
+	free(ups);
+	return status;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -597,7 +832,7 @@ main(int argc, char **argv)
 	struct pool		*pool;
 	struct upstream		*up;
 	struct upstream_xchg	*x;
-	struct header		*hdrs;
+	struct load_header		*hdrs;
 	struct buf		 body = BUF_INIT;
 	char			 why[256], *msg, *rcptv[2];
 	size_t			 len, nhdrs, accepted = 0;
@@ -609,6 +844,17 @@ main(int argc, char **argv)
 	out = stdout;
 	parse_args(argc, argv);
 	log_init("miltermux-send", true);
+	if (opt.load) {
+		status = run_load();
+		for (size_t i = 0; i < opt.nmacros; i++) {
+			free(opt.macros[i].name);
+			free(opt.macros[i].value);
+		}
+		free(opt.macros);
+		free(opt.rcpts);
+		free(opt.servers);
+		return status;
+	}
 	memset(&cfg, 0, sizeof cfg);
 	cfg.name = (char *)opt.server;
 	cfg.on_failure = ONFAIL_TEMPFAIL;
@@ -824,5 +1070,6 @@ end:
 	}
 	free(opt.macros);
 	free(opt.rcpts);
+	free(opt.servers);
 	return status;
 }
