@@ -107,7 +107,8 @@ usage(FILE *f)
 "                         (unix:/path, inet:PORT@HOST, inet6:PORT@HOST)\n"
 "  -t, --threads N        worker threads instead of the config's \"threads\"\n"
 "  -f, --foreground       stay in the foreground and log to stderr\n"
-"  -p, --pidfile FILE     write the process id to FILE\n"
+"  -p, --pidfile FILE     lock FILE and write the process id to it; refuse\n"
+"                         to start while another miltermux holds it\n"
 "  -u, --user USER[:GROUP] drop privileges after opening the socket\n"
 "  -v, --verbose          log debug lines; twice: also trace every\n"
 "                         stage of every upstream\n"
@@ -698,10 +699,15 @@ main(int argc, char **argv)
 	log_info("miltermux stopping");
 	if (opts.pidfile != NULL)
 		pidfile_remove(opts.pidfile, pidfd);
-	/* Sessions still open are cut off by exit(); libmilter's threads
-	 * and the loops, which may still hold upstreams, go with it. */
+	/*
+	 * Sessions still open are cut off by the exit; libmilter's threads
+	 * and the loops, which may still hold upstreams, go with it.
+	 * _exit, not exit: libmilter's atexit handler destroys a mutex
+	 * that its still running threads use.
+	 */
 	(void)pool;
 	(void)front_thread;
 	rc = atomic_load(&front_done) ? atomic_load(&front_rc) : 0;
-	return rc == 0 ? EX_OK : EX_SOFTWARE;
+	fflush(NULL);
+	_exit(rc == 0 ? EX_OK : EX_SOFTWARE);
 }
