@@ -23,6 +23,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 #include <sys/socket.h>
 
 #include "proto.h"
@@ -54,15 +55,23 @@ struct conf_upstream {
 	enum on_failure		 on_failure;
 	struct conf_timeouts	 timeouts;	/* with top-level defaults */
 	unsigned		 phase;		/* 1.., ordered phases */
+	unsigned		 failures;	/* in a row, then marked down */
+	double			 retry_after;	/* seconds down before a probe */
 };
 
 struct conf {
 	atomic_uint		 refs;
 	char			*path;
 	char			*listen;
+	int			 socket_mode;	/* -1: as the umask leaves it */
+	char			*socket_group;	/* NULL: the starting user's */
+	gid_t			 socket_gid;	/* resolved at load */
 	unsigned		 threads;
 	struct conf_timeouts	 timeouts;
 	enum on_failure		 on_failure;
+	unsigned		 failures;
+	double			 retry_after;
+	double			 shutdown_grace;	/* seconds */
 	/* Extra macro names to request, per macro stage; NULL-terminated. */
 	char			**macros[MACRO_STAGE_COUNT];
 	size_t			 nmacros[MACRO_STAGE_COUNT];
@@ -75,6 +84,11 @@ struct conf {
 	size_t			 replay_memory;
 	char			*replay_dir;
 	unsigned		 nphases;	/* distinct enabled phases */
+	/* Settings that are valid but may not work with the MTA's
+	 * defaults, one line each, in the form of the errors with
+	 * "warning: " before the message; in file order. */
+	char			**warnings;
+	size_t			 nwarnings;
 };
 
 struct conf_errors {
@@ -90,11 +104,25 @@ struct conf_errors {
 #define CONF_DEFAULT_PHASE	1
 #define CONF_DEFAULT_REPLAY_MEMORY	(4u * 1024 * 1024)
 #define CONF_DEFAULT_REPLAY_DIR	"/var/tmp"
+#define CONF_DEFAULT_FAILURES	3
+#define CONF_DEFAULT_RETRY	30.0
+#define CONF_DEFAULT_GRACE	30.0
+
+/*
+ * The MTAs' default timeouts that miltermux's own must stay under
+ * (PROTOCOL.md 7): Sendmail waits 10 s for each reply (T=R:10s) and
+ * 5 minutes for the whole end of message (T=E:5m); Postfix waits
+ * 30 s for each reply to a command (milter_command_timeout).
+ */
+#define CONF_SENDMAIL_READ	10.0
+#define CONF_SENDMAIL_EOM	300.0
+#define CONF_POSTFIX_COMMAND	30.0
 
 /*
  * Reads and validates path.  Returns 0 and *out (caller owns one
  * reference), or -EINVAL / -errno with every problem appended to errs
- * (one line each, as above); on error *out is NULL.
+ * (one line each, as above); on error *out is NULL.  Warnings do not
+ * make a file invalid: they are in (*out)->warnings.
  */
 int	conf_load(const char *path, struct conf **out, struct conf_errors *);
 /* As conf_load, on text in memory; name is used in messages. */

@@ -45,8 +45,9 @@ typedef void fanout_progress_fn(void *arg);
 /*
  * Connects to and negotiates with every enabled upstream of conf in
  * parallel, offering what the MTA offered (mta_actions, mta_proto).
- * Blocks until all answered or the connect timeout passed.  Always
- * returns a fanout (failed upstreams vote their on_failure).  Takes a
+ * Blocks until all answered or the connect timeout passed.  An upstream
+ * that health.h says is down is not tried.  Always returns a fanout
+ * (failed and skipped upstreams vote their on_failure).  Takes a
  * reference on conf.
  */
 struct fanout	*fanout_open(struct conf *, struct pool *, const char *connid,

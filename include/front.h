@@ -31,5 +31,12 @@ int	front_open_socket(void);
 int	front_run(void);
 /* Stops accepting; smfi_main then returns.  Any thread. */
 void	front_stop(void);
+/*
+ * From now on new MTA connections are refused at their first command
+ * (libmilter closes them); open sessions go on.  Any thread.
+ */
+void	front_drain(void);
+/* Open MTA sessions (negotiated, not yet closed).  Any thread. */
+unsigned front_active(void);
 
 #endif /* FRONT_H */

@@ -37,6 +37,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -59,6 +60,9 @@
 #define TIMEOUT_MAX		3600.0	/* seconds */
 #define PHASE_MAX		100
 #define REPLAY_MEMORY_MAX	(1024LL * 1024 * 1024)
+#define FAILURES_MIN		1
+#define FAILURES_MAX		1000
+#define GROUP_BUF_MAX		(1024 * 1024)	/* getgrnam_r's buffer */
 #define MACROS_MAX		50	/* names per macro stage */
 #define UPSTREAM_NAME_MAX	64
 #define QUOTE_MAX		80	/* bytes of a value shown in a message */
@@ -73,10 +77,12 @@ static const char *const on_failure_names[ONFAIL_COUNT] = {
 /* The schema: known keys per object, in the order conf_dump writes them. */
 static const char *const top_keys[] = {
 	"listen", "threads", "timeouts", "on_failure", "macros", "replay",
-	"upstreams", NULL
+	"upstreams", "failures", "retry_after", "shutdown_grace", "socket_mode",
+	"socket_group", NULL
 };
 static const char *const upstream_keys[] = {
-	"name", "address", "enabled", "phase", "on_failure", "timeouts", NULL
+	"name", "address", "enabled", "phase", "on_failure", "failures",
+	"retry_after", "timeouts", NULL
 };
 static const char *const replay_keys[] = {
 	"memory", "directory", NULL
@@ -546,6 +552,8 @@ struct ctx {
 	struct pindex	 ix;
 	struct cerr	*errs;
 	size_t		 nerrs;
+	struct cerr	*warns;		/* same form, "warning: " added */
+	size_t		 nwarns;
 	struct conf	*c;		/* being built */
 };
 
@@ -581,37 +589,50 @@ conf_errors_fini(struct conf_errors *errs)
 
 static void	vreport(struct ctx *, struct tpos, const char *path,
 		    const char *fmt, va_list) __attribute__((format(printf, 4, 0)));
+static void	vreport_to(struct cerr **, size_t *, const char *,
+		    struct tpos, const char *path, const char *fmt, va_list)
+		    __attribute__((format(printf, 6, 0)));
+static void	warn_value(struct ctx *, const char *path, const char *fmt,
+		    ...) __attribute__((format(printf, 3, 4)));
 static void	report(struct ctx *, struct tpos, const char *path,
 		    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static void	bad_value(struct ctx *, const char *path, const char *fmt, ...)
 		    __attribute__((format(printf, 3, 4)));
 
-/* vreport - record "NAME:LINE:COL: PATH: message" for sorting later */
+/* vreport_to - append "NAME:LINE:COL: PATH: message" to a list */
+static void
+vreport_to(struct cerr **list, size_t *n, const char *name, struct tpos at,
+    const char *path, const char *fmt, va_list ap)
+{
+	va_list		 aq;
+	char		*msg;
+	int		 len;
+	const char	*shown = *path == '\0' ? "(top level)" : path;
+
+	va_copy(aq, ap);
+	len = vsnprintf(NULL, 0, fmt, aq);
+	va_end(aq);
+	if (len < 0)
+		log_panic("%s: bad format \"%s\"", __func__, fmt);
+	msg = xmalloc((size_t)len + 1);
+	vsnprintf(msg, (size_t)len + 1, fmt, ap);
+
+	*list = xreallocarray(*list, *n + 1, sizeof **list);
+	(*list)[*n].at = at;
+	(*list)[*n].seq = *n;
+	(*list)[*n].text = at.line > 0 ?
+	    xasprintf("%s:%d:%d: %s: %s", name, at.line, at.col, shown, msg) :
+	    xasprintf("%s: %s: %s", name, shown, msg);
+	(*n)++;
+	free(msg);
+}
+
+/* vreport - record an error for sorting later */
 static void
 vreport(struct ctx *x, struct tpos at, const char *path, const char *fmt,
     va_list ap)
 {
-	va_list		 aq;
-	char		*msg;
-	int		 n;
-	const char	*shown = *path == '\0' ? "(top level)" : path;
-
-	va_copy(aq, ap);
-	n = vsnprintf(NULL, 0, fmt, aq);
-	va_end(aq);
-	if (n < 0)
-		log_panic("%s: bad format \"%s\"", __func__, fmt);
-	msg = xmalloc((size_t)n + 1);
-	vsnprintf(msg, (size_t)n + 1, fmt, ap);
-
-	x->errs = xreallocarray(x->errs, x->nerrs + 1, sizeof *x->errs);
-	x->errs[x->nerrs].at = at;
-	x->errs[x->nerrs].seq = x->nerrs;
-	x->errs[x->nerrs].text = at.line > 0 ?
-	    xasprintf("%s:%d:%d: %s: %s", x->name, at.line, at.col, shown, msg) :
-	    xasprintf("%s: %s: %s", x->name, shown, msg);
-	x->nerrs++;
-	free(msg);
+	vreport_to(&x->errs, &x->nerrs, x->name, at, path, fmt, ap);
 }
 
 static void
@@ -650,6 +671,18 @@ bad_value(struct ctx *x, const char *path, const char *fmt, ...)
 
 	va_start(ap, fmt);
 	vreport(x, at_value(x, path), path, fmt, ap);
+	va_end(ap);
+}
+
+/* warn_value - record a warning about the value at path */
+static void
+warn_value(struct ctx *x, const char *path, const char *fmt, ...)
+{
+	va_list	 ap;
+
+	va_start(ap, fmt);
+	vreport_to(&x->warns, &x->nwarns, x->name, at_value(x, path), path,
+	    fmt, ap);
 	va_end(ap);
 }
 
@@ -822,6 +855,118 @@ want_seconds(struct ctx *x, json_t *v, const char *path, double *out)
 	}
 	*out = d;
 	return true;
+}
+
+/* want_grace - seconds that may be 0: integer or real, 0..TIMEOUT_MAX */
+static bool
+want_grace(struct ctx *x, json_t *v, const char *path, double *out)
+{
+	double	 d;
+
+	if (!json_is_number(v)) {
+		bad_value(x, path, "must be a number of seconds, not %s",
+		    type_name(v));
+		return false;
+	}
+	d = json_number_value(v);
+	if (!(d >= 0 && d <= TIMEOUT_MAX)) {
+		bad_value(x, path, "%g is out of range; must be from 0 to %g "
+		    "seconds", d, TIMEOUT_MAX);
+		return false;
+	}
+	*out = d;
+	return true;
+}
+
+/* want_failures - a count of failures in a row, FAILURES_MIN..MAX */
+static bool
+want_failures(struct ctx *x, json_t *v, const char *path, unsigned *out)
+{
+	if (!want_type(x, v, path, JSON_INTEGER, "an integer"))
+		return false;
+	if (json_integer_value(v) < FAILURES_MIN ||
+	    json_integer_value(v) > FAILURES_MAX) {
+		bad_value(x, path, "%" JSON_INTEGER_FORMAT " is out of range "
+		    "%d..%d", json_integer_value(v), FAILURES_MIN,
+		    FAILURES_MAX);
+		return false;
+	}
+	*out = (unsigned)json_integer_value(v);
+	return true;
+}
+
+/*
+ * want_mode - permission bits as a string of octal digits, as chmod(1)
+ * takes them: a JSON number would be read as decimal, so 0660 (or 660)
+ * would silently mean something else.
+ */
+static bool
+want_mode(struct ctx *x, json_t *v, const char *path, int *out)
+{
+	const char	*s;
+	char		*q;
+	size_t		 n;
+	unsigned long	 m;
+
+	if (!json_is_string(v)) {
+		bad_value(x, path, "must be a string of octal digits such as "
+		    "\"0660\", not %s", type_name(v));
+		return false;
+	}
+	s = json_string_value(v);
+	n = strlen(s);
+	q = quote(s, QUOTE_MAX);
+	if (n == 0 || n > 4 || strspn(s, "01234567") != n) {
+		bad_value(x, path, "%s is not a mode: use 1 to 4 octal digits "
+		    "such as \"0660\"", q);
+		free(q);
+		return false;
+	}
+	m = strtoul(s, NULL, 8);
+	if (m > 0777) {
+		bad_value(x, path, "%s is out of range 0..0777: set-user-ID, "
+		    "set-group-ID and sticky bits mean nothing on a socket", q);
+		free(q);
+		return false;
+	}
+	free(q);
+	*out = (int)m;
+	return true;
+}
+
+/* want_group - a group name that exists; its gid in *gid */
+static bool
+want_group(struct ctx *x, json_t *v, const char *path, gid_t *gid)
+{
+	struct group	 gr, *res = NULL;
+	const char	*s;
+	char		*buf, *q, eb[128];
+	size_t		 len = 16384;
+	int		 rc;
+
+	if ((s = want_string(x, v, path)) == NULL)
+		return false;
+	for (;;) {
+		buf = xmalloc(len);
+		rc = getgrnam_r(s, &gr, buf, len, &res);
+		if (rc != ERANGE || len >= GROUP_BUF_MAX)
+			break;
+		free(buf);
+		len *= 2;
+	}
+	if (res != NULL)
+		*gid = gr.gr_gid;
+	free(buf);
+	if (res != NULL)
+		return true;
+	q = quote(s, QUOTE_MAX);
+	if (rc == 0 || rc == ENOENT || rc == ESRCH)
+		bad_value(x, path, "%s: no such group", q);
+	else
+		bad_value(x, path, "%s: cannot look the group up: %s", q,
+		    ERRNO_TEXT(rc, eb));
+	free(q);
+	return false;
 }
 
 /* parse_timeouts - override *t with the keys present in v */
@@ -1035,6 +1180,8 @@ parse_upstream(struct ctx *x, json_t *v, size_t i)
 	u->on_failure = c->on_failure;
 	u->timeouts = c->timeouts;
 	u->phase = CONF_DEFAULT_PHASE;
+	u->failures = c->failures;
+	u->retry_after = c->retry_after;
 	path = path_index("upstreams", i);
 	if (!want_type(x, v, path, JSON_OBJECT, "an object"))
 		goto out;
@@ -1094,6 +1241,16 @@ parse_upstream(struct ctx *x, json_t *v, size_t i)
 		want_on_failure(x, m, child, &u->on_failure);
 		free(child);
 	}
+	if ((m = json_object_get(v, "failures")) != NULL) {
+		child = path_key(path, "failures");
+		want_failures(x, m, child, &u->failures);
+		free(child);
+	}
+	if ((m = json_object_get(v, "retry_after")) != NULL) {
+		child = path_key(path, "retry_after");
+		want_seconds(x, m, child, &u->retry_after);
+		free(child);
+	}
 	if ((m = json_object_get(v, "timeouts")) != NULL) {
 		child = path_key(path, "timeouts");
 		parse_timeouts(x, m, child, &u->timeouts);
@@ -1151,6 +1308,11 @@ parse_top(struct ctx *x, json_t *root)
 		free(c->listen);
 		c->listen = xstrdup(s);
 	}
+	if ((v = json_object_get(root, "socket_mode")) != NULL)
+		want_mode(x, v, "socket_mode", &c->socket_mode);
+	if ((v = json_object_get(root, "socket_group")) != NULL &&
+	    want_group(x, v, "socket_group", &c->socket_gid))
+		c->socket_group = xstrdup(json_string_value(v));
 
 	if ((v = json_object_get(root, "threads")) != NULL &&
 	    want_type(x, v, "threads", JSON_INTEGER, "an integer")) {
@@ -1163,11 +1325,17 @@ parse_top(struct ctx *x, json_t *root)
 			c->threads = (unsigned)json_integer_value(v);
 	}
 
-	/* Upstreams inherit these two, so they come first. */
+	/* Upstreams inherit these, so they come first. */
 	if ((v = json_object_get(root, "timeouts")) != NULL)
 		parse_timeouts(x, v, "timeouts", &c->timeouts);
 	if ((v = json_object_get(root, "on_failure")) != NULL)
 		want_on_failure(x, v, "on_failure", &c->on_failure);
+	if ((v = json_object_get(root, "failures")) != NULL)
+		want_failures(x, v, "failures", &c->failures);
+	if ((v = json_object_get(root, "retry_after")) != NULL)
+		want_seconds(x, v, "retry_after", &c->retry_after);
+	if ((v = json_object_get(root, "shutdown_grace")) != NULL)
+		want_grace(x, v, "shutdown_grace", &c->shutdown_grace);
 
 	if ((v = json_object_get(root, "macros")) != NULL)
 		parse_macros(x, v);
@@ -1175,6 +1343,117 @@ parse_top(struct ctx *x, json_t *root)
 		parse_replay(x, v);
 	parse_upstreams(x, json_object_get(root, "upstreams"));
 	count_phases(c);
+}
+
+/*
+ * Budget checks.  Each MTA reply costs miltermux at most one of its
+ * timeouts (the longest among the upstreams): the answer to the option
+ * negotiation the connect timeout, the answer to an envelope command,
+ * header or body chunk the command timeout, and the end of message the
+ * content timeout, during which progress packets go out every second.
+ * A timeout that is not below what the MTA waits by default (CONF_*
+ * in conf.h) is worth a warning, not an error: the MTA may be set to
+ * wait longer.
+ */
+
+/* warned - was a warning already given about this path? */
+static bool
+warned(char **seen, size_t n, const char *path)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(seen[i], path) == 0)
+			return true;
+	return false;
+}
+
+/* budget_warn - warn about timeout key k at path if d does not fit */
+static void
+budget_warn(struct ctx *x, const char *path, size_t k, double d)
+{
+	static const char *const waits[] = {
+		"the option negotiation", "a command, header or body chunk",
+		"the end of message",
+	};
+
+	if (k == 2) {
+		if (d >= CONF_SENDMAIL_EOM)
+			warn_value(x, path, "warning: %g s is not less than "
+			    "Sendmail's default wait for %s, %g s (T=E:5m); "
+			    "Sendmail may give up before miltermux answers",
+			    d, waits[k], CONF_SENDMAIL_EOM);
+		return;
+	}
+	if (d >= CONF_POSTFIX_COMMAND)
+		warn_value(x, path, "warning: %g s is not less than Sendmail's "
+		    "default wait for the answer to %s, %g s (T=R:10s), nor "
+		    "Postfix's, %g s (milter_command_timeout); the MTA may "
+		    "give up before miltermux answers", d, waits[k],
+		    CONF_SENDMAIL_READ, CONF_POSTFIX_COMMAND);
+	else if (d >= CONF_SENDMAIL_READ)
+		warn_value(x, path, "warning: %g s is not less than Sendmail's "
+		    "default wait for the answer to %s, %g s (T=R:10s); "
+		    "Sendmail may give up before miltermux answers", d,
+		    waits[k], CONF_SENDMAIL_READ);
+}
+
+/*
+ * check_budgets - warn about every timeout an enabled upstream uses
+ * that does not fit the MTAs' defaults, once per place in the file
+ * where it was set (an inherited top-level value is named as such)
+ */
+static void
+check_budgets(struct ctx *x, json_t *root)
+{
+	struct conf	*c = x->c;
+	json_t		*ups = json_object_get(root, "upstreams"), *t;
+	char		**seen = NULL, *path;
+	size_t		 nseen = 0;
+
+	for (size_t i = 0; i < c->nupstreams; i++) {
+		if (!c->upstreams[i].enabled)
+			continue;
+		t = json_object_get(json_array_get(ups, i), "timeouts");
+		for (size_t k = 0; timeout_keys[k] != NULL; k++) {
+			if (t != NULL &&
+			    json_object_get(t, timeout_keys[k]) != NULL)
+				path = xasprintf("upstreams[%zu].timeouts.%s",
+				    i, timeout_keys[k]);
+			else
+				path = xasprintf("timeouts.%s",
+				    timeout_keys[k]);
+			if (warned(seen, nseen, path)) {
+				free(path);
+				continue;
+			}
+			seen = xreallocarray(seen, nseen + 1, sizeof *seen);
+			seen[nseen++] = path;
+			budget_warn(x, path, k,
+			    timeout_get(&c->upstreams[i].timeouts, k));
+		}
+	}
+	for (size_t i = 0; i < nseen; i++)
+		free(seen[i]);
+	free(seen);
+}
+
+/* flush_warnings - hand the warnings to the snapshot in file order */
+static void
+flush_warnings(struct ctx *x, struct conf *c)
+{
+	if (x->nwarns > 1)
+		qsort(x->warns, x->nwarns, sizeof *x->warns, cerr_cmp);
+	if (c != NULL && x->nwarns > 0)
+		c->warnings = xcalloc(x->nwarns, sizeof *c->warnings);
+	for (size_t i = 0; i < x->nwarns; i++) {
+		if (c != NULL)
+			c->warnings[c->nwarnings++] = x->warns[i].text;
+		else
+			free(x->warns[i].text);
+		x->warns[i].text = NULL;
+	}
+	free(x->warns);
+	x->warns = NULL;
+	x->nwarns = 0;
 }
 
 /* conf_free - release a snapshot and every string in it */
@@ -1186,6 +1465,11 @@ conf_free(struct conf *c)
 	free(c->path); c->path = NULL;
 	free(c->listen); c->listen = NULL;
 	free(c->replay_dir); c->replay_dir = NULL;
+	free(c->socket_group); c->socket_group = NULL;
+	for (size_t i = 0; i < c->nwarnings; i++) {
+		free(c->warnings[i]); c->warnings[i] = NULL;
+	}
+	free(c->warnings); c->warnings = NULL;
 	for (int s = 0; s < MACRO_STAGE_COUNT; s++) {
 		for (size_t i = 0; i < c->nmacros[s]; i++) {
 			free(c->macros[s][i]); c->macros[s][i] = NULL;
@@ -1209,6 +1493,7 @@ conf_new(const char *name)
 	atomic_init(&c->refs, 1);
 	c->path = xstrdup(name);
 	c->listen = xstrdup(CONF_DEFAULT_LISTEN);
+	c->socket_mode = -1;
 	c->threads = CONF_DEFAULT_THREADS;
 	c->timeouts.connect = CONF_DEFAULT_CONNECT;
 	c->timeouts.command = CONF_DEFAULT_COMMAND;
@@ -1216,6 +1501,9 @@ conf_new(const char *name)
 	c->on_failure = ONFAIL_TEMPFAIL;
 	c->replay_memory = CONF_DEFAULT_REPLAY_MEMORY;
 	c->replay_dir = xstrdup(CONF_DEFAULT_REPLAY_DIR);
+	c->failures = CONF_DEFAULT_FAILURES;
+	c->retry_after = CONF_DEFAULT_RETRY;
+	c->shutdown_grace = CONF_DEFAULT_GRACE;
 	/* Lists are never NULL, so users can walk them unconditionally. */
 	for (int s = 0; s < MACRO_STAGE_COUNT; s++)
 		c->macros[s] = xcalloc(1, sizeof *c->macros[s]);
@@ -1264,12 +1552,17 @@ conf_parse(const char *text, size_t len, const char *name, struct conf **out,
 	}
 	x.c = conf_new(x.name);
 	parse_top(&x, root);
+	if (x.nerrs == 0)
+		check_budgets(&x, root);
 	json_decref(root);
 	if (x.nerrs == 0) {
+		flush_warnings(&x, x.c);
 		*out = x.c;
 		rc = 0;
-	} else
+	} else {
+		flush_warnings(&x, NULL);
 		conf_free(x.c);
+	}
 	x.c = NULL;
 out:
 	flush_errors(&x, errs);
@@ -1590,8 +1883,8 @@ conf_dump(const struct conf *c)
 {
 	const struct conf_upstream	*u;
 	json_t				*root, *macros, *list, *ups, *o;
-	char				*s;
-	int				 p, stage;
+	char				*s, mode[16];
+	int				 p, q, stage;
 
 	/*
 	 * All reals share one precision: the least that gives each value
@@ -1599,6 +1892,10 @@ conf_dump(const struct conf *c)
 	 * still equals c.
 	 */
 	p = timeouts_digits(&c->timeouts, 1);
+	if ((q = digits_for(c->retry_after)) > p)
+		p = q;
+	if ((q = digits_for(c->shutdown_grace)) > p)
+		p = q;
 	root = jnew(json_object());
 	jset(root, "listen", json_string(c->listen));
 	jset(root, "threads", json_integer(c->threads));
@@ -1628,11 +1925,26 @@ conf_dump(const struct conf *c)
 		jset(o, "phase", json_integer(u->phase));
 		jset(o, "on_failure", json_string(conf_on_failure_name(
 		    u->on_failure)));
+		jset(o, "failures", json_integer(u->failures));
+		jset(o, "retry_after", dump_seconds(u->retry_after));
 		jset(o, "timeouts", dump_timeouts(&u->timeouts));
 		jappend(ups, o);
 		p = timeouts_digits(&u->timeouts, p);
+		if ((q = digits_for(u->retry_after)) > p)
+			p = q;
 	}
 	jset(root, "upstreams", ups);
+	jset(root, "failures", json_integer(c->failures));
+	jset(root, "retry_after", dump_seconds(c->retry_after));
+	jset(root, "shutdown_grace", dump_seconds(c->shutdown_grace));
+	/* Unset, these two have no value to write: the socket keeps what
+	 * the umask and the starting user give it. */
+	if (c->socket_mode >= 0) {
+		snprintf(mode, sizeof mode, "%04o", (unsigned)c->socket_mode);
+		jset(root, "socket_mode", json_string(mode));
+	}
+	if (c->socket_group != NULL)
+		jset(root, "socket_group", json_string(c->socket_group));
 	s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
 	    JSON_REAL_PRECISION(p));
 	json_decref(root);

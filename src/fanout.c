@@ -13,6 +13,11 @@
  * freed by fx_done() itself, its verdict folded into the slot's
  * deferred verdict.
  *
+ * Health: each slot asks health.c at open whether its upstream is down
+ * (then it is failed from the start and votes its on_failure at once)
+ * and reports each failure when it happens and each message or session
+ * it went through without one.
+ *
  * Locking: fo->lock protects everything marked (L) and the fields of
  * struct fx after submission.  It is never held across a callback into
  * libmilter, logging, or a post to a loop... except pool_post, which
@@ -30,6 +35,7 @@
 
 #include "codec.h"
 #include "fanout.h"
+#include "health.h"
 #include "log.h"
 #include "merge.h"
 #include "spool.h"
@@ -39,7 +45,10 @@
 /* Pipelined packets an upstream may have in flight before the MTA waits:
  * bounds memory for a slow upstream and a large body. */
 #define MAX_INFLIGHT		64
-#define PROGRESS_INTERVAL	5.0
+/* Progress at end of message restarts the MTA's read timeout (Postfix
+ * milter_content_timeout, Sendmail T=R): often enough for any value of
+ * it above a second. */
+#define PROGRESS_INTERVAL	1.0
 #define MAX_MACROS		50
 
 /* What each macro stage sends by default: the union of Postfix's and
@@ -81,6 +90,8 @@ struct slot {
 	struct cancel			 cancel;
 	/* Set by fanout_open before any other use; read-only after. */
 	bool				 leadspc_fix;
+	bool				 down;	/* skipped: health said so */
+	uint64_t			 probe;	/* health token, or 0 */
 	char				*names[MACRO_STAGE_COUNT];
 	/* (L) */
 	unsigned			 inflight;
@@ -209,7 +220,7 @@ fx_done(struct upstream_xchg *x)
 	struct fx	*f = (struct fx *)x;
 	struct fanout	*fo = f->fo;
 	struct slot	*s = &fo->slots[f->slot];
-	bool		 mine, wake;
+	bool		 mine, wake, newly = false;
 
 	pthread_mutex_lock(&fo->lock);
 	s->inflight--;
@@ -217,8 +228,10 @@ fx_done(struct upstream_xchg *x)
 	 * answer, a reject, a failure; wait_room: room again), so that
 	 * three upstreams do not wake it three times. */
 	wake = x->error != 0 || s->inflight == MAX_INFLIGHT;
-	if (x->error != 0 && x->error != -ECANCELED)
+	if (x->error != 0 && x->error != -ECANCELED && !s->failed) {
 		s->failed = true;
+		newly = true;
+	}
 	if (x->kind == XCHG_STAGE)
 		s->msg_seconds += elapsed(x);
 	mine = !f->waited;
@@ -245,6 +258,8 @@ fx_done(struct upstream_xchg *x)
 	 */
 	if (wake)
 		pthread_cond_broadcast(&fo->cond);
+	if (newly)
+		health_report(s->cfg, s->probe, false);
 	if (mine)
 		fx_free(f);
 }
@@ -569,6 +584,14 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 		struct fx	*f;
 
 		s->up = upstream_new(s->cfg, connid, loop);
+		if (health_check(s->cfg, &s->probe) == HEALTH_SKIP) {
+			/* Never opened; fanout_close still frees it. */
+			s->down = s->failed = true;
+			log_debug("%s: upstream %s: down; applying on_failure=%s",
+			    connid, s->cfg->name,
+			    conf_on_failure_name(s->cfg->on_failure));
+			continue;
+		}
 		f = fx_new(fo, i, XCHG_OPEN, STAGE_CONNECT);
 		f->x.offer_actions = mta_actions & MA_ALL;
 		/* We can leave out any step: that is emulated per
@@ -883,8 +906,11 @@ post_cancel(struct fanout *fo, size_t i)
 
 /*
  * wait_room - back-pressure for pipelined stages: wait while an upstream
- * has too much in flight; one still full after its own content timeout
- * is too slow and is expired.
+ * has too much in flight; one still full after its command timeout (or
+ * content timeout, if shorter) is too slow and is expired.  The MTA
+ * waits for the answer to a header or body chunk as for a command, and
+ * only at end of message can progress packets make it wait longer
+ * (Sendmail: PROTOCOL.md 7.2).
  */
 static void
 wait_room(struct fanout *fo, double start)
@@ -900,7 +926,9 @@ wait_room(struct fanout *fo, double start)
 		next = fo->progress != NULL ? fo->nextprog : t + 3600;
 		for (size_t i = 0; i < fo->n; i++) {
 			struct slot	*s = &fo->slots[i];
-			double		 dl = start + s->cfg->timeouts.content;
+			double		 dl = start +
+			    (s->cfg->timeouts.command < s->cfg->timeouts.content ?
+			    s->cfg->timeouts.command : s->cfg->timeouts.content);
 
 			if (s->failed || s->inflight <= MAX_INFLIGHT)
 				continue;
@@ -1351,6 +1379,23 @@ fanout_abort(struct fanout *fo)
 		fanout_message_done(fo, VERDICT_NONE, 0);
 }
 
+/* report_ok - tell health.c of every upstream that has not failed */
+static void
+report_ok(struct fanout *fo)
+{
+	bool	*ok = xcalloc(fo->n == 0 ? 1 : fo->n, sizeof *ok);
+
+	pthread_mutex_lock(&fo->lock);
+	for (size_t i = 0; i < fo->n; i++)
+		ok[i] = !fo->slots[i].failed;
+	pthread_mutex_unlock(&fo->lock);
+	for (size_t i = 0; i < fo->n; i++)
+		if (ok[i])
+			health_report(fo->slots[i].cfg, fo->slots[i].probe,
+			    true);
+	free(ok);
+}
+
 void
 fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 {
@@ -1367,10 +1412,12 @@ fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 
 		len += (size_t)snprintf(line + len, sizeof line - len,
 		    "%s%s=%s/%.0fms", i > 0 ? " " : "", s->cfg->name,
-		    s->failed ? "failed" : v == VERDICT_NONE ? "-" :
-		    proto_verdict_name(v), s->msg_seconds * 1000);
+		    s->down ? "down" : s->failed ? "failed" :
+		    v == VERDICT_NONE ? "-" : proto_verdict_name(v),
+		    s->msg_seconds * 1000);
 	}
 	pthread_mutex_unlock(&fo->lock);
+	report_ok(fo);
 	log_info("%s: message (%s): upstreams %s; merged %s; %zu "
 	    "modification%s applied", fo->queueid != NULL ? fo->queueid :
 	    fo->connid, fo->connid, line,
@@ -1386,6 +1433,7 @@ fanout_close(struct fanout *fo)
 		return;
 	if (fo->in_msg)
 		fanout_message_done(fo, VERDICT_NONE, 0);
+	report_ok(fo);
 	for (size_t i = 0; i < fo->n; i++) {
 		struct fx	*f = fx_new(fo, i, XCHG_CLOSE, STAGE_QUIT);
 

@@ -10,7 +10,8 @@
  * xxfi_eom, on the callback's own thread, as libmilter requires.
  *
  * Concurrency: no state shared between connections except the pool
- * pointer (set once before smfi_main) and an atomic counter.
+ * pointer (set once before smfi_main) and atomics: the connection
+ * counter, the count of open sessions and the draining flag.
  * Ownership: struct conn is allocated in negotiate (the first callback)
  * and freed in close, which may also run without negotiate.
  */
@@ -43,6 +44,10 @@ struct conn {
 
 static struct pool	*front_pool;
 static atomic_ulong	 conn_counter;
+/* Sessions between negotiate and close; main waits for them to end. */
+static atomic_uint	 front_sessions;
+/* Set once by front_drain(): refuse new sessions. */
+static atomic_bool	 front_draining;
 
 static struct conn *
 conn_of(SMFICTX *ctx)
@@ -140,10 +145,25 @@ front_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1,
     unsigned long f2, unsigned long f3, unsigned long *pf0,
     unsigned long *pf1, unsigned long *pf2, unsigned long *pf3)
 {
-	struct conn	*c = xcalloc(1, sizeof *c);
+	struct conn	*c;
 	const char	*lists[MACRO_STAGE_COUNT];
 	uint32_t	 act, proto;
 
+	/*
+	 * Count first, then look at the flag: front_drain() sets the flag,
+	 * then reads the count, so (both sequentially consistent) either
+	 * this session is refused or main sees it and waits for it.  A
+	 * verdict other than continue makes libmilter close the
+	 * connection, and the MTA applies its default action for an
+	 * unavailable milter, as it would with the socket closed.
+	 */
+	atomic_fetch_add(&front_sessions, 1);
+	if (atomic_load(&front_draining)) {
+		atomic_fetch_sub(&front_sessions, 1);
+		log_debug("new MTA connection refused: stopping");
+		return SMFIS_TEMPFAIL;
+	}
+	c = xcalloc(1, sizeof *c);
 	snprintf(c->id, sizeof c->id, "conn-%lu",
 	    atomic_fetch_add(&conn_counter, 1) + 1);
 	c->conf = conf_acquire();
@@ -380,6 +400,7 @@ front_close(SMFICTX *ctx)
 	fanout_close(c->fo);
 	conf_release(c->conf);
 	free(c);
+	atomic_fetch_sub(&front_sessions, 1);
 	return SMFIS_CONTINUE;
 }
 
@@ -454,4 +475,16 @@ void
 front_stop(void)
 {
 	smfi_stop();
+}
+
+void
+front_drain(void)
+{
+	atomic_store(&front_draining, true);
+}
+
+unsigned
+front_active(void)
+{
+	return atomic_load(&front_sessions);
 }

@@ -3,19 +3,38 @@
  * main - command line, configuration, daemon set-up and signals.
  *
  * Order of start-up: parse flags, load and validate the config (a bad
- * one never starts the daemon), register with libmilter and open the
- * listening socket, detach, write the pidfile, drop privileges, start
- * the worker pool and the signal thread, then hand over to smfi_main.
+ * one never starts the daemon), lock the pidfile, register with
+ * libmilter and open the listening socket (then its mode and group),
+ * detach, write the pid, drop privileges, start the worker pool and
+ * libmilter's thread, then wait for signals.
  *
- * Signals: libmilter's own thread turns SIGTERM, SIGHUP and SIGINT into
- * a stop; SIGUSR1 reloads the config in our sigwait thread.  All are
- * blocked before any thread starts, so only those two threads see them.
+ * Signals: SIGUSR1 reloads the config; SIGTERM, SIGHUP and SIGINT stop
+ * gracefully: new MTA connections are refused, and open sessions get
+ * up to shutdown_grace seconds to finish before the process exits (a
+ * second stop signal ends the wait).  libmilter cannot do that itself:
+ * smfi_stop() makes its pool controller and workers quit (worker.c,
+ * PROTOCOL.md 6.2), so a session waiting for the MTA's next command
+ * would never be served again.  libmilter is therefore only ever told
+ * to stop by process exit.
  *
- * Concurrency: the reload thread is the only writer of the published
- * config (conf_publish).  Ownership: main owns the pool and the initial
+ * Design: the main thread waits for the signals in sigwait and
+ * smfi_main runs on a thread of its own, because libmilter starts its
+ * own signal thread, sigwaiting on SIGTERM, SIGHUP and SIGINT, and that
+ * thread must not be the one to get them.  POSIX leaves the choice
+ * between two waiting threads open; Linux gives a process-directed
+ * signal to the main thread whenever it can take it (kernel/signal.c,
+ * complete_signal: "If the main thread wants the signal, it gets first
+ * crack").  libmilter's thread only sees a signal that arrives while the
+ * main thread is busy, e.g. reloading; it then stops libmilter, and we
+ * exit at once, as miltermux did before it drained.
+ *
+ * Concurrency: the main thread is the only writer of the published
+ * config (conf_publish).  Ownership: main owns the pool, the pidfile's
+ * descriptor (its lock lives as long as the process) and the initial
  * config reference.
  */
-/* setgroups(2) is not POSIX; glibc shows it with _DEFAULT_SOURCE. */
+/* setgroups(2) and flock(2) are not POSIX; glibc shows them with
+ * _DEFAULT_SOURCE. */
 #define _DEFAULT_SOURCE
 #include "config.h"
 
@@ -26,12 +45,16 @@
 #include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sysexits.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "conf.h"
@@ -56,6 +79,19 @@ struct options {
 
 static struct options	 opts = { .config = DEFAULT_CONFIG };
 
+/* The unix listening socket, to unlink it when we stop accepting. */
+static struct {
+	bool	 is_unix;
+	char	 path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	dev_t	 dev;
+	ino_t	 ino;
+} sock;
+
+static pthread_t	 main_thread;
+/* Set by the libmilter thread when smfi_main returned on its own. */
+static atomic_bool	 front_done;
+static atomic_int	 front_rc;
+
 static void
 usage(FILE *f)
 {
@@ -71,7 +107,8 @@ usage(FILE *f)
 "                         (unix:/path, inet:PORT@HOST, inet6:PORT@HOST)\n"
 "  -t, --threads N        worker threads instead of the config's \"threads\"\n"
 "  -f, --foreground       stay in the foreground and log to stderr\n"
-"  -p, --pidfile FILE     write the process id to FILE\n"
+"  -p, --pidfile FILE     lock FILE and write the process id to it; refuse\n"
+"                         to start while another miltermux holds it\n"
 "  -u, --user USER[:GROUP] drop privileges after opening the socket\n"
 "  -v, --verbose          log debug lines; twice: also trace every\n"
 "                         stage of every upstream\n"
@@ -81,7 +118,8 @@ usage(FILE *f)
 "  -h, --help             print this help and exit\n"
 "\n"
 "Signals: SIGUSR1 reloads the configuration; SIGTERM, SIGHUP and SIGINT\n"
-"stop the daemon.\n", DEFAULT_CONFIG);
+"stop accepting and let open sessions finish (up to shutdown_grace);\n"
+"a second one stops at once.\n", DEFAULT_CONFIG);
 }
 
 static void
@@ -162,7 +200,8 @@ parse_args(int argc, char **argv)
 
 /*
  * load - read the config and apply the command line's overrides.
- * Returns NULL after printing every problem.
+ * Returns NULL after printing every problem; warnings are printed (or
+ * logged) too, and do not stop anything.
  */
 static struct conf *
 load(bool to_log)
@@ -191,6 +230,12 @@ load(bool to_log)
 	conf_errors_fini(&errs);
 	if (rc != 0)
 		return NULL;
+	for (size_t i = 0; i < c->nwarnings; i++) {
+		if (to_log)
+			log_warnx("%s", c->warnings[i]);
+		else
+			fprintf(stderr, "%s\n", c->warnings[i]);
+	}
 	if (opts.listen != NULL) {
 		free(c->listen);
 		c->listen = xstrdup(opts.listen);
@@ -200,35 +245,29 @@ load(bool to_log)
 	return c;
 }
 
-/* sig_main - the signal thread: SIGUSR1 reloads the configuration */
-static void *
-sig_main(void *arg)
+/* reload - SIGUSR1: publish the file's new contents, if valid */
+static void
+reload(void)
 {
-	sigset_t	*set = arg;
 	struct conf	*c, *old;
-	int		 sig;
 
-	for (;;) {
-		if (sigwait(set, &sig) != 0)
-			continue;
-		if (sig != SIGUSR1)
-			continue;
-		log_info("reloading %s", opts.config);
-		if ((c = load(true)) == NULL) {
-			log_warnx("reload refused: %s has errors; the running "
-			    "configuration stays", opts.config);
-			continue;
-		}
-		old = conf_acquire();
-		if (strcmp(old->listen, c->listen) != 0 ||
-		    old->threads != c->threads)
-			log_warnx("reload: \"listen\" and \"threads\" take "
-			    "effect only after a restart");
-		conf_release(old);
-		conf_publish(c);
-		log_info("configuration reloaded; new connections use it");
+	log_info("reloading %s", opts.config);
+	if ((c = load(true)) == NULL) {
+		log_warnx("reload refused: %s has errors; the running "
+		    "configuration stays", opts.config);
+		return;
 	}
-	return NULL;
+	old = conf_acquire();
+	if (strcmp(old->listen, c->listen) != 0 ||
+	    old->threads != c->threads || old->socket_mode != c->socket_mode ||
+	    (old->socket_group == NULL) != (c->socket_group == NULL) ||
+	    (c->socket_group != NULL &&
+	    strcmp(old->socket_group, c->socket_group) != 0))
+		log_warnx("reload: \"listen\", \"threads\", \"socket_mode\" "
+		    "and \"socket_group\" take effect only after a restart");
+	conf_release(old);
+	conf_publish(c);
+	log_info("configuration reloaded; new connections use it");
 }
 
 struct identity {
@@ -280,34 +319,149 @@ drop_privileges(const char *spec, struct identity id)
 	}
 }
 
-/* open_pidfile - create it exclusively after removing a stale one;
- * before detaching, so that a failure is seen */
-static int
-open_pidfile(const char *path)
+/* same_file - does path still name the file open on fd? */
+static bool
+same_file(const char *path, int fd)
 {
-	int	 fd;
+	struct stat	 a, b;
 
-	(void)unlink(path);
-	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-	if (fd == -1) {
-		log_warn("pidfile %s", path);
-		exit(EX_CANTCREAT);
-	}
-	return fd;
+	return fstat(fd, &a) == 0 && stat(path, &b) == 0 &&
+	    a.st_dev == b.st_dev && a.st_ino == b.st_ino;
 }
 
-/* write_pidfile - the daemon's own pid, once detached */
+/*
+ * pidfile_lock - open the pidfile and lock it for the life of the
+ * process, or exit.  The lock, not the file's existence or contents,
+ * tells a running miltermux: a file left behind by a crash is simply
+ * taken over, and two daemons never both start.  It is taken before
+ * the listening socket is opened, because libmilter removes a unix
+ * socket in the way, which would cut off the running daemon.  flock(2)
+ * rather than fcntl(2): its lock belongs to the open file, which the
+ * daemon inherits across the forks of daemonize().
+ */
+static int
+pidfile_lock(const char *path)
+{
+	char	 buf[32];
+	ssize_t	 n;
+	int	 fd;
+
+	for (int tries = 0; tries < 10; tries++) {
+		fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC,
+		    0644);
+		if (fd == -1) {
+			log_warn("pidfile %s", path);
+			exit(EX_CANTCREAT);
+		}
+		if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
+			if (errno != EWOULDBLOCK) {
+				log_warn("pidfile %s: lock", path);
+				exit(EX_CANTCREAT);
+			}
+			n = pread(fd, buf, sizeof buf - 1, 0);
+			buf[n > 0 ? n : 0] = '\0';
+			buf[strcspn(buf, "\n")] = '\0';
+			log_warnx("pidfile %s is locked by a running miltermux"
+			    "%s%s; not starting", path, buf[0] != '\0' ?
+			    ", pid " : "", buf);
+			exit(EX_TEMPFAIL);
+		}
+		/* A miltermux that was stopping may have removed the file
+		 * between our open and our lock: hold the one the path
+		 * names now. */
+		if (same_file(path, fd))
+			return fd;
+		close(fd);
+	}
+	log_warnx("pidfile %s keeps being replaced; not starting", path);
+	exit(EX_CANTCREAT);
+}
+
+/* pidfile_write - the daemon's own pid, once detached; fd stays open */
 static void
-write_pidfile(const char *path, int fd)
+pidfile_write(const char *path, int fd)
 {
 	char	 buf[32];
 	int	 n;
 
 	n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
-	if (write(fd, buf, (size_t)n) != n || close(fd) == -1) {
+	if (ftruncate(fd, 0) == -1 || pwrite(fd, buf, (size_t)n, 0) != n) {
 		log_warn("pidfile %s", path);
 		exit(EX_IOERR);
 	}
+}
+
+/*
+ * pidfile_remove - at exit.  After -u the directory may not let the new
+ * user remove the file; it is emptied instead, which does no harm (see
+ * pidfile_lock).
+ */
+static void
+pidfile_remove(const char *path, int fd)
+{
+	if (!same_file(path, fd))
+		return;
+	if (unlink(path) == 0)
+		return;
+	if ((errno == EACCES || errno == EPERM) && ftruncate(fd, 0) == 0) {
+		log_debug("pidfile %s: no permission to remove it; emptied",
+		    path);
+		return;
+	}
+	log_warn("remove pidfile %s", path);
+}
+
+/*
+ * socket_setup - a unix listening socket's group and mode, right after
+ * it was created (with a umask that kept it private meanwhile), and
+ * its identity, so that we unlink only our own socket later
+ */
+static void
+socket_setup(const struct conf *c)
+{
+	struct conf_addr	 a;
+	struct stat		 st;
+
+	if (conf_parse_address(c->listen, &a, NULL, 0) != 0 ||
+	    a.sa.ss_family != AF_UNIX)
+		return;
+	snprintf(sock.path, sizeof sock.path, "%s",
+	    ((struct sockaddr_un *)(void *)&a.sa)->sun_path);
+	if (c->socket_group != NULL &&
+	    chown(sock.path, (uid_t)-1, c->socket_gid) == -1) {
+		log_warn("socket_group \"%s\": chown %s", c->socket_group,
+		    sock.path);
+		exit(EX_NOPERM);
+	}
+	if (c->socket_mode >= 0 &&
+	    chmod(sock.path, (mode_t)c->socket_mode) == -1) {
+		log_warn("socket_mode %04o: chmod %s",
+		    (unsigned)c->socket_mode, sock.path);
+		exit(EX_OSERR);
+	}
+	if (stat(sock.path, &st) == 0) {
+		sock.is_unix = true;
+		sock.dev = st.st_dev;
+		sock.ino = st.st_ino;
+	}
+}
+
+/* socket_unlink - stop new connections to a unix socket at once */
+static void
+socket_unlink(void)
+{
+	struct stat	 st;
+	char		 eb[128];
+
+	if (!sock.is_unix || stat(sock.path, &st) != 0 ||
+	    st.st_dev != sock.dev || st.st_ino != sock.ino)
+		return;
+	if (unlink(sock.path) == 0)
+		return;
+	if (strerror_r(errno, eb, sizeof eb) != 0)
+		snprintf(eb, sizeof eb, "error %d", errno);
+	log_info("cannot remove %s (%s); new connections are refused "
+	    "instead", sock.path, eb);
 }
 
 static void
@@ -343,15 +497,127 @@ daemonize(void)
 	}
 }
 
+/* front_main - libmilter's thread: serve the MTA until the process ends */
+static void *
+front_main(void *arg)
+{
+	(void)arg;
+	atomic_store(&front_rc, front_run());
+	atomic_store(&front_done, true);
+	/* Wake the main thread, which may be waiting for signals. */
+	pthread_kill(main_thread, SIGUSR2);
+	return NULL;
+}
+
+static double
+mono(void)
+{
+	struct timespec	 ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static const char *
+sig_name(int sig)
+{
+	switch (sig) {
+	case SIGTERM:	return "SIGTERM";
+	case SIGHUP:	return "SIGHUP";
+	case SIGINT:	return "SIGINT";
+	default:	return "a signal";
+	}
+}
+
+static bool
+is_stop(int sig)
+{
+	return sig == SIGTERM || sig == SIGHUP || sig == SIGINT;
+}
+
+/*
+ * drain - after a stop signal: refuse new MTA connections and wait up
+ * to shutdown_grace seconds for the open sessions to end.  A session
+ * ends when the MTA closes it, so this also waits for idle SMTP clients;
+ * the grace bounds it.
+ */
+static void
+drain(const sigset_t *set, int sig)
+{
+	struct conf	*c = conf_acquire();
+	struct timespec	 ts;
+	double		 grace = c->shutdown_grace, deadline, left;
+	unsigned	 n;
+	int		 s;
+
+	conf_release(c);
+	front_drain();
+	socket_unlink();
+	n = front_active();
+	log_info("received %s: not accepting new connections; waiting up "
+	    "to %g s for %u open session%s", sig_name(sig), grace, n,
+	    n == 1 ? "" : "s");
+	deadline = mono() + grace;
+	/* front_active() is polled: closes happen on libmilter's threads,
+	 * which must not be slowed by waking us. */
+	while ((n = front_active()) > 0 && !atomic_load(&front_done)) {
+		if ((left = deadline - mono()) <= 0)
+			break;
+		if (left > 0.05)
+			left = 0.05;
+		ts.tv_sec = 0;
+		ts.tv_nsec = (long)(left * 1e9);
+		s = sigtimedwait(set, NULL, &ts);
+		if (is_stop(s)) {
+			log_info("received %s again: stopping at once",
+			    sig_name(s));
+			break;
+		}
+		if (s == SIGUSR1)
+			log_info("reload ignored: stopping");
+	}
+	if (n > 0)
+		log_warnx("%u session%s still open; closing %s", n,
+		    n == 1 ? "" : "s", n == 1 ? "it" : "them");
+	else
+		log_info("all sessions ended");
+}
+
+/* serve - the main thread's loop: signals, until told to stop */
+static void
+serve(const sigset_t *set)
+{
+	int	 sig;
+
+	for (;;) {
+		if (sigwait(set, &sig) != 0)
+			continue;
+		if (sig == SIGUSR1)
+			reload();
+		else if (is_stop(sig)) {
+			drain(set, sig);
+			return;
+		}
+		if (atomic_load(&front_done)) {
+			/* libmilter's own signal thread got a stop signal
+			 * (see the top of this file) or its listener failed:
+			 * its workers are gone, nothing can be drained. */
+			log_warnx("libmilter stopped");
+			return;
+		}
+	}
+}
+
 int
 main(int argc, char **argv)
 {
 	struct conf	*c;
 	struct pool	*pool = NULL;
-	pthread_t	 sigthread;
+	pthread_t	 front_thread;
 	sigset_t	 set;
 	struct identity	 id = { 0, 0 };
 	char		*dump;
+	mode_t		 mask = 0;
 	int		 rc, pidfd = -1;
 
 	parse_args(argc, argv);
@@ -376,55 +642,72 @@ main(int argc, char **argv)
 	conf_publish(c);
 	c = conf_acquire();
 
+	if (opts.pidfile != NULL)
+		pidfd = pidfile_lock(opts.pidfile);
 	if (front_init(c->listen) != 0) {
 		log_warnx("libmilter refused the registration or listen "
 		    "socket \"%s\"", c->listen);
 		return EX_SOFTWARE;
 	}
-	if (front_open_socket() != 0) {
+	/* Private until socket_setup() gives it its configured mode. */
+	if (c->socket_mode >= 0)
+		mask = umask(0177);
+	rc = front_open_socket();
+	if (c->socket_mode >= 0)
+		umask(mask);
+	if (rc != 0) {
 		log_warnx("cannot listen on \"%s\"", c->listen);
 		return EX_UNAVAILABLE;
 	}
+	socket_setup(c);
 	if (opts.user != NULL)
 		id = lookup_user(opts.user);
-	if (opts.pidfile != NULL)
-		pidfd = open_pidfile(opts.pidfile);
 	if (!opts.foreground)
 		daemonize();
 	if (opts.pidfile != NULL)
-		write_pidfile(opts.pidfile, pidfd);
+		pidfile_write(opts.pidfile, pidfd);
 	if (opts.user != NULL)
 		drop_privileges(opts.user, id);
 
+	/* Before any thread starts, so that all of them inherit it; only
+	 * the main thread waits for these (SIGUSR2: libmilter's thread
+	 * ended). */
 	sigemptyset(&set);
 	sigaddset(&set, SIGUSR1);
+	sigaddset(&set, SIGUSR2);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGHUP);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGPIPE);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	sigdelset(&set, SIGPIPE);
 	if ((rc = pool_new(c->threads, &pool)) != 0) {
 		log_warnc(rc, "cannot start %u worker threads", c->threads);
 		return EX_OSERR;
 	}
 	front_set_pool(pool);
-	sigemptyset(&set);
-	sigaddset(&set, SIGUSR1);
-	if ((rc = pthread_create(&sigthread, NULL, sig_main, &set)) != 0) {
-		log_warnc(rc, "cannot start the signal thread");
+	main_thread = pthread_self();
+	if ((rc = pthread_create(&front_thread, NULL, front_main, NULL)) != 0) {
+		log_warnc(rc, "cannot start libmilter's thread");
 		return EX_OSERR;
 	}
-	pthread_detach(sigthread);
 	log_info("miltermux %s listening on %s with %u threads and %zu "
 	    "upstreams", PACKAGE_VERSION, c->listen, c->threads, c->nenabled);
 	conf_release(c);
 
-	rc = front_run();
+	serve(&set);
 	log_info("miltermux stopping");
-	if (opts.pidfile != NULL && unlink(opts.pidfile) == -1)
-		log_warn("remove pidfile %s", opts.pidfile);
-	/* In-flight sessions are abandoned by smfi_main; the loops may
-	 * still hold their upstreams, so the pool is left to exit(). */
+	if (opts.pidfile != NULL)
+		pidfile_remove(opts.pidfile, pidfd);
+	/*
+	 * Sessions still open are cut off by the exit; libmilter's threads
+	 * and the loops, which may still hold upstreams, go with it.
+	 * _exit, not exit: libmilter's atexit handler destroys a mutex
+	 * that its still running threads use.
+	 */
 	(void)pool;
-	return rc == 0 ? EX_OK : EX_SOFTWARE;
+	(void)front_thread;
+	rc = atomic_load(&front_done) ? atomic_load(&front_rc) : 0;
+	fflush(NULL);
+	_exit(rc == 0 ? EX_OK : EX_SOFTWARE);
 }

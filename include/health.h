@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * health - which upstreams are worth asking, across MTA connections.
+ *
+ * Every MTA connection opens its own connection to each upstream, so
+ * without shared memory a dead upstream would cost every new session a
+ * connect timeout.  Here the sessions pool what they learn: after
+ * `failures` failures in a row (cfg->failures) an upstream is marked
+ * down for cfg->retry_after seconds, and new sessions skip it, applying
+ * its on_failure at once.  When that time is up, the next session to
+ * ask probes it, alone: the others go on skipping it until the probe
+ * reports.  A success brings it back; a failure marks it down again.
+ * Each change of state is logged in one line.
+ *
+ * It decides nothing about a session in progress and opens no socket;
+ * fanout.c asks (health_check) before connecting and reports what it
+ * saw (health_report).  Entries are keyed by upstream name, not by
+ * configuration snapshot, so the state survives a reload; the
+ * thresholds come with each call, from the caller's snapshot.
+ *
+ * Concurrency: every function is thread-safe; health_lock (health.c)
+ * protects the table, and nothing is logged under it.
+ * Ownership: the table keeps its own copies of names, until exit or
+ * health_reset().
+ */
+#ifndef HEALTH_H
+#define HEALTH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "conf.h"
+
+enum health_use {
+	HEALTH_USE = 0,		/* up: use it as usual */
+	HEALTH_PROBE,		/* down, due: this session probes it */
+	HEALTH_SKIP,		/* down: apply its on_failure at once */
+	HEALTH_USE_COUNT
+};
+
+/*
+ * What a new session should do with upstream cfg.  On HEALTH_PROBE,
+ * *probe is set to a token that the session's reports must carry (it
+ * is 0 otherwise); the session must then report, or the upstream stays
+ * down.  Never blocks beyond a short mutex hold.
+ */
+enum health_use	health_check(const struct conf_upstream *cfg,
+		    uint64_t *probe);
+
+/*
+ * What a session saw of cfg: ok false for a failure of any kind
+ * (connect, timeout, protocol), true for work done without one.  While
+ * the upstream is up, failures in a row mark it down and a success
+ * resets the count; while it is down, only the report carrying the
+ * pending probe's token counts.
+ */
+void		health_report(const struct conf_upstream *cfg,
+		    uint64_t probe, bool ok);
+
+/* Forgets every upstream (tests). */
+void		health_reset(void);
+
+const char	*health_use_name(enum health_use);
+
+#endif /* HEALTH_H */

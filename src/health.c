@@ -1,0 +1,178 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * health - shared up/down state of the upstreams (see health.h).
+ *
+ * Design: a small table, one entry per upstream name ever asked about,
+ * searched linearly: a proxy has a handful of upstreams, and each
+ * session asks once per upstream.  Each entry is a three-state machine:
+ *
+ *   UP --(failures in a row)--> DOWN --(retry_after passed, a session
+ *   asks)--> PROBING --(probe ok)--> UP
+ *                              \--(probe failed)--> DOWN
+ *
+ * Reports from sessions that are not the probe are ignored while the
+ * upstream is down or probed: they started before it was marked down,
+ * so they tell nothing new, and the probe alone decides.
+ *
+ * Concurrency: health_lock protects the table and next_probe; log lines
+ * are written after it is released.  Ownership: entries and their names
+ * belong to the table.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "health.h"
+#include "log.h"
+#include "xalloc.h"
+
+enum hstate {
+	HSTATE_UP = 0,
+	HSTATE_DOWN,
+	HSTATE_PROBING,
+	HSTATE_COUNT
+};
+
+struct entry {
+	char		*name;
+	enum hstate	 state;
+	unsigned	 fails;		/* in a row */
+	double		 until;		/* DOWN: monotonic seconds */
+	uint64_t	 probe;		/* PROBING: the prober's token */
+};
+
+static const char *const use_names[HEALTH_USE_COUNT] = {
+	[HEALTH_USE]	= "use",
+	[HEALTH_PROBE]	= "probe",
+	[HEALTH_SKIP]	= "skip",
+};
+
+/* health_lock protects table, ntable, cap and next_probe. */
+static pthread_mutex_t	 health_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct entry	*table;
+static size_t		 ntable, cap;
+static uint64_t		 next_probe;
+
+static double
+mono(void)
+{
+	struct timespec	 ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* entry_get - the entry for name, added (up) if new; health_lock held */
+static struct entry *
+entry_get(const char *name)
+{
+	for (size_t i = 0; i < ntable; i++)
+		if (strcmp(table[i].name, name) == 0)
+			return &table[i];
+	if (ntable == cap) {
+		cap = cap == 0 ? 8 : cap * 2;
+		table = xreallocarray(table, cap, sizeof *table);
+	}
+	memset(&table[ntable], 0, sizeof table[ntable]);
+	table[ntable].name = xstrdup(name);
+	table[ntable].state = HSTATE_UP;
+	return &table[ntable++];
+}
+
+enum health_use
+health_check(const struct conf_upstream *cfg, uint64_t *probe)
+{
+	struct entry	*e;
+	enum health_use	 use = HEALTH_USE;
+
+	*probe = 0;
+	pthread_mutex_lock(&health_lock);
+	e = entry_get(cfg->name);
+	switch (e->state) {
+	case HSTATE_DOWN:
+		if (mono() < e->until) {
+			use = HEALTH_SKIP;
+			break;
+		}
+		e->state = HSTATE_PROBING;
+		e->probe = *probe = ++next_probe;
+		use = HEALTH_PROBE;
+		break;
+	case HSTATE_PROBING:
+		use = HEALTH_SKIP;
+		break;
+	default:
+		break;
+	}
+	pthread_mutex_unlock(&health_lock);
+	if (use == HEALTH_PROBE)
+		log_info("upstream %s: probing", cfg->name);
+	return use;
+}
+
+void
+health_report(const struct conf_upstream *cfg, uint64_t probe, bool ok)
+{
+	struct entry	*e;
+	enum hstate	 to = HSTATE_COUNT;	/* no change */
+	unsigned	 fails;
+
+	pthread_mutex_lock(&health_lock);
+	e = entry_get(cfg->name);
+	switch (e->state) {
+	case HSTATE_UP:
+		if (ok)
+			e->fails = 0;
+		else if (++e->fails >= cfg->failures)
+			to = HSTATE_DOWN;
+		break;
+	case HSTATE_PROBING:
+		if (probe == 0 || probe != e->probe)
+			break;
+		if (ok) {
+			e->fails = 0;
+			to = HSTATE_UP;
+		} else {
+			e->fails++;
+			to = HSTATE_DOWN;
+		}
+		break;
+	default:
+		break;
+	}
+	if (to == HSTATE_DOWN)
+		e->until = mono() + cfg->retry_after;
+	if (to != HSTATE_COUNT) {
+		e->state = to;
+		e->probe = 0;
+	}
+	fails = e->fails;
+	pthread_mutex_unlock(&health_lock);
+	if (to == HSTATE_DOWN)
+		log_warnx("upstream %s: down after %u consecutive failure%s; "
+		    "retrying in %g s", cfg->name, fails, fails == 1 ? "" : "s",
+		    cfg->retry_after);
+	else if (to == HSTATE_UP)
+		log_info("upstream %s: back up", cfg->name);
+}
+
+void
+health_reset(void)
+{
+	pthread_mutex_lock(&health_lock);
+	for (size_t i = 0; i < ntable; i++) {
+		free(table[i].name);
+		table[i].name = NULL;
+	}
+	free(table);
+	table = NULL;
+	ntable = cap = 0;
+	pthread_mutex_unlock(&health_lock);
+}
+
+const char *
+health_use_name(enum health_use u)
+{
+	return (unsigned)u < HEALTH_USE_COUNT ? use_names[u] : "?";
+}
