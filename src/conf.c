@@ -503,6 +503,18 @@ sc_value(struct scan *s, const char *path, int depth)
 	}
 }
 
+/* pos_at - the line and column of byte off, counted as the scanner does */
+static struct tpos
+pos_at(const char *text, size_t off)
+{
+	struct scan	 s = { .p = (const unsigned char *)text, .len = off,
+			    .line = 1, .col = 1 };
+
+	while (s.i < off)
+		sc_adv(&s);
+	return sc_here(&s);
+}
+
 /*
  * index_build - record where every key and value of text starts.  Only
  * called on text jansson accepted, so a scan failure is a bug; it costs
@@ -1158,9 +1170,20 @@ conf_parse(const char *text, size_t len, const char *name, struct conf **out,
 	struct ctx	 x = { .name = name != NULL ? name : "-" };
 	json_error_t	 jerr;
 	json_t		*root;
+	const char	*nul;
 	int		 rc = -EINVAL;
 
 	*out = NULL;
+	/*
+	 * JSON text holds no raw NUL, but jansson (2.14) ends a number at
+	 * one and reads on after it, so that the text it accepts and the
+	 * text the position scanner reads would part: refuse it first.
+	 */
+	if (len > 0 && (nul = memchr(text, '\0', len)) != NULL) {
+		report(&x, pos_at(text, (size_t)(nul - text)), "(syntax)",
+		    "NUL byte; a configuration file is text");
+		goto out;
+	}
 	/* DECODE_ANY: a top level that is not an object gets a clear word. */
 	root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
 	    &jerr);
