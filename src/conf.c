@@ -62,6 +62,20 @@
 #define QUOTE_MAX		80	/* bytes of a value shown in a message */
 #define SCAN_MAX_DEPTH		4096	/* jansson stops at 2048 */
 
+/*
+ * A fuzzing build (tests/fuzz, "make fuzz": the libFuzzer convention
+ * FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION) feeds arbitrary names to
+ * the address parser and must stay off the network and deterministic:
+ * there getaddrinfo() takes numeric hosts and ports only, so that no
+ * name service (DNS, /etc/hosts, NIS) is ever asked.  Never defined by
+ * configure.
+ */
+#ifdef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
+#define RESOLVE_FLAGS		(AI_NUMERICHOST | AI_NUMERICSERV)
+#else
+#define RESOLVE_FLAGS		0
+#endif
+
 static const char *const on_failure_names[ONFAIL_COUNT] = {
 	[ONFAIL_ACCEPT]		= "accept",
 	[ONFAIL_TEMPFAIL]	= "tempfail",
@@ -1351,6 +1365,7 @@ addr_inet(int family, const char *rest, struct conf_addr *a, char *eb,
 	memset(&hints, 0, sizeof hints);
 	hints.ai_family = family;
 	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = RESOLVE_FLAGS;
 	if (all_digits(port, strlen(port))) {
 		if (strlen(port) > 5 || atoi(port) < 1 || atoi(port) > 65535) {
 			rc = addr_err(eb, el, -EINVAL, "port %s is out of range "
