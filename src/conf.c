@@ -68,6 +68,20 @@
 #define QUOTE_MAX		80	/* bytes of a value shown in a message */
 #define SCAN_MAX_DEPTH		4096	/* jansson stops at 2048 */
 
+/*
+ * A fuzzing build (tests/fuzz, "make fuzz": the libFuzzer convention
+ * FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION) feeds arbitrary names to
+ * the address parser and must stay off the network and deterministic:
+ * there getaddrinfo() takes numeric hosts and ports only, so that no
+ * name service (DNS, /etc/hosts, NIS) is ever asked.  Never defined by
+ * configure.
+ */
+#ifdef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
+#define RESOLVE_FLAGS		(AI_NUMERICHOST | AI_NUMERICSERV)
+#else
+#define RESOLVE_FLAGS		0
+#endif
+
 static const char *const on_failure_names[ONFAIL_COUNT] = {
 	[ONFAIL_ACCEPT]		= "accept",
 	[ONFAIL_TEMPFAIL]	= "tempfail",
@@ -512,6 +526,18 @@ sc_value(struct scan *s, const char *path, int depth)
 			sc_adv(s);
 		return s->i > start ? 0 : -1;
 	}
+}
+
+/* pos_at - the line and column of byte off, counted as the scanner does */
+static struct tpos
+pos_at(const char *text, size_t off)
+{
+	struct scan	 s = { .p = (const unsigned char *)text, .len = off,
+			    .line = 1, .col = 1 };
+
+	while (s.i < off)
+		sc_adv(&s);
+	return sc_here(&s);
 }
 
 /*
@@ -1526,9 +1552,20 @@ conf_parse(const char *text, size_t len, const char *name, struct conf **out,
 	struct ctx	 x = { .name = name != NULL ? name : "-" };
 	json_error_t	 jerr;
 	json_t		*root;
+	const char	*nul;
 	int		 rc = -EINVAL;
 
 	*out = NULL;
+	/*
+	 * JSON text holds no raw NUL, but jansson (2.14) ends a number at
+	 * one and reads on after it, so that the text it accepts and the
+	 * text the position scanner reads would part: refuse it first.
+	 */
+	if (len > 0 && (nul = memchr(text, '\0', len)) != NULL) {
+		report(&x, pos_at(text, (size_t)(nul - text)), "(syntax)",
+		    "NUL byte; a configuration file is text");
+		goto out;
+	}
 	/* DECODE_ANY: a top level that is not an object gets a clear word. */
 	root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
 	    &jerr);
@@ -1701,6 +1738,7 @@ addr_inet(int family, const char *rest, struct conf_addr *a, char *eb,
 	memset(&hints, 0, sizeof hints);
 	hints.ai_family = family;
 	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = RESOLVE_FLAGS;
 	if (all_digits(port, strlen(port))) {
 		if (strlen(port) > 5 || atoi(port) < 1 || atoi(port) > 65535) {
 			rc = addr_err(eb, el, -EINVAL, "port %s is out of range "

@@ -367,6 +367,24 @@ Test(conf, reports_an_empty_file_as_such)
 	conf_errors_fini(&errs);
 }
 
+/* jansson 2.14 takes the text after a NUL that follows a number. */
+Test(conf, refuses_a_nul_byte_at_its_position)
+{
+	static const char	 text[] = "{\n  \"threads\": 4\0, \"bogus\": 1,\n"
+	    "  \"upstreams\": [ { \"name\": \"x\", \"address\": "
+	    "\"inet:1@127.0.0.1\" } ] }";
+	struct conf_errors	 errs = { 0 };
+	struct conf		*c;
+
+	cr_assert_eq(conf_parse(text, sizeof text - 1, "nul", &c, &errs),
+	    -EINVAL);
+	cr_assert_null(c);
+	cr_assert_eq(errs.n, 1);
+	cr_assert_str_eq(errs.v[0], "nul:2:15: (syntax): NUL byte; a "
+	    "configuration file is text");
+	conf_errors_fini(&errs);
+}
+
 Test(conf, escapes_control_characters_so_each_error_is_one_line)
 {
 	static const char	 text[] = "{ \"on_failure\": \"a\\nb\", "
