@@ -19,7 +19,8 @@
  * resident memory says nothing about leaks or bounds, so the tests
  * check descriptors and threads there, not memory.
  */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#if defined(MILTERMUX_SANITIZED) || defined(__SANITIZE_ADDRESS__) || \
+    defined(__SANITIZE_THREAD__)
 #define PS_MEMORY_MEANINGFUL	0
 #else
 #define PS_MEMORY_MEANINGFUL	1

@@ -17,6 +17,7 @@
  * must still pass a message.
  */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <criterion/logging.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -176,7 +177,9 @@ session(struct run *run, unsigned sess)
 	int			 rc;
 
 	if ((rc = mta_open(&m, run->spec, 30)) != 0) {
-		note_error(run, sess, 0, "cannot connect");
+		note_error(run, sess, 0, rc == -EAGAIN ? "cannot connect: "
+		    "listen backlog full" : rc == -ECONNREFUSED ?
+		    "cannot connect: refused" : "cannot connect");
 		return;
 	}
 	atomic_fetch_add(&run->cuts[cut_at][how], 1);
@@ -332,6 +335,12 @@ Test(mta_gone, leaves_no_socket_thread_or_memory_behind, .timeout = 170)
 	t0 = h_now();
 	storm(&run, WARMUP, WARMUP + SESSIONS);
 	t1 = h_now();
+	{
+		int	 st = 0;
+
+		cr_assert_neq(h_wait_exit(e.mux, 0, &st), 0, "miltermux exited: "
+		    "status 0x%x", st);
+	}
 	cr_assert_eq(atomic_load(&run.errors), 0, "%u errors; first: %s",
 	    atomic_load(&run.errors), run.first_error);
 	/* Sessions the MTA side has closed may still be ending inside

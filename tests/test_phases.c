@@ -152,7 +152,7 @@ Test(phases, big_message_is_replayed_from_a_bounded_store, .timeout = 120)
 		{ "second", { "--delay", "eom=1500", "--tag", NULL },
 		    "\"phase\": 2" },
 	};
-	char		*dir = h_path("replay"), *top, *eml, *outf, *fdp;
+	char		*dir = h_path("replay"), *top, *eml, *outf, *fdp, *sent;
 	char		 link[PATH_MAX], path[PATH_MAX];
 	const char	*argv[12];
 	struct stat	 st;
@@ -223,17 +223,21 @@ Test(phases, big_message_is_replayed_from_a_bounded_store, .timeout = 120)
 	}
 	cr_assert(seen, "the replay file was never seen");
 	cr_assert_eq(h_wait_exit(send, 90, &status), 0);
-	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s",
-	    h_read_file(outf));
-	HAS(h_read_file(outf), "X-Testmilter-second");
+	sent = h_read_file(outf);
+	cr_assert_not_null(sent, "no output from miltermux-send");
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s", sent);
+	HAS(sent, "X-Testmilter-second");
 	peak = status_kb(e.mux, "VmHWM:");
 	fprintf(stderr, "replay: RSS before %ld KiB, peak %ld KiB, growth "
 	    "%ld KiB for a 20 MiB body with 1 MiB of replay memory\n", base,
 	    peak, peak - base);
 	/* 1 MiB of store, and what is in flight to the upstreams (64
-	 * packets of 64 KiB at most for each) and in libmilter's buffer. */
+	 * packets of 64 KiB at most for each) and in libmilter's buffer.
+	 * A sanitizer's quarantine makes memory meaningless there. */
+#ifndef MILTERMUX_SANITIZED
 	cr_assert_lt(peak - base, 1024 + 12 * 1024, "peak grew by %ld KiB",
 	    peak - base);
+#endif
 	cr_assert_eq(count_files(dir), 0, "a replay file was left behind");
 }
 
