@@ -745,6 +745,11 @@ main(int argc, char **argv)
 	conf = h_path("miltermux.json");
 	cfg = h_xasprintf("{\n\"listen\": \"%s\",\n\"threads\": 2,\n"
 	    "\"timeouts\": { \"connect\": 2, \"command\": 5, \"content\": 10 },"
+	    /* Upstreams come and go every second here; the answer judged
+	     * for each message assumes a live upstream is asked, so the
+	     * breaker (failures/retry_after, tested in test_daemon) stays
+	     * out of the way. */
+	    "\n\"failures\": 1000,"
 	    "\n\"upstreams\": [\n"
 	    "{ \"name\": \"a\", \"address\": \"unix:%s\", \"on_failure\": "
 	    "\"accept\" },\n"
