@@ -55,7 +55,7 @@ struct conf_upstream {
 	enum on_failure		 on_failure;
 	struct conf_timeouts	 timeouts;	/* with top-level defaults */
 	unsigned		 failures;	/* in a row, then marked down */
-	double			 retry_after;	/* seconds down before a probe */
+	double			 retry_after;	/* seconds down, then a probe */
 };
 
 struct conf {
