@@ -56,7 +56,7 @@ struct conf_upstream {
 	struct conf_timeouts	 timeouts;	/* with top-level defaults */
 	unsigned		 phase;		/* 1.., ordered phases */
 	unsigned		 failures;	/* in a row, then marked down */
-	double			 retry_after;	/* seconds down before a probe */
+	double			 retry_after;	/* seconds down, then a probe */
 };
 
 struct conf {

@@ -31,11 +31,15 @@ int	front_open_socket(void);
 int	front_run(void);
 /* Stops accepting; smfi_main then returns.  Any thread. */
 void	front_stop(void);
+/* Called on a libmilter thread, without locks held. */
+typedef void front_idle_fn(void);
 /*
  * From now on new MTA connections are refused at their first command
- * (libmilter closes them); open sessions go on.  Any thread.
+ * (libmilter closes them); open sessions go on, and when the last one
+ * ends, idle() is called (once or more; also when none was open, if a
+ * refused connection passed by).  Call once, from any thread.
  */
-void	front_drain(void);
+void	front_drain(front_idle_fn *idle);
 /* Open MTA sessions (negotiated, not yet closed).  Any thread. */
 unsigned front_active(void);
 

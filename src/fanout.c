@@ -587,8 +587,8 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 		if (health_check(s->cfg, &s->probe) == HEALTH_SKIP) {
 			/* Never opened; fanout_close still frees it. */
 			s->down = s->failed = true;
-			log_debug("%s: upstream %s: down; applying on_failure=%s",
-			    connid, s->cfg->name,
+			log_debug("%s: upstream %s: down; applying "
+			    "on_failure=%s", connid, s->cfg->name,
 			    conf_on_failure_name(s->cfg->on_failure));
 			continue;
 		}
@@ -926,9 +926,9 @@ wait_room(struct fanout *fo, double start)
 		next = fo->progress != NULL ? fo->nextprog : t + 3600;
 		for (size_t i = 0; i < fo->n; i++) {
 			struct slot	*s = &fo->slots[i];
-			double		 dl = start +
-			    (s->cfg->timeouts.command < s->cfg->timeouts.content ?
-			    s->cfg->timeouts.command : s->cfg->timeouts.content);
+			double		 cmd = s->cfg->timeouts.command;
+			double		 cnt = s->cfg->timeouts.content;
+			double		 dl = start + (cmd < cnt ? cmd : cnt);
 
 			if (s->failed || s->inflight <= MAX_INFLIGHT)
 				continue;

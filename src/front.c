@@ -48,6 +48,18 @@ static atomic_ulong	 conn_counter;
 static atomic_uint	 front_sessions;
 /* Set once by front_drain(): refuse new sessions. */
 static atomic_bool	 front_draining;
+/* Written before front_draining is set, read after it was seen set. */
+static front_idle_fn	*front_idle;
+
+/* session_end - one session fewer; after front_drain(), the last one
+ * tells main */
+static void
+session_end(void)
+{
+	if (atomic_fetch_sub(&front_sessions, 1) == 1 &&
+	    atomic_load(&front_draining))
+		front_idle();
+}
 
 static struct conn *
 conn_of(SMFICTX *ctx)
@@ -159,7 +171,7 @@ front_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1,
 	 */
 	atomic_fetch_add(&front_sessions, 1);
 	if (atomic_load(&front_draining)) {
-		atomic_fetch_sub(&front_sessions, 1);
+		session_end();
 		log_debug("new MTA connection refused: stopping");
 		return SMFIS_TEMPFAIL;
 	}
@@ -400,7 +412,7 @@ front_close(SMFICTX *ctx)
 	fanout_close(c->fo);
 	conf_release(c->conf);
 	free(c);
-	atomic_fetch_sub(&front_sessions, 1);
+	session_end();
 	return SMFIS_CONTINUE;
 }
 
@@ -478,8 +490,9 @@ front_stop(void)
 }
 
 void
-front_drain(void)
+front_drain(front_idle_fn *idle)
 {
+	front_idle = idle;
 	atomic_store(&front_draining, true);
 }
 

@@ -17,16 +17,20 @@
  * would never be served again.  libmilter is therefore only ever told
  * to stop by process exit.
  *
- * Design: the main thread waits for the signals in sigwait and
- * smfi_main runs on a thread of its own, because libmilter starts its
- * own signal thread, sigwaiting on SIGTERM, SIGHUP and SIGINT, and that
- * thread must not be the one to get them.  POSIX leaves the choice
- * between two waiting threads open; Linux gives a process-directed
- * signal to the main thread whenever it can take it (kernel/signal.c,
- * complete_signal: "If the main thread wants the signal, it gets first
- * crack").  libmilter's thread only sees a signal that arrives while the
- * main thread is busy, e.g. reloading; it then stops libmilter, and we
- * exit at once, as miltermux did before it drained.
+ * Design: libmilter starts its own signal thread, sigwaiting on
+ * SIGTERM, SIGHUP and SIGINT, and that thread must not be the one to
+ * get them.  So smfi_main runs on a thread of its own, every thread
+ * but the main one blocks these signals, and the main thread takes
+ * them with a handler that only writes their number to a pipe, which
+ * the main thread's loop reads.  POSIX leaves open which of two willing
+ * threads gets a process-directed signal; Linux tries the main thread
+ * first, and it is always willing, busy or not, as long as no other
+ * signal of its own is still undelivered (kernel/signal.c,
+ * complete_signal, wants_signal).  libmilter's thread therefore only
+ * sees a second signal sent in that instant, or one during start-up;
+ * it then stops libmilter, and we exit at once, as miltermux did before
+ * it drained.  The same pipe carries wake-ups from other threads: the
+ * last session ended, or smfi_main returned.
  *
  * Concurrency: the main thread is the only writer of the published
  * config (conf_publish).  Ownership: main owns the pool, the pidfile's
@@ -42,6 +46,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
@@ -87,7 +92,9 @@ static struct {
 	ino_t	 ino;
 } sock;
 
-static pthread_t	 main_thread;
+/* Signal numbers (from on_signal) and wake-ups (0) for the main thread;
+ * both ends non-blocking. */
+static int		 wake_fd[2] = { -1, -1 };
 /* Set by the libmilter thread when smfi_main returned on its own. */
 static atomic_bool	 front_done;
 static atomic_int	 front_rc;
@@ -497,18 +504,6 @@ daemonize(void)
 	}
 }
 
-/* front_main - libmilter's thread: serve the MTA until the process ends */
-static void *
-front_main(void *arg)
-{
-	(void)arg;
-	atomic_store(&front_rc, front_run());
-	atomic_store(&front_done, true);
-	/* Wake the main thread, which may be waiting for signals. */
-	pthread_kill(main_thread, SIGUSR2);
-	return NULL;
-}
-
 static double
 mono(void)
 {
@@ -516,6 +511,98 @@ mono(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* on_signal - the main thread's handler: pass the signal on to its loop */
+static void
+on_signal(int sig)
+{
+	unsigned char	 b = (unsigned char)sig;
+	int		 saved = errno;
+
+	(void)!write(wake_fd[1], &b, 1);
+	errno = saved;
+}
+
+/* wake_main - from another thread: have the main thread look again */
+static void
+wake_main(void)
+{
+	unsigned char	 b = 0;
+
+	(void)!write(wake_fd[1], &b, 1);
+}
+
+/*
+ * signals_init - the wake-up pipe and the handlers; the signals stay
+ * blocked (pending ones wait) until signals_take()
+ */
+static void
+signals_init(sigset_t *set)
+{
+	struct sigaction	 sa;
+	int			 stop[] = { SIGTERM, SIGHUP, SIGINT, SIGUSR1 };
+
+	sigemptyset(set);
+	for (size_t i = 0; i < sizeof stop / sizeof stop[0]; i++)
+		sigaddset(set, stop[i]);
+	sigaddset(set, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, set, NULL);
+	sigdelset(set, SIGPIPE);
+	if (pipe(wake_fd) == -1 ||
+	    fcntl(wake_fd[0], F_SETFL, O_NONBLOCK) == -1 ||
+	    fcntl(wake_fd[1], F_SETFL, O_NONBLOCK) == -1 ||
+	    fcntl(wake_fd[0], F_SETFD, FD_CLOEXEC) == -1 ||
+	    fcntl(wake_fd[1], F_SETFD, FD_CLOEXEC) == -1) {
+		log_warn("pipe");
+		exit(EX_OSERR);
+	}
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	/* NODEFER: even during the handler the main thread stays willing. */
+	sa.sa_flags = SA_RESTART | SA_NODEFER;
+	for (size_t i = 0; i < sizeof stop / sizeof stop[0]; i++)
+		sigaction(stop[i], &sa, NULL);
+}
+
+/* signals_take - the main thread alone takes them from now on */
+static void
+signals_take(const sigset_t *set)
+{
+	pthread_sigmask(SIG_UNBLOCK, set, NULL);
+}
+
+/*
+ * next_event - wait up to timeout seconds (forever if < 0): a signal's
+ * number, 0 for a wake-up, -1 when the time is up
+ */
+static int
+next_event(double timeout)
+{
+	struct pollfd	 p = { .fd = wake_fd[0], .events = POLLIN };
+	unsigned char	 b;
+	double		 end = mono() + timeout, left;
+
+	for (;;) {
+		if (read(wake_fd[0], &b, 1) == 1)
+			return b;
+		left = end - mono();
+		if (timeout >= 0 && left <= 0)
+			return -1;
+		(void)poll(&p, 1, timeout < 0 ? -1 : (int)(left * 1000) + 1);
+	}
+}
+
+/* front_main - libmilter's thread: serve the MTA until the process ends */
+static void *
+front_main(void *arg)
+{
+	(void)arg;
+	atomic_store(&front_rc, front_run());
+	atomic_store(&front_done, true);
+	wake_main();
+	return NULL;
 }
 
 static const char *
@@ -542,32 +629,26 @@ is_stop(int sig)
  * the grace bounds it.
  */
 static void
-drain(const sigset_t *set, int sig)
+drain(int sig)
 {
 	struct conf	*c = conf_acquire();
-	struct timespec	 ts;
 	double		 grace = c->shutdown_grace, deadline, left;
 	unsigned	 n;
 	int		 s;
 
 	conf_release(c);
-	front_drain();
+	front_drain(wake_main);
 	socket_unlink();
 	n = front_active();
 	log_info("received %s: not accepting new connections; waiting up "
 	    "to %g s for %u open session%s", sig_name(sig), grace, n,
 	    n == 1 ? "" : "s");
 	deadline = mono() + grace;
-	/* front_active() is polled: closes happen on libmilter's threads,
-	 * which must not be slowed by waking us. */
+	/* Woken when the last session ends or libmilter's thread does. */
 	while ((n = front_active()) > 0 && !atomic_load(&front_done)) {
 		if ((left = deadline - mono()) <= 0)
 			break;
-		if (left > 0.05)
-			left = 0.05;
-		ts.tv_sec = 0;
-		ts.tv_nsec = (long)(left * 1e9);
-		s = sigtimedwait(set, NULL, &ts);
+		s = next_event(left);
 		if (is_stop(s)) {
 			log_info("received %s again: stopping at once",
 			    sig_name(s));
@@ -585,17 +666,16 @@ drain(const sigset_t *set, int sig)
 
 /* serve - the main thread's loop: signals, until told to stop */
 static void
-serve(const sigset_t *set)
+serve(void)
 {
 	int	 sig;
 
 	for (;;) {
-		if (sigwait(set, &sig) != 0)
-			continue;
+		sig = next_event(-1);
 		if (sig == SIGUSR1)
 			reload();
 		else if (is_stop(sig)) {
-			drain(set, sig);
+			drain(sig);
 			return;
 		}
 		if (atomic_load(&front_done)) {
@@ -642,6 +722,14 @@ main(int argc, char **argv)
 	conf_publish(c);
 	c = conf_acquire();
 
+	/*
+	 * From here on, a stop signal waits until the main thread takes
+	 * them (pending signals do not survive daemonize's forks, but then
+	 * nobody knows the new pid yet).  Blocked before any thread
+	 * starts, so that all the others inherit the mask.
+	 */
+	signals_init(&set);
+
 	if (opts.pidfile != NULL)
 		pidfd = pidfile_lock(opts.pidfile);
 	if (front_init(c->listen) != 0) {
@@ -669,33 +757,21 @@ main(int argc, char **argv)
 	if (opts.user != NULL)
 		drop_privileges(opts.user, id);
 
-	/* Before any thread starts, so that all of them inherit it; only
-	 * the main thread waits for these (SIGUSR2: libmilter's thread
-	 * ended). */
-	sigemptyset(&set);
-	sigaddset(&set, SIGUSR1);
-	sigaddset(&set, SIGUSR2);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGHUP);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGPIPE);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
-	sigdelset(&set, SIGPIPE);
 	if ((rc = pool_new(c->threads, &pool)) != 0) {
 		log_warnc(rc, "cannot start %u worker threads", c->threads);
 		return EX_OSERR;
 	}
 	front_set_pool(pool);
-	main_thread = pthread_self();
 	if ((rc = pthread_create(&front_thread, NULL, front_main, NULL)) != 0) {
 		log_warnc(rc, "cannot start libmilter's thread");
 		return EX_OSERR;
 	}
+	signals_take(&set);
 	log_info("miltermux %s listening on %s with %u threads and %zu "
 	    "upstreams", PACKAGE_VERSION, c->listen, c->threads, c->nenabled);
 	conf_release(c);
 
-	serve(&set);
+	serve();
 	log_info("miltermux stopping");
 	if (opts.pidfile != NULL)
 		pidfile_remove(opts.pidfile, pidfd);

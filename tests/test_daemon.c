@@ -111,9 +111,9 @@ milter(const char *name, ...)
 static char *
 up(const char *name, const char *extra)
 {
-	return h_xasprintf("{ \"name\": \"%s\", \"address\": \"unix:%s/%s.sock\""
-	    "%s%s }", name, h_tmpdir(), name, extra != NULL ? ", " : "",
-	    extra != NULL ? extra : "");
+	return h_xasprintf("{ \"name\": \"%s\", \"address\": "
+	    "\"unix:%s/%s.sock\"%s%s }", name, h_tmpdir(), name,
+	    extra != NULL ? ", " : "", extra != NULL ? extra : "");
 }
 
 /* mux_init - paths; inet: listen on a free loopback port instead */
@@ -610,11 +610,12 @@ Test(daemon, check_config_prints_warnings_and_still_passes, .timeout = 30)
  */
 
 Test(daemon, hanging_upstream_is_skipped_then_probed_then_used_again,
-    .timeout = 60)
+    .timeout = 120)
 {
 	struct mux	 m;
 	char		*ups, *a, *mt, *out, *log, *sock;
-	double		 dt;
+	double		 dt, t0 = h_now();
+	bool		 probed;
 	int		 code, fd;
 
 	milter("a", "--addheader", "X-A:1", NULL);
@@ -639,33 +640,38 @@ Test(daemon, hanging_upstream_is_skipped_then_probed_then_used_again,
 	    "retrying in 1 s");
 	cr_assert_eq(count(log, "upstream mute: negotiate: no answer in time"),
 	    2, "%s", log);
+	free(log);
 
-	/* The next ones do not. */
-	out = session(&m, &code, &dt);
-	cr_assert_eq(code, 0, "%s", out);
-	cr_assert_lt(dt, 0.8, "a session took %.3f s with its upstream down",
-	    dt);
-	free(out);
-	wait_log(&m, "mute=down/");
-
-	/* Once retry_after is over, one session probes it, and fails.
-	 * Sessions are quick: bound the loop by time, not by count. */
-	for (double t0 = h_now(); h_now() - t0 < 20;) {
+	/* The next ones do not even try it, until retry_after is over and
+	 * one session probes it, and fails.  (The time of a session is
+	 * shown, not asserted: a loaded machine may stall any process.) */
+	for (int i = 0; h_now() < t0 + 20; i++) {
 		log = mux_log(&m);
-		if (strstr(log, "upstream mute: probing") != NULL)
-			break;
+		probed = strstr(log, "upstream mute: probing") != NULL;
 		free(log);
-		free(session(&m, &code, NULL));
+		if (probed)
+			break;
+		out = session(&m, &code, &dt);
+		cr_assert_eq(code, 0, "%s", out);
+		HAS(out, "addheader X-A: 1");
+		free(out);
+		if (i == 0)
+			fprintf(stderr, "health: a session with its upstream "
+			    "down took %.3f s, against at least 1 s each "
+			    "before\n", dt);
 	}
 	log = wait_log(&m, "upstream mute: down after 3 consecutive failures");
 	cr_assert_eq(count(log, "upstream mute: probing"), 1, "%s", log);
+	cr_assert_eq(count(log, "upstream mute: negotiate: no answer in time"),
+	    3, "only the probe tried it:\n%s", log);
+	cr_assert_geq(count(log, "mute=down/"), 1, "%s", log);
 
 	/* It comes back: the next probe finds it and it is used again. */
 	close(fd);
 	sock = h_xasprintf("%s/mute.sock", h_tmpdir());
 	unlink(sock);
 	milter("mute", "--addheader", "X-Mute:back", NULL);
-	for (double t0 = h_now(); h_now() - t0 < 20;) {
+	for (double end = h_now() + 20; h_now() < end;) {
 		out = session(&m, &code, NULL);
 		if (strstr(out, "X-Mute") != NULL)
 			break;
@@ -716,10 +722,15 @@ Test(daemon, slow_upstream_is_marked_down_and_later_sessions_do_not_wait,
 	for (int i = 0; i < 3; i++) {
 		out = session(&m, &code, &dt);
 		cr_assert_eq(code, 0, "%s", out);
-		cr_assert_lt(dt, 0.8, "session took %.3f s", dt);
 		free(out);
 	}
+	fprintf(stderr, "health: a session with its slow upstream down took "
+	    "%.3f s, against at least 1 s each before\n", dt);
+	free(log);
 	log = wait_log(&m, "slow=down/");
+	cr_assert_eq(count(log, "slow=down/"), 3, "%s", log);
+	cr_assert_eq(count(log, "upstream slow: eom: no answer in time"), 2,
+	    "%s", log);
 	HASNT(log, "upstream slow: probing");
 	/* Not even connected to: it saw two sessions only. */
 	free(log);
@@ -875,7 +886,7 @@ Test(daemon, sigterm_cuts_off_sessions_after_shutdown_grace, .timeout = 60)
 	cr_assert_eq(h_wait_exit(m.pid, 10, &status), 0);
 	dt = h_now() - t0;
 	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-	cr_assert(dt >= 0.3 && dt < 3, "stopped after %.3f s", dt);
+	cr_assert(dt >= 0.3 && dt < 4, "stopped after %.3f s", dt);
 	log = mux_log(&m);
 	HAS(log, "waiting up to 0.3 s for 1 open session");
 	HAS(log, "1 session still open; closing it");
@@ -907,7 +918,7 @@ Test(daemon, second_stop_signal_ends_the_wait, .timeout = 60)
 	t0 = h_now();
 	cr_assert_eq(h_kill(m.pid, SIGINT), 0);
 	cr_assert_eq(h_wait_exit(m.pid, 10, &status), 0);
-	cr_assert_lt(h_now() - t0, 4.0, "the eom delay is 5 s: it did not wait");
+	cr_assert_lt(h_now() - t0, 4.5, "libmilter's own stop takes 5 s");
 	log = mux_log(&m);
 	HAS(log, "received SIGINT again: stopping at once");
 	HAS(log, "1 session still open; closing it");
@@ -1147,6 +1158,9 @@ Test(daemon, socket_mode_and_group_are_applied_to_the_unix_socket,
 	    "\"nogroup\"");
 	mux_conf(&m, top, a);
 	mux_start(&m, NULL);
+	/* The socket takes connections a moment before its mode is set
+	 * (until then only its owner may connect): wait for start-up. */
+	wait_log(&m, "listening on");
 	cr_assert_eq(stat(m.sock, &st), 0);
 	cr_assert(S_ISSOCK(st.st_mode));
 	cr_assert_eq(st.st_mode & 07777, 0660, "mode %04o",
