@@ -886,6 +886,8 @@ main(int argc, char **argv)
 	if (x->error != 0) {
 		report("negotiate", NULL, x);
 		status = EX_UNAVAILABLE;
+		upstream_xchg_fini(x);
+		free(x);
 		goto end;
 	}
 	leadspc = (upstream_proto(up) & MP_HDR_LEADSPC) != 0;
@@ -909,6 +911,8 @@ main(int argc, char **argv)
 	report((label), (argstr), x);					\
 	if (x->error != 0) {						\
 		status = EX_UNAVAILABLE;				\
+		upstream_xchg_fini(x);					\
+		free(x);						\
 		goto end;						\
 	}								\
 } while (0)
