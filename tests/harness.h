@@ -16,7 +16,7 @@
  * Teardown: every process started through the harness leads its own
  * session and process group, and is registered.  At exit() (atexit)
  * the harness sends SIGTERM to each registered group, SIGKILL after a
- * grace period, reaps, then removes the temp directory unless KEEP_TMP
+ * grace period (3 s, or H_GRACE_S seconds from the environment), reaps, then removes the temp directory unless KEEP_TMP
  * is set in the environment.  A test process that dies without running
  * atexit handlers (a Criterion .timeout kill, a crash) is covered by a
  * guard process, forked on first use, holding one end of a socket pair:
