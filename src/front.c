@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,10 +36,27 @@
 
 #define MAX_REPLY_LINES	32
 
+/*
+ * The stages the MTA is asked not to wait for (SMFIP_NR_*).  Header and
+ * end of headers are sent to the upstreams without waiting for their
+ * answers anyway (fanout.c), so a reply of ours to each of them would
+ * only say "continue" and cost a round trip: without it the MTA streams
+ * the headers and libmilter handles them in one go, on one thread.  A
+ * reject or tempfail known by then is held and given at the next stage
+ * that has a reply, the first body chunk or end of message.  Body
+ * chunks keep their replies, so that the MTA stops sending a large body
+ * once a reject is known.  An MTA without NR support gets "continue"
+ * from libmilter itself, as before.
+ */
+#define FRONT_NR	(MP_NR_HDR | MP_NR_EOH)
+
 struct conn {
 	struct conf	*conf;
 	struct fanout	*fo;
 	uint32_t	 actions;	/* granted by the MTA */
+	uint32_t	 noreply;	/* MP_NR_* bits asked for */
+	enum verdict	 held;		/* reject or tempfail to give next */
+	char		*held_text;
 	char		 id[32];
 };
 
@@ -137,19 +155,60 @@ answer(SMFICTX *ctx, struct conn *c, const struct fanout_answer *a)
 	}
 }
 
+static bool
+is_content(enum stage st)
+{
+	return st == STAGE_HEADER || st == STAGE_EOH || st == STAGE_BODY;
+}
+
+static void
+drop_held(struct conn *c)
+{
+	c->held = VERDICT_NONE;
+	free(c->held_text);
+	c->held_text = NULL;
+}
+
+/* give_held - the verdict held since a stage without reply, now */
+static sfsistat
+give_held(SMFICTX *ctx, struct conn *c)
+{
+	struct fanout_answer	 a = { .verdict = c->held,
+				    .text = c->held_text };
+	sfsistat		 r = answer(ctx, c, &a);
+
+	drop_held(c);
+	return r;
+}
+
 /* run - one stage through the fanout; internal trouble means tempfail */
 static sfsistat
 run(SMFICTX *ctx, struct fanout_event *ev)
 {
 	struct conn		*c = conn_of(ctx);
 	struct fanout_answer	 a;
+	bool			 quiet;
 
+	/* libmilter turns any verdict of a no-reply stage into silence;
+	 * one other than continue would also make it ignore the rest of
+	 * the message and leave the MTA waiting (PROTOCOL.md fact 4). */
+	quiet = c != NULL && (c->noreply & proto_stage_nr[ev->stage]) != 0;
 	if (c == NULL || c->fo == NULL)
-		return SMFIS_TEMPFAIL;
+		return quiet ? SMFIS_NOREPLY : SMFIS_TEMPFAIL;
+	if (ev->stage == STAGE_ENVFROM)
+		drop_held(c);
+	else if (c->held != VERDICT_NONE && is_content(ev->stage))
+		return quiet ? SMFIS_NOREPLY : give_held(ctx, c);
 	ev->macro = macro;
 	ev->macro_arg = ctx;
 	fanout_event(c->fo, ev, &a);
-	return answer(ctx, c, &a);
+	if (!quiet)
+		return answer(ctx, c, &a);
+	if (a.verdict == VERDICT_REJECT || a.verdict == VERDICT_TEMPFAIL) {
+		c->held = a.verdict;
+		c->held_text = a.text != NULL ? xstrdup(a.text) : NULL;
+	}
+	return SMFIS_NOREPLY;
 }
 
 static sfsistat
@@ -189,8 +248,10 @@ front_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1,
 		    smfi_setsymlist(ctx, m, (char *)lists[m]) != MI_SUCCESS)
 			log_warnx("%s: cannot request the %s macros",
 			    c->id, proto_macro_stage_name(m));
+	/* libmilter offers every NR bit (it fakes those the MTA lacks). */
+	c->noreply = FRONT_NR & (uint32_t)f1;
 	*pf0 = act;
-	*pf1 = proto;
+	*pf1 = proto | c->noreply;
 	*pf2 = 0;
 	*pf3 = 0;
 	return SMFIS_CONTINUE;
@@ -369,6 +430,8 @@ front_eom(SMFICTX *ctx)
 
 	if (c == NULL || c->fo == NULL)
 		return SMFIS_TEMPFAIL;
+	if (c->held != VERDICT_NONE)
+		return give_held(ctx, c);
 	ev.macro = macro;
 	ev.macro_arg = ctx;
 	ev.progress = progress;
@@ -394,6 +457,8 @@ front_abort(SMFICTX *ctx)
 {
 	struct conn	*c = conn_of(ctx);
 
+	if (c != NULL)
+		drop_held(c);
 	if (c != NULL && c->fo != NULL)
 		fanout_abort(c->fo);
 	return SMFIS_CONTINUE;
@@ -409,6 +474,7 @@ front_close(SMFICTX *ctx)
 	if (c == NULL)
 		return SMFIS_CONTINUE;
 	smfi_setpriv(ctx, NULL);
+	drop_held(c);
 	fanout_close(c->fo);
 	conf_release(c->conf);
 	free(c);

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fixture.h"
 #include "harness.h"
@@ -43,7 +44,7 @@ struct heavy {
  * negotiated, through connect and helo.
  */
 static void
-setup(struct heavy *h, const char *const *tm_args)
+setup_offer(struct heavy *h, const char *const *tm_args, uint32_t offer)
 {
 	struct up	 ups[2] = {
 		{ "tm", { NULL }, "\"on_failure\": \"reject\"" },
@@ -62,11 +63,18 @@ setup(struct heavy *h, const char *const *tm_args)
 	free(sock);
 	env_start_mux(&h->e, ups, 2, "\"timeouts\": { \"content\": 60 }", 0);
 	cr_assert_eq(mta_open(&h->m, h->e.mux_spec, 60), 0);
-	cr_assert_eq(mta_negotiate(&h->m, MA_ALL, MP_ALL_V6), 0);
+	cr_assert_eq(mta_negotiate(&h->m, MA_ALL, offer), 0);
 	cr_assert_eq(mta_connect(&h->m, "client.example", "192.0.2.1", &r), 0);
 	cr_assert_eq(r.verdict, VERDICT_CONTINUE);
 	cr_assert_eq(mta_helo(&h->m, "client.example", &r), 0);
 	cr_assert_eq(r.verdict, VERDICT_CONTINUE);
+}
+
+/* setup - as an MTA that offers everything, Postfix's way */
+static void
+setup(struct heavy *h, const char *const *tm_args)
+{
+	setup_offer(h, tm_args, MP_ALL_V6);
 }
 
 /* envelope - MAIL, nrcpt recipients <rN@example.net>, DATA */
@@ -102,8 +110,10 @@ header(struct heavy *h, const char *name, const void *value, size_t vlen)
 
 	cr_assert_eq(mta_header(&h->m, name, value, vlen, &r), 0,
 	    "header %.40s got no answer", name);
-	cr_assert_eq(r.verdict, VERDICT_CONTINUE, "header %.40s: verdict %s",
-	    name, proto_verdict_name(r.verdict));
+	/* miltermux asks for no reply to headers when the MTA offers it. */
+	cr_assert_eq(r.verdict, (h->m.proto & MP_NR_HDR) != 0 ? VERDICT_NONE :
+	    VERDICT_CONTINUE, "header %.40s: verdict %s", name,
+	    proto_verdict_name(r.verdict));
 }
 
 static void
@@ -112,7 +122,8 @@ eoh(struct heavy *h)
 	struct mta_result	 r;
 
 	cr_assert_eq(mta_eoh(&h->m, &r), 0);
-	cr_assert_eq(r.verdict, VERDICT_CONTINUE);
+	cr_assert_eq(r.verdict, (h->m.proto & MP_NR_EOH) != 0 ? VERDICT_NONE :
+	    VERDICT_CONTINUE);
 }
 
 static void
@@ -703,6 +714,113 @@ ParameterizedTest(enum odd_item *tc, heavy,
 	cr_assert_eq(tm_log_count(&h, " eom"), 1);
 	rec_stats_fini(&st);
 	free(s);
+	mta_close(&h.m);
+	rec_stop(h.rec);
+}
+
+/*
+ * No reply to headers and end of headers: miltermux asks the MTA for
+ * none (it sends them on without waiting anyway), so a reject an
+ * upstream gives to a header is held and given at the next stage the
+ * MTA waits for: the first body chunk, or end of message when there is
+ * no body.  Headers after the reject are not sent on.
+ */
+static const char *const header_reject[] = {
+	"--verdict", "header=reject", "--reply",
+	"header=550 5.7.1 Header refused", NULL
+};
+
+/* seen - wait (bounded) until testmilter has logged needle */
+static void
+seen(struct heavy *h, const char *needle)
+{
+	struct timespec	 pause = { 0, 10 * 1000 * 1000 };
+
+	for (int i = 0; i < 3000 && tm_log_count(h, needle) == 0; i++)
+		nanosleep(&pause, NULL);
+	cr_assert_neq(tm_log_count(h, needle), 0, "no \"%s\"", needle);
+}
+
+/*
+ * held_reject - the reject comes at the first stage with a reply after
+ * it is known: the body chunk (or end of message, where miltermux waits
+ * for every answer), and no reply at all before that
+ */
+static void
+held_reject(bool with_body)
+{
+	struct heavy		 h;
+	struct mta_result	 r;
+
+	setup(&h, header_reject);
+	cr_assert_neq(h.m.proto & MP_NR_HDR, 0, "no NR_HDR asked for");
+	cr_assert_neq(h.m.proto & MP_NR_EOH, 0, "no NR_EOH asked for");
+	cr_assert_eq(h.m.proto & MP_NR_BODY, 0, "body chunks lost replies");
+	envelope(&h, 1, NULL);
+	header(&h, "Subject", "first", 5);
+	/* The upstream has rejected by the time the next header comes. */
+	seen(&h, " header Subject");
+	header(&h, "X-After", "second", 6);
+	eoh(&h);
+	if (with_body) {
+		cr_assert_eq(mta_body(&h.m, "hello\r\n", 7, &r), 0);
+		if (r.verdict == VERDICT_CONTINUE) {
+			/* The reject was still on its way. */
+			mta_result_fini(&r);
+			cr_assert_eq(mta_eom(&h.m, &r), 0);
+		}
+	} else
+		cr_assert_eq(mta_eom(&h.m, &r), 0);
+	cr_assert_eq(r.verdict, VERDICT_REJECT, "%s",
+	    proto_verdict_name(r.verdict));
+	cr_assert_not_null(r.text);
+	cr_assert_str_eq(r.text, "550 5.7.1 Header refused");
+	mta_result_fini(&r);
+	/* The next message starts clean. */
+	envelope(&h, 1, NULL);
+	cr_assert_eq(mta_abort(&h.m), 0);
+	mta_close(&h.m);
+	rec_stop(h.rec);
+}
+
+Test(noreply, header_reject_is_given_at_the_first_body_chunk,
+    .timeout = 60)
+{
+	held_reject(true);
+}
+
+Test(noreply, header_reject_without_body_is_given_at_end_of_message,
+    .timeout = 60)
+{
+	held_reject(false);
+}
+
+/*
+ * An MTA without NR support gets a reply to every header: continue
+ * until the upstream's reject is known, then the reject.
+ */
+Test(noreply, mta_without_no_reply_gets_every_reply, .timeout = 60)
+{
+	struct heavy		 h;
+	struct mta_result	 r;
+
+	setup_offer(&h, header_reject, MP_ALL_V6 & ~MP_ALL_NR);
+	cr_assert_eq(h.m.proto & MP_ALL_NR, 0);
+	envelope(&h, 1, NULL);
+	cr_assert_eq(mta_header(&h.m, "Subject", "first", 5, &r), 0);
+	if (r.verdict == VERDICT_CONTINUE) {
+		mta_result_fini(&r);
+		seen(&h, " header Subject");
+		cr_assert_eq(mta_eoh(&h.m, &r), 0);
+	}
+	if (r.verdict == VERDICT_CONTINUE) {
+		mta_result_fini(&r);
+		cr_assert_eq(mta_eom(&h.m, &r), 0);
+	}
+	cr_assert_eq(r.verdict, VERDICT_REJECT, "%s",
+	    proto_verdict_name(r.verdict));
+	cr_assert_str_eq(r.text, "550 5.7.1 Header refused");
+	mta_result_fini(&r);
 	mta_close(&h.m);
 	rec_stop(h.rec);
 }
