@@ -37,18 +37,19 @@
 #define MAX_REPLY_LINES	32
 
 /*
- * The stages the MTA is asked not to wait for (SMFIP_NR_*).  Header and
- * end of headers are sent to the upstreams without waiting for their
- * answers anyway (fanout.c), so a reply of ours to each of them would
- * only say "continue" and cost a round trip: without it the MTA streams
- * the headers and libmilter handles them in one go, on one thread.  A
- * reject or tempfail known by then is held and given at the next stage
- * that has a reply, the first body chunk or end of message.  Body
- * chunks keep their replies, so that the MTA stops sending a large body
- * once a reject is known.  An MTA without NR support gets "continue"
- * from libmilter itself, as before.
+ * The stages the MTA is asked not to wait for (SMFIP_NR_*).  Headers,
+ * end of headers and body chunks are sent to the upstreams without
+ * waiting for their answers anyway (fanout.c), so a reply of ours to
+ * each of them would only say "continue" and cost a round trip: without
+ * it the MTA streams them and libmilter handles them in one go, on one
+ * thread.  A reject or tempfail known by then is held and given at end
+ * of message.  The SMTP client hears the verdict only after the whole
+ * message (the answer to its final dot) in any case; what is lost is
+ * that the MTA stops passing us the rest of a rejected body, which we
+ * then drop unread by the upstreams.  An MTA without NR support gets
+ * "continue" from libmilter itself, as before.
  */
-#define FRONT_NR	(MP_NR_HDR | MP_NR_EOH)
+#define FRONT_NR	(MP_NR_HDR | MP_NR_EOH | MP_NR_BODY)
 
 struct conn {
 	struct conf	*conf;
