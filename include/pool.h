@@ -19,6 +19,7 @@
 #ifndef POOL_H
 #define POOL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/queue.h>
 
@@ -57,6 +58,15 @@ void	pool_post(struct pool_loop *, struct pool_job *);
  * for it), and the caller must hold no lock that the job takes.
  */
 void	pool_run(struct pool_loop *, struct pool_job *);
+/*
+ * Lets the calling thread (never a loop thread) act as the loop: with
+ * wait false only when pool_run() would run a job at once (the loop
+ * asleep, its mailbox empty: everything posted so far has run), else
+ * it returns false; with wait true it waits for the loop's turn.  Until
+ * pool_leave() the caller may do what a job may (pool_run's rules).
+ */
+bool	pool_enter(struct pool_loop *, bool wait);
+void	pool_leave(struct pool_loop *);
 /* Loop thread only: watch fd for events (EPOLLIN/EPOLLOUT). */
 int	pool_io_add(struct pool_loop *, struct pool_io *, uint32_t events);
 int	pool_io_mod(struct pool_loop *, struct pool_io *, uint32_t events);

@@ -111,4 +111,20 @@ const char	*upstream_symlist(const struct upstream *, enum macro_stage);
 const char	*upstream_name(const struct upstream *);
 struct pool_loop *upstream_loop(const struct upstream *);
 
+/*
+ * Borrowing: a submitter waiting for its exchanges may poll the
+ * upstream's socket itself instead of sleeping until the loop thread
+ * has read the answers and woken it, which saves a thread wake-up per
+ * stage.  All four run on the loop (pool_enter()).  upstream_borrow()
+ * takes the socket out of the loop's epoll set and returns it (-1:
+ * nothing to wait on); poll it for upstream_poll_events() and hand what
+ * came to upstream_handle(), which reads, completes exchanges (their
+ * done() runs there) and returns the socket to poll from then on (-1
+ * after a failure); upstream_unborrow() gives the socket back.
+ */
+int		 upstream_borrow(struct upstream *);
+short		 upstream_poll_events(const struct upstream *);
+int		 upstream_handle(struct upstream *, short revents);
+void		 upstream_unborrow(struct upstream *);
+
 #endif /* UPSTREAM_H */

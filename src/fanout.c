@@ -25,6 +25,7 @@
  * lock; loops never take fo->lock while holding theirs).
  */
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -113,6 +114,7 @@ struct fanout {
 	char			*connid;
 	struct slot		*slots;
 	size_t			 n;
+	struct pool_loop	*loop;		/* all of its upstreams' */
 	unsigned		 pending;	/* (L) waited, not done */
 	bool			 decisive;	/* (L) a reject arrived */
 	/* Negotiated with the MTA (caller's thread). */
@@ -335,6 +337,85 @@ stage_timeout(const struct slot *s, enum stage st)
 
 static void	post_cancel(struct fanout *, size_t);
 
+/* Upstreams a stage's waiter polls itself at most; more take the loop. */
+#define DIRECT_MAX	32
+
+/* unborrow - give the sockets of slots idx[0..n) back to the loop */
+static void
+unborrow(struct fanout *fo, const size_t *idx, size_t n)
+{
+	if (n == 0)
+		return;
+	pool_enter(fo->loop, true);
+	for (size_t k = 0; k < n; k++)
+		upstream_unborrow(fo->slots[idx[k]].up);
+	pool_leave(fo->loop);
+}
+
+/*
+ * wait_direct - wait_all's short way: when the connection's loop is
+ * idle, this thread polls the upstreams' sockets and reads the answers
+ * itself.  Sleeping until the loop thread has read them and woken us
+ * costs two threads a wake-up each per stage; this costs one, and the
+ * answer is seen a hand-off sooner.  Gives up, leaving the rest to
+ * wait_all, when a deadline or a progress report comes due or an
+ * exchange cannot be polled here.
+ */
+static void
+wait_direct(struct fanout *fo, fanout_progress_fn *progress)
+{
+	struct pollfd	 pfd[DIRECT_MAX];
+	size_t		 idx[DIRECT_MAX], n = 0;
+	double		 until, t;
+	bool		 over, ok = true;
+	int		 r;
+
+	if (fo->n == 0 || fo->n > DIRECT_MAX || !pool_enter(fo->loop, false))
+		return;
+	until = progress != NULL ? fo->nextprog : mono() + 3600;
+	pthread_mutex_lock(&fo->lock);
+	for (size_t i = 0; i < fo->n; i++) {
+		struct slot	*s = &fo->slots[i];
+		struct fx	*f = s->cur;
+
+		if (f == NULL || f->done)
+			continue;
+		if ((pfd[n].fd = upstream_borrow(s->up)) == -1) {
+			ok = false;
+			break;
+		}
+		pfd[n].events = upstream_poll_events(s->up);
+		idx[n++] = i;
+		if (f->deadline < until)
+			until = f->deadline;
+	}
+	pthread_mutex_unlock(&fo->lock);
+	pool_leave(fo->loop);
+	while (ok && n > 0) {
+		pthread_mutex_lock(&fo->lock);
+		over = fo->pending == 0 || fo->decisive;
+		pthread_mutex_unlock(&fo->lock);
+		if (over || (t = mono()) >= until)
+			break;
+		r = poll(pfd, n, (int)((until - t) * 1000) + 1);
+		if (r == -1 && errno != EINTR)
+			break;
+		if (r <= 0)
+			continue;
+		pool_enter(fo->loop, true);
+		for (size_t k = 0; k < n; k++) {
+			struct upstream	*up = fo->slots[idx[k]].up;
+
+			if (pfd[k].revents != 0)
+				pfd[k].fd = upstream_handle(up, pfd[k].revents);
+			pfd[k].events = upstream_poll_events(up);
+			pfd[k].revents = 0;
+		}
+		pool_leave(fo->loop);
+	}
+	unborrow(fo, idx, n);
+}
+
 /*
  * wait_all - wait until every waited exchange is done, a reject arrived,
  * or deadlines pass (those upstreams are then expired).  Returns with
@@ -347,6 +428,7 @@ wait_all(struct fanout *fo, fanout_progress_fn *progress, void *parg)
 	struct timespec	 ts;
 	bool		 expired;
 
+	wait_direct(fo, progress);
 	pthread_mutex_lock(&fo->lock);
 	while (fo->pending > 0 && !fo->decisive) {
 		t = mono();
@@ -579,6 +661,7 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 	 * stage arrive together and one wake-up of that loop handles them;
 	 * connections still spread over the loops. */
 	loop = pool_pick(pool);
+	fo->loop = loop;
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
 		struct fx	*f;

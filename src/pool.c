@@ -10,7 +10,8 @@
  *
  * pool_run() saves the wake-up of a sleeping loop: the caller runs the
  * job itself, holding the loop's run lock, which the loop thread holds
- * whenever it is not asleep in epoll_wait.  A job so run may change the
+ * whenever it is not asleep in epoll_wait.  pool_enter() and
+ * pool_leave() let a caller hold it for longer work of its own.  A job so run may change the
  * epoll set while the loop sleeps, and an event the loop collected in
  * the meantime is then handled after the job; that is why such a job
  * must never free a handle (pool.h), while the jobs of the mailbox run
@@ -261,11 +262,17 @@ pool_post(struct pool_loop *l, struct pool_job *job)
 		log_warn("pool: wake loop %u", l->index);
 }
 
-void
-pool_run(struct pool_loop *l, struct pool_job *job)
+bool
+pool_enter(struct pool_loop *l, bool wait)
 {
 	bool	 now;
 
+	if (wait) {
+		/* Callers are no loop threads and hold no l->lock. */
+		pthread_mutex_lock(&l->run);
+		current_loop = l;
+		return true;
+	}
 	/*
 	 * Only a caller that is no loop itself, only when the loop sleeps
 	 * with an empty mailbox (nothing to overtake), and only if the run
@@ -276,14 +283,27 @@ pool_run(struct pool_loop *l, struct pool_job *job)
 	now = current_loop == NULL && l->sleeping && !l->stopping &&
 	    TAILQ_EMPTY(&l->mailbox) && pthread_mutex_trylock(&l->run) == 0;
 	pthread_mutex_unlock(&l->lock);
-	if (!now) {
+	if (now)
+		current_loop = l;
+	return now;
+}
+
+void
+pool_leave(struct pool_loop *l)
+{
+	current_loop = NULL;
+	pthread_mutex_unlock(&l->run);
+}
+
+void
+pool_run(struct pool_loop *l, struct pool_job *job)
+{
+	if (!pool_enter(l, false)) {
 		pool_post(l, job);
 		return;
 	}
-	current_loop = l;
 	job->run(job);
-	current_loop = NULL;
-	pthread_mutex_unlock(&l->run);
+	pool_leave(l);
 }
 
 int

@@ -14,6 +14,7 @@
  * their submitter.
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +60,9 @@ struct upstream {
 	struct buf		 rbuf;
 	bool			 tcp;		/* not a unix socket */
 	bool			 registered;	/* fd in the loop's epoll */
+	/* A waiting submitter polls the socket itself (upstream.h): out
+	 * of the epoll set, and events the loop still had are dropped. */
+	bool			 borrowed;
 	uint32_t		 events;	/* its interest when registered */
 	bool			 connecting;
 	bool			 reply_due;	/* current exchange waits */
@@ -265,7 +269,7 @@ want(struct upstream *up)
 	uint32_t	 ev = EPOLLIN;
 	int		 rc;
 
-	if (up->io.fd == -1)
+	if (up->io.fd == -1 || up->borrowed)
 		return;
 	trim(up);
 	if (up->connecting || buf_avail(&up->wbuf) > 0)
@@ -758,11 +762,10 @@ read_replies(struct upstream *up)
 	}
 }
 
-/* on_ready - socket event from the loop */
+/* ready - the socket is ready for events (EPOLLIN, EPOLLOUT, ...) */
 static void
-on_ready(struct pool_io *io, uint32_t events)
+ready(struct upstream *up, uint32_t events)
 {
-	struct upstream		*up = (struct upstream *)io;
 	struct upstream_xchg	*x;
 	int			 rc;
 
@@ -792,6 +795,65 @@ on_ready(struct pool_io *io, uint32_t events)
 		if (up->failed)
 			return;
 	}
+	want(up);
+}
+
+/* on_ready - socket event from the loop */
+static void
+on_ready(struct pool_io *io, uint32_t events)
+{
+	struct upstream	*up = (struct upstream *)io;
+
+	/* Collected before the socket was borrowed: its borrower reads
+	 * it now. */
+	if (up->borrowed)
+		return;
+	ready(up, events);
+}
+
+int
+upstream_borrow(struct upstream *up)
+{
+	if (up->io.fd == -1 || up->failed)
+		return -1;
+	if (up->registered)
+		pool_io_del(up->loop, &up->io);
+	up->registered = false;
+	up->borrowed = true;
+	return up->io.fd;
+}
+
+short
+upstream_poll_events(const struct upstream *up)
+{
+	if (up->io.fd == -1)
+		return 0;
+	return (short)(POLLIN | (up->connecting ||
+	    buf_avail(&up->wbuf) > 0 ? POLLOUT : 0));
+}
+
+int
+upstream_handle(struct upstream *up, short revents)
+{
+	uint32_t	 ev = 0;
+
+	if ((revents & POLLIN) != 0)
+		ev |= EPOLLIN;
+	if ((revents & POLLOUT) != 0)
+		ev |= EPOLLOUT;
+	if ((revents & POLLERR) != 0)
+		ev |= EPOLLERR;
+	if ((revents & POLLHUP) != 0)
+		ev |= EPOLLHUP;
+	if (up->io.fd != -1 && ev != 0)
+		ready(up, ev);
+	return up->io.fd;
+}
+
+void
+upstream_unborrow(struct upstream *up)
+{
+	up->borrowed = false;
 	want(up);
 }
 
