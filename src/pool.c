@@ -10,12 +10,12 @@
  *
  * pool_run() saves the wake-up of a sleeping loop: the caller runs the
  * job itself, holding the loop's run lock, which the loop thread holds
- * whenever it is not asleep in epoll_wait.  pool_enter() and
- * pool_leave() let a caller hold it for longer work of its own.  A job so run may change the
- * epoll set while the loop sleeps, and an event the loop collected in
- * the meantime is then handled after the job; that is why such a job
- * must never free a handle (pool.h), while the jobs of the mailbox run
- * only between batches and may.
+ * whenever it is not asleep in epoll_wait (pool_enter() and pool_leave()
+ * let a caller hold it for longer work of its own).  A job so run may
+ * change the epoll set while the loop sleeps, and an event the loop
+ * collected in the meantime is then handled after the job; that is why
+ * such a job must never free a handle (pool.h), while the jobs of the
+ * mailbox run only between batches and may.
  *
  * Locking: loop->lock protects loop->mailbox, loop->stopping and
  * loop->sleeping only; no job or handler runs with it held.  loop->run
