@@ -96,6 +96,10 @@ struct fanout_answer {
 	/* End of message, when the verdict lets the message through:
 	 * the merged edit script.  Borrowed, valid until the next call. */
 	const struct merge_result *mods;
+	/* The MTA aborted or closed while the upstreams worked on this
+	 * stage: nothing is to be applied, the message is logged as
+	 * aborted and the upstreams were told. */
+	bool			 mta_gone;
 };
 
 /*
@@ -121,6 +125,15 @@ void	fanout_message_done(struct fanout *, enum verdict merged,
 /* Sends QUIT to every upstream and frees the fanout when they are done;
  * never blocks.  NULL is a no-op. */
 void	fanout_close(struct fanout *);
+
+/*
+ * The MTA's socket, watched (polled, never read) while a stage waits
+ * for the upstreams: the MTA sends nothing while it waits for our
+ * answer, so data or EOF there means it gave up (fanout_answer
+ * mta_gone).  -1, the default, watches nothing.  The fd stays the
+ * caller's.
+ */
+void	fanout_watch_mta(struct fanout *, int fd);
 
 /* How many upstreams are still usable (not failed, not finished). */
 size_t	fanout_live(const struct fanout *);

@@ -63,4 +63,18 @@ int	netio_fill(int fd, struct buf *b, size_t max);
  */
 bool	netio_has_data(int fd);
 
+/*
+ * The local address of the first listening stream socket the process
+ * has open, into *ss and *len: the front end's, opened by libmilter,
+ * which keeps its fd to itself.  0, or -ENOENT / -errno.
+ */
+int	netio_listener_name(struct sockaddr_storage *ss, socklen_t *len);
+/*
+ * Whether fd is a connected stream socket accepted from the listener
+ * named by ss (netio_listener_name): the same unix path, or the same
+ * family and port (and address, unless the listener's is a wildcard).
+ */
+bool	netio_accepted_from(int fd, const struct sockaddr_storage *ss,
+	    socklen_t len);
+
 #endif /* NETIO_H */

@@ -56,6 +56,9 @@ struct upstream_xchg {
 	/* XCHG_OPEN: what we offer the filter. */
 	uint32_t			 offer_actions;
 	uint32_t			 offer_proto;
+	/* XCHG_STAGE abort: written at once, ahead of a reply still due
+	 * (set by upstream.c). */
+	bool				 prewritten;
 	/* XCHG_STAGE: a whole 'D' packet (or empty) and the command. */
 	struct buf			 macros;
 	struct buf			 cmd;

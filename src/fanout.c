@@ -27,11 +27,13 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "codec.h"
@@ -70,11 +72,24 @@ static const char *const default_macros[MACRO_STAGE_COUNT] = {
 
 struct fanout;
 
+/* A recipient of the current message and what was answered for it. */
+struct rcpt {
+	char		*addr;
+	enum verdict	 verdict;
+	const char	*by;		/* deciding upstream, or NULL */
+};
+
 struct fx {
 	struct upstream_xchg	 x;	/* first: fx_done casts */
 	struct fanout		*fo;
 	size_t			 slot;
+	/* The message it belongs to (fo->msg_seq when it was made): an
+	 * answer counts only while that message is the current one. */
+	uint64_t		 msg;
 	bool			 waited;	/* (L) caller reads it */
+	/* (L) The caller stopped waiting for it (a decisive reject
+	 * elsewhere, the MTA gone): its answer is read and dropped. */
+	bool			 abandoned;
 	bool			 done;		/* (L) */
 	double			 deadline;	/* caller's, monotonic s */
 };
@@ -104,6 +119,10 @@ struct slot {
 	/* Caller's thread only. */
 	enum verdict			 msg_verdict;
 	struct fx			*cur;	/* waited exchange, or NULL */
+	/* Until when it may still be answering an exchange we stopped
+	 * waiting for: its next deadline counts from then, so that it
+	 * catches up within its own budget and is not blamed for it. */
+	double				 busy_until;
 };
 
 struct fanout {
@@ -117,6 +136,12 @@ struct fanout {
 	struct pool_loop	*loop;		/* all of its upstreams' */
 	unsigned		 pending;	/* (L) waited, not done */
 	bool			 decisive;	/* (L) a reject arrived */
+	uint64_t		 msg_seq;	/* (L) current message */
+	/* The MTA's socket, polled (never read) while a stage waits:
+	 * data or EOF there means the MTA gave up on the stage.  -1:
+	 * unknown.  Caller's thread. */
+	int			 mta_fd;
+	const char		*mta_gone;	/* why, or NULL */
 	/* Negotiated with the MTA (caller's thread). */
 	uint32_t		 mta_actions;
 	uint32_t		 mta_proto;
@@ -143,6 +168,12 @@ struct fanout {
 	size_t			 nhdrs, hdrcap;
 	char			**rejected;
 	size_t			 nrejected, rejcap;
+	struct rcpt		*rcpts;		/* each RCPT and its answer */
+	size_t			 nrcpts, rcptcap;
+	const char		*decider;	/* of the message's verdict */
+	char			*sender;
+	const char		*end_why;	/* an abort's cause, or NULL */
+	enum stage		 end_stage;	/* where it happened */
 	struct merge_result	 result;
 	bool			 have_result;
 	char			*text;		/* answer text copy */
@@ -194,6 +225,10 @@ fanout_unref(struct fanout *fo)
 	for (size_t i = 0; i < fo->nrejected; i++)
 		free(fo->rejected[i]);
 	free(fo->rejected);
+	for (size_t i = 0; i < fo->nrcpts; i++)
+		free(fo->rcpts[i].addr);
+	free(fo->rcpts);
+	free(fo->sender);
 	if (fo->have_result)
 		merge_result_fini(&fo->result);
 	free(fo->queueid);
@@ -234,16 +269,23 @@ fx_done(struct upstream_xchg *x)
 		s->failed = true;
 		newly = true;
 	}
-	if (x->kind == XCHG_STAGE)
+	/* An upstream's time counts for the message it was spent on. */
+	if (x->kind == XCHG_STAGE && f->msg == fo->msg_seq)
 		s->msg_seconds += elapsed(x);
 	mine = !f->waited;
-	if (f->waited) {
+	if (f->abandoned) {
+		log_trace(TRACE_MERGE, "%s: upstream %s: %s: late %s "
+		    "dropped", fo->connid, s->cfg->name,
+		    proto_stage_name(x->stage), x->error != 0 ? "failure" :
+		    proto_verdict_name(x->verdict));
+	} else if (f->waited) {
 		f->done = true;
 		fo->pending--;
 		if (x->error == 0 && x->verdict == VERDICT_REJECT)
 			fo->decisive = true;
 		wake = wake || fo->pending == 0 || fo->decisive;
 	} else if (x->error == 0 && x->kind == XCHG_STAGE &&
+	    f->msg == fo->msg_seq &&
 	    merge_verdict(s->deferred, x->verdict) != s->deferred &&
 	    x->verdict != VERDICT_CONTINUE && x->verdict != VERDICT_SKIP) {
 		s->deferred = x->verdict;
@@ -298,6 +340,7 @@ fx_new(struct fanout *fo, size_t i, enum xchg_kind kind, enum stage st)
 	upstream_xchg_init(&f->x, kind, st);
 	f->fo = fo;
 	f->slot = i;
+	f->msg = fo->msg_seq;	/* only the caller's thread writes it */
 	f->x.done = kind == XCHG_CLOSE ? close_done : fx_done;
 	return f;
 }
@@ -339,6 +382,45 @@ static void	post_cancel(struct fanout *, size_t);
 
 /* Upstreams a stage's waiter polls itself at most; more take the loop. */
 #define DIRECT_MAX	32
+/* How often a waiter on the condition variable looks at the MTA's
+ * socket, in seconds. */
+#define MTA_WATCH	0.1
+
+/*
+ * mta_gave_up - has the MTA sent something (an abort or quit) or closed
+ * while it waits for our answer?  It sends nothing else then: every
+ * stage we wait on is one it waits on too.  Records why in fo->mta_gone.
+ */
+static bool
+mta_gave_up(struct fanout *fo)
+{
+	struct pollfd	 p = { .fd = fo->mta_fd, .events = POLLIN };
+	uint8_t		 hdr[CODEC_HDR_LEN];
+	ssize_t		 r;
+	const char	*why;
+
+	if (fo->mta_fd == -1 || poll(&p, 1, 0) <= 0)
+		return false;
+	r = recv(fo->mta_fd, hdr, sizeof hdr, MSG_PEEK | MSG_DONTWAIT);
+	if (r == -1 && (errno == EAGAIN || errno == EINTR))
+		return false;
+	if (r <= 0)
+		why = "the MTA closed the connection";
+	else if (r == CODEC_HDR_LEN && hdr[4] == MC_ABORT)
+		why = "the MTA aborted the message";
+	else if (r == CODEC_HDR_LEN && (hdr[4] == MC_QUIT ||
+	    hdr[4] == MC_QUIT_NC))
+		why = "the MTA quit";
+	else if (r < CODEC_HDR_LEN)
+		return false;	/* the rest of the header is on its way */
+	else
+		why = "the MTA sent a command before our answer";
+	pthread_mutex_lock(&fo->lock);
+	fo->mta_gone = why;
+	pthread_mutex_unlock(&fo->lock);
+	pthread_cond_broadcast(&fo->cond);
+	return true;
+}
 
 /* unborrow - give the sockets of slots idx[0..n) back to the loop */
 static void
@@ -364,7 +446,7 @@ unborrow(struct fanout *fo, const size_t *idx, size_t n)
 static void
 wait_direct(struct fanout *fo, fanout_progress_fn *progress)
 {
-	struct pollfd	 pfd[DIRECT_MAX];
+	struct pollfd	 pfd[DIRECT_MAX + 1];
 	size_t		 idx[DIRECT_MAX], n = 0;
 	double		 until, t;
 	bool		 over, ok = true;
@@ -391,17 +473,23 @@ wait_direct(struct fanout *fo, fanout_progress_fn *progress)
 	}
 	pthread_mutex_unlock(&fo->lock);
 	pool_leave(fo->loop);
+	/* The MTA's socket last, outside idx: watched, never handled. */
+	pfd[n].fd = fo->mta_fd;
+	pfd[n].events = POLLIN;
+	pfd[n].revents = 0;
 	while (ok && n > 0) {
 		pthread_mutex_lock(&fo->lock);
 		over = fo->pending == 0 || fo->decisive;
 		pthread_mutex_unlock(&fo->lock);
 		if (over || (t = mono()) >= until)
 			break;
-		r = poll(pfd, n, (int)((until - t) * 1000) + 1);
+		r = poll(pfd, n + 1, (int)((until - t) * 1000) + 1);
 		if (r == -1 && errno != EINTR)
 			break;
 		if (r <= 0)
 			continue;
+		if (pfd[n].revents != 0 && mta_gave_up(fo))
+			break;
 		pool_enter(fo->loop, true);
 		for (size_t k = 0; k < n; k++) {
 			struct upstream	*up = fo->slots[idx[k]].up;
@@ -430,9 +518,21 @@ wait_all(struct fanout *fo, fanout_progress_fn *progress, void *parg)
 
 	wait_direct(fo, progress);
 	pthread_mutex_lock(&fo->lock);
-	while (fo->pending > 0 && !fo->decisive) {
+	while (fo->pending > 0 && !fo->decisive && fo->mta_gone == NULL) {
 		t = mono();
 		next = progress != NULL ? fo->nextprog : t + 3600;
+		/* Look at the MTA's socket a few times a second: it cannot
+		 * wake a condition variable. */
+		if (fo->mta_fd != -1) {
+			pthread_mutex_unlock(&fo->lock);
+			if (mta_gave_up(fo)) {
+				pthread_mutex_lock(&fo->lock);
+				break;
+			}
+			pthread_mutex_lock(&fo->lock);
+			if (next > t + MTA_WATCH)
+				next = t + MTA_WATCH;
+		}
 		expired = false;
 		for (size_t i = 0; i < fo->n; i++) {
 			struct slot	*s = &fo->slots[i];
@@ -461,14 +561,20 @@ wait_all(struct fanout *fo, fanout_progress_fn *progress, void *parg)
 		ts = to_ts(next);
 		pthread_cond_timedwait(&fo->cond, &fo->lock, &ts);
 	}
-	/* Exchanges still out after a decisive reject are drained by
-	 * their upstream's queue; fx_done frees them. */
+	/* Exchanges still out after a decisive reject (or the MTA gone)
+	 * are abandoned: their upstream's queue reads the answer, fx_done
+	 * drops and frees it.  The upstream may take until the exchange's
+	 * deadline to catch up; its next exchange's budget starts then. */
 	for (size_t i = 0; i < fo->n; i++) {
-		struct fx	*f = fo->slots[i].cur;
+		struct slot	*s = &fo->slots[i];
+		struct fx	*f = s->cur;
 
 		if (f != NULL && !f->done) {
 			f->waited = false;
-			fo->slots[i].cur = NULL;
+			f->abandoned = true;
+			if (f->deadline > s->busy_until)
+				s->busy_until = f->deadline;
+			s->cur = NULL;
 		}
 	}
 	fo->pending = 0;
@@ -633,6 +739,7 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 	fo->conf = conf;
 	atomic_fetch_add(&conf->refs, 1);
 	fo->connid = xstrdup(connid);
+	fo->mta_fd = -1;
 	fo->mta_actions = mta_actions;
 	fo->mta_proto = mta_proto;
 	fo->slots = xcalloc(conf->nenabled == 0 ? 1 : conf->nenabled,
@@ -871,7 +978,8 @@ scatter(struct fanout *fo, const struct fanout_event *ev, bool waited,
 		f = fx_new(fo, i, XCHG_STAGE, ev->stage);
 		put_macros(&f->x.macros, s, ev);
 		put_command(&f->x.cmd, s, ev);
-		submit(fo, f, waited, t + stage_timeout(s, ev->stage));
+		submit(fo, f, waited, (s->busy_until > t ? s->busy_until : t) +
+		    stage_timeout(s, ev->stage));
 	}
 }
 
@@ -944,6 +1052,13 @@ message_reset(struct fanout *fo)
 	for (size_t i = 0; i < fo->nrejected; i++)
 		free(fo->rejected[i]);
 	fo->nrejected = 0;
+	for (size_t i = 0; i < fo->nrcpts; i++)
+		free(fo->rcpts[i].addr);
+	fo->nrcpts = 0;
+	fo->decider = NULL;
+	fo->end_why = NULL;
+	free(fo->sender);
+	fo->sender = NULL;
 	if (fo->have_result)
 		merge_result_fini(&fo->result);
 	fo->have_result = false;
@@ -952,6 +1067,9 @@ message_reset(struct fanout *fo)
 	spool_reset(&fo->body);
 	fo->spool_err = 0;
 	pthread_mutex_lock(&fo->lock);
+	/* A new message: answers still on their way belong to the old
+	 * one and are dropped (fx_done). */
+	fo->msg_seq++;
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
 
@@ -1011,7 +1129,11 @@ wait_room(struct fanout *fo, double start)
 			struct slot	*s = &fo->slots[i];
 			double		 cmd = s->cfg->timeouts.command;
 			double		 cnt = s->cfg->timeouts.content;
-			double		 dl = start + (cmd < cnt ? cmd : cnt);
+			/* A replay to a later phase runs inside the
+			 * MTA's end of message, kept alive by progress:
+			 * the content timeout bounds it. */
+			double		 dl = start + (cmd < cnt &&
+			    fo->progress == NULL ? cmd : cnt);
 
 			if (s->failed || s->inflight <= MAX_INFLIGHT)
 				continue;
@@ -1304,8 +1426,11 @@ find_body(const struct merge_result *r)
 /*
  * end_of_message - each phase in turn: the first has had the content
  * from the MTA, each later one is shown what the ones before produced;
- * their scripts compose into one.  All phases share the content timeout
- * from this moment.
+ * their scripts compose into one.  Each phase has its own budget, its
+ * upstreams' content timeout counted from the moment the phase starts
+ * (its replay included): a slow phase never eats a later one's time,
+ * and an upstream is only ever blamed for its own.  The MTA hears
+ * progress every second throughout.
  */
 static void
 end_of_message(struct fanout *fo, const struct fanout_event *ev,
@@ -1325,6 +1450,8 @@ end_of_message(struct fanout *fo, const struct fanout_event *ev,
 	for (size_t k = 0; k < fo->nphases; k++) {
 		unsigned	 ph = fo->nphases > 1 ? fo->phases[k] : 0;
 
+		if (k > 0)
+			base = mono();
 		if (k > 0 && (rc = replay(fo, ev, ph, cur, ncur,
 		    find_body(&total), base)) != 0) {
 			log_warnc(rc, "%s: cannot replay the message to "
@@ -1337,6 +1464,11 @@ end_of_message(struct fanout *fo, const struct fanout_event *ev,
 		}
 		scatter(fo, ev, true, ph, base);
 		wait_all(fo, ev->progress, ev->progress_arg);
+		if (fo->mta_gone != NULL) {
+			v = VERDICT_NONE;
+			release_cur(fo);
+			break;
+		}
 		pv = settle(fo, ev, ph, ans);
 		if (pv != VERDICT_CONTINUE && pv != VERDICT_ACCEPT) {
 			/* This phase ends the message; later phases still
@@ -1370,6 +1502,10 @@ end_of_message(struct fanout *fo, const struct fanout_event *ev,
 	fo->progress = NULL;
 	fo->progress_arg = NULL;
 	ans->verdict = v;
+	if (v == VERDICT_NONE) {	/* the MTA gave up */
+		merge_result_fini(&total);
+		return;
+	}
 	if (v == VERDICT_CONTINUE || v == VERDICT_ACCEPT) {
 		fo->result = total;
 		fo->have_result = true;
@@ -1379,6 +1515,47 @@ end_of_message(struct fanout *fo, const struct fanout_event *ev,
 	if (v == VERDICT_TEMPFAIL && ans->text == NULL)
 		ans->decider = NULL;
 	merge_result_fini(&total);
+}
+
+/* note_rcpt - remember a recipient and its answer for the log line */
+static void
+note_rcpt(struct fanout *fo, const char *addr, enum verdict v,
+    const char *by)
+{
+	if (fo->nrcpts == fo->rcptcap) {
+		fo->rcptcap = fo->rcptcap == 0 ? 8 : fo->rcptcap * 2;
+		fo->rcpts = xreallocarray(fo->rcpts, fo->rcptcap,
+		    sizeof *fo->rcpts);
+	}
+	fo->rcpts[fo->nrcpts].addr = xstrdup(addr);
+	fo->rcpts[fo->nrcpts].verdict = v;
+	fo->rcpts[fo->nrcpts].by = v == VERDICT_CONTINUE ? NULL : by;
+	fo->nrcpts++;
+}
+
+/*
+ * gave_up - the MTA aborted or closed while the upstreams were still
+ * working on a stage: nothing of it is merged or applied, the upstreams
+ * are told at once, and the message is logged as aborted.  The answer
+ * (a tempfail) reaches an MTA that no longer listens.
+ */
+static void
+gave_up(struct fanout *fo, const struct fanout_event *ev,
+    struct fanout_answer *ans)
+{
+	ans->verdict = VERDICT_TEMPFAIL;
+	ans->text = NULL;
+	ans->decider = NULL;
+	ans->mods = NULL;
+	ans->mta_gone = true;
+	abort_upstreams(fo);
+	fo->end_stage = ev->stage;
+	if (fo->in_msg) {
+		fo->end_why = fo->mta_gone;
+		fanout_message_done(fo, VERDICT_NONE, 0);
+	} else
+		log_info("%s: %s: %s while the upstreams were working",
+		    fo->connid, proto_stage_name(ev->stage), fo->mta_gone);
 }
 
 void
@@ -1392,11 +1569,13 @@ fanout_event(struct fanout *fo, const struct fanout_event *ev,
 	ans->verdict = VERDICT_CONTINUE;
 	free(fo->text);
 	fo->text = NULL;
+	fo->mta_gone = NULL;
 	if (ev->stage == STAGE_ENVFROM) {
 		if (fo->in_msg)
 			fanout_abort(fo);
 		message_reset(fo);
 		fo->in_msg = true;
+		fo->sender = xstrdup(ev->argc > 0 ? ev->argv[0] : "");
 	}
 	if (is_tx_stage(ev->stage) && ev->macro != NULL &&
 	    (qid = ev->macro(ev->macro_arg, "i")) != NULL &&
@@ -1425,6 +1604,11 @@ fanout_event(struct fanout *fo, const struct fanout_event *ev,
 	}
 	if (ev->stage == STAGE_EOM) {
 		end_of_message(fo, ev, ans);
+		if (fo->mta_gone != NULL) {
+			gave_up(fo, ev, ans);
+			return;
+		}
+		fo->decider = ans->decider;
 		if (ans->verdict != VERDICT_CONTINUE &&
 		    ans->verdict != VERDICT_ACCEPT)
 			abort_upstreams(fo);	/* later phases */
@@ -1432,7 +1616,15 @@ fanout_event(struct fanout *fo, const struct fanout_event *ev,
 	}
 	scatter(fo, ev, true, 0, mono());
 	wait_all(fo, NULL, NULL);
+	if (fo->mta_gone != NULL) {
+		release_cur(fo);
+		gave_up(fo, ev, ans);
+		return;
+	}
 	v = settle(fo, ev, 0, ans);
+	if (ev->stage == STAGE_ENVRCPT && fo->in_msg)
+		note_rcpt(fo, ev->argc > 0 ? ev->argv[0] : "", v,
+		    ans->decider);
 	if (ev->stage == STAGE_ENVRCPT && ev->argc > 0 &&
 	    (v == VERDICT_REJECT || v == VERDICT_TEMPFAIL)) {
 		if (fo->nrejected == fo->rejcap) {
@@ -1450,6 +1642,7 @@ fanout_event(struct fanout *fo, const struct fanout_event *ev,
 	    v != VERDICT_DISCARD))
 		return;
 	/* The MTA is done with this transaction: so are the upstreams. */
+	fo->decider = ans->decider;
 	abort_upstreams(fo);
 	fanout_message_done(fo, v, 0);
 }
@@ -1479,34 +1672,86 @@ report_ok(struct fanout *fo)
 	free(ok);
 }
 
+/* put - append formatted text to a log line being built */
+static void
+put(struct buf *b, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void
+put(struct buf *b, const char *fmt, ...)
+{
+	va_list	 ap;
+	int	 n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	if (n <= 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf((char *)buf_reserve(b, (size_t)n + 1), (size_t)n + 1, fmt,
+	    ap);
+	va_end(ap);
+	buf_commit(b, (size_t)n);
+}
+
+/*
+ * fanout_message_done - one line says everything about the message:
+ * its sender, each recipient with its own answer and who gave it, each
+ * upstream's verdict and time, the merged verdict and who decided it
+ */
 void
 fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 {
-	char	 line[1024];
-	size_t	 len = 0;
+	struct buf	 line = BUF_INIT;
+	bool		 by;
 
 	if (!fo->in_msg)
 		return;
+	put(&line, "upstreams");
 	pthread_mutex_lock(&fo->lock);
-	for (size_t i = 0; i < fo->n && len < sizeof line; i++) {
+	for (size_t i = 0; i < fo->n; i++) {
 		const struct slot *s = &fo->slots[i];
-
 		enum verdict	 v = merge_verdict(s->msg_verdict, s->deferred);
 
-		len += (size_t)snprintf(line + len, sizeof line - len,
-		    "%s%s=%s/%.0fms", i > 0 ? " " : "", s->cfg->name,
+		put(&line, " %s=%s/%.0fms", s->cfg->name,
 		    s->down ? "down" : s->failed ? "failed" :
 		    v == VERDICT_NONE ? "-" : proto_verdict_name(v),
 		    s->msg_seconds * 1000);
 	}
 	pthread_mutex_unlock(&fo->lock);
 	report_ok(fo);
-	log_info("%s: message (%s): upstreams %s; merged %s; %zu "
-	    "modification%s applied", fo->queueid != NULL ? fo->queueid :
-	    fo->connid, fo->connid, line,
-	    merged == VERDICT_NONE ? "aborted" : proto_verdict_name(merged),
-	    napplied, napplied == 1 ? "" : "s");
+	by = fo->decider != NULL && merged != VERDICT_CONTINUE &&
+	    merged != VERDICT_ACCEPT && merged != VERDICT_NONE;
+	if (merged == VERDICT_NONE && fo->end_why != NULL)
+		put(&line, "; merged aborted (%s at %s)", fo->end_why,
+		    proto_stage_name(fo->end_stage));
+	else
+		put(&line, "; merged %s%s%s", merged == VERDICT_NONE ?
+		    "aborted" : proto_verdict_name(merged), by ? " by " : "",
+		    by ? fo->decider : "");
+	put(&line, "; %zu modification%s applied; from %s; rcpts", napplied,
+	    napplied == 1 ? "" : "s", fo->sender != NULL ? fo->sender : "");
+	if (fo->nrcpts == 0)
+		put(&line, " none");
+	for (size_t i = 0; i < fo->nrcpts; i++) {
+		const struct rcpt *r = &fo->rcpts[i];
+
+		put(&line, " %s=%s%s%s%s", r->addr,
+		    proto_verdict_name(r->verdict), r->by != NULL ? " by " : "",
+		    r->by != NULL ? r->by : "", i + 1 < fo->nrcpts ? "," : "");
+	}
+	buf_add_u8(&line, '\0');
+	log_info("%s: message (%s): %s", fo->queueid != NULL ? fo->queueid :
+	    fo->connid, fo->connid, (const char *)buf_head(&line));
+	buf_fini(&line);
 	message_reset(fo);
+}
+
+void
+fanout_watch_mta(struct fanout *fo, int fd)
+{
+	fo->mta_fd = fd;
 }
 
 void

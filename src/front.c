@@ -62,6 +62,9 @@ struct conn {
 };
 
 static struct pool	*front_pool;
+/* The listening socket's address, to recognise the MTA's sockets. */
+static struct sockaddr_storage	 front_lname;
+static socklen_t		 front_lnamelen;
 static atomic_ulong	 conn_counter;
 /* Sessions between negotiate and close; main waits for them to end. */
 static atomic_uint	 front_sessions;
@@ -212,6 +215,31 @@ run(SMFICTX *ctx, struct fanout_event *ev)
 	return SMFIS_NOREPLY;
 }
 
+/*
+ * mta_socket - the MTA connection's socket, to watch while upstreams
+ * work (fanout_watch_mta), or -1
+ *
+ * libmilter has no call for it.  Its context (struct smfi_str, private
+ * to the library) starts with the connection id, an unsigned int, and
+ * the socket right after it, in every release since 8.12.  The value
+ * found there is used only when it is a connected socket accepted from
+ * our own listener, so a different layout turns the watch off instead
+ * of watching a stranger.
+ */
+static int
+mta_socket(SMFICTX *ctx)
+{
+	const struct {
+		unsigned int	 id;
+		int		 sd;
+	}		*head = (const void *)ctx;
+
+	if (front_lnamelen == 0 || !netio_accepted_from(head->sd,
+	    &front_lname, front_lnamelen))
+		return -1;
+	return head->sd;
+}
+
 static sfsistat
 front_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1,
     unsigned long f2, unsigned long f3, unsigned long *pf0,
@@ -242,6 +270,7 @@ front_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1,
 	smfi_setpriv(ctx, c);
 	c->fo = fanout_open(c->conf, front_pool, c->id, (uint32_t)f0,
 	    (uint32_t)f1);
+	fanout_watch_mta(c->fo, mta_socket(ctx));
 	fanout_options(c->fo, &act, &proto, lists);
 	c->actions = act;
 	for (int m = 0; m < MACRO_STAGE_COUNT; m++)
@@ -541,6 +570,12 @@ front_open_socket(void)
 	 */
 	if ((rc = netio_nodelay_listeners()) < 0)
 		log_warnc(rc, "cannot set TCP_NODELAY on the listening socket");
+	if ((rc = netio_listener_name(&front_lname, &front_lnamelen)) != 0) {
+		front_lnamelen = 0;
+		log_warnc(rc, "cannot find the listening socket: an MTA that "
+		    "gives up while the upstreams work is noticed only when "
+		    "they have answered");
+	}
 	return 0;
 }
 

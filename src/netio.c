@@ -11,7 +11,10 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/un.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "netio.h"
@@ -167,4 +170,77 @@ netio_has_data(int fd)
 		n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
 	while (n == -1 && errno == EINTR);
 	return n == 1;
+}
+
+int
+netio_listener_name(struct sockaddr_storage *ss, socklen_t *len)
+{
+	DIR		*d;
+	struct dirent	*e;
+	char		*end;
+	long		 fd;
+	int		 on, type, rc = -ENOENT;
+	socklen_t	 olen;
+
+	if ((d = opendir("/proc/self/fd")) == NULL)
+		return -errno;
+	while (rc != 0 && (e = readdir(d)) != NULL) {
+		fd = strtol(e->d_name, &end, 10);
+		if (*end != '\0' || end == e->d_name || fd == dirfd(d))
+			continue;
+		olen = sizeof on;
+		if (getsockopt((int)fd, SOL_SOCKET, SO_ACCEPTCONN, &on,
+		    &olen) != 0 || !on)
+			continue;
+		olen = sizeof type;
+		if (getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type,
+		    &olen) != 0 || type != SOCK_STREAM)
+			continue;
+		*len = sizeof *ss;
+		if (getsockname((int)fd, (struct sockaddr *)ss, len) == 0)
+			rc = 0;
+	}
+	closedir(d);
+	return rc;
+}
+
+bool
+netio_accepted_from(int fd, const struct sockaddr_storage *ss,
+    socklen_t len)
+{
+	struct sockaddr_storage	 me, peer;
+	socklen_t		 mlen = sizeof me, plen = sizeof peer, olen;
+	struct stat		 st;
+	int			 on = 1;
+
+	olen = sizeof on;
+	if (fd < 0 || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) ||
+	    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &olen) != 0 ||
+	    on || getsockname(fd, (struct sockaddr *)&me, &mlen) != 0 ||
+	    getpeername(fd, (struct sockaddr *)&peer, &plen) != 0 ||
+	    me.ss_family != ss->ss_family)
+		return false;
+	switch (ss->ss_family) {
+	case AF_UNIX:
+		return mlen == len && memcmp(&me, ss, len) == 0;
+	case AF_INET: {
+		const struct sockaddr_in *a = (const void *)ss;
+		const struct sockaddr_in *b = (const void *)&me;
+
+		return a->sin_port == b->sin_port &&
+		    (a->sin_addr.s_addr == htonl(INADDR_ANY) ||
+		    a->sin_addr.s_addr == b->sin_addr.s_addr);
+	}
+	case AF_INET6: {
+		const struct sockaddr_in6 *a = (const void *)ss;
+		const struct sockaddr_in6 *b = (const void *)&me;
+
+		return a->sin6_port == b->sin6_port &&
+		    (IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr) ||
+		    memcmp(&a->sin6_addr, &b->sin6_addr,
+		    sizeof a->sin6_addr) == 0);
+	}
+	default:
+		return false;
+	}
 }

@@ -77,6 +77,9 @@ struct upstream {
 	bool			 connected;	/* CONNECT stage done */
 	bool			 conn_done;	/* finished for the connection */
 	bool			 in_tx;		/* between MAIL and EOM */
+	/* An abort was written ahead of the queue: what is queued before
+	 * it belongs to the aborted transaction and is not sent. */
+	bool			 aborting;
 	int			 skip_stage;	/* -1, or a stage it skipped */
 	/* Negotiated. */
 	uint32_t		 version;
@@ -299,6 +302,8 @@ decide(struct upstream *up, const struct upstream_xchg *x, bool *cmd)
 		return PLAN_NONE;
 	if (up->skip_stage != -1 && up->skip_stage != (int)s)
 		up->skip_stage = -1;
+	if (up->aborting && s != STAGE_ABORT)
+		return PLAN_NONE;
 	switch (s) {
 	case STAGE_CONNECT:
 		if (up->connected)
@@ -322,6 +327,11 @@ decide(struct upstream *up, const struct upstream_xchg *x, bool *cmd)
 			return PLAN_NONE;
 		break;
 	case STAGE_ABORT:
+		if (x->prewritten) {
+			up->aborting = false;
+			up->in_tx = false;
+			return PLAN_NONE;
+		}
 		if (!up->in_tx)
 			return PLAN_NONE;
 		up->in_tx = false;
@@ -883,6 +893,36 @@ destroy(struct upstream *up)
 	free(up);
 }
 
+/*
+ * abort_ahead - write an abort now, while the filter still owes the
+ * reply to an earlier command of the transaction: libmilter reads it
+ * right after that reply (an abort is taken in any state and answered
+ * by nothing), so the filter learns that the transaction is over as
+ * soon as it is, not after everything queued for it was answered.
+ * What is queued before the abort is not sent any more (decide()).
+ */
+static void
+abort_ahead(struct upstream *up, struct upstream_xchg *x)
+{
+	uint8_t	 pkt[CODEC_HDR_LEN] = { 0, 0, 0, 1, MC_ABORT };
+	int	 rc;
+
+	if (x->kind != XCHG_STAGE || x->stage != STAGE_ABORT ||
+	    TAILQ_EMPTY(&up->queue) || !up->reply_due || !up->in_tx ||
+	    !up->ready || up->failed || up->io.fd == -1 || up->connecting ||
+	    up->aborting)
+		return;
+	buf_add(&up->wbuf, pkt, sizeof pkt);
+	x->prewritten = true;
+	up->aborting = true;
+	up->last_stage = STAGE_ABORT;
+	if ((rc = netio_flush(up->io.fd, &up->wbuf)) != 0) {
+		fail(up, rc, write_why(rc));
+		return;
+	}
+	want(up);
+}
+
 /* run_xchg - the exchange arrives on the loop thread */
 static void
 run_xchg(struct pool_job *job)
@@ -896,6 +936,7 @@ run_xchg(struct pool_job *job)
 		x->done(x);
 		return;
 	}
+	abort_ahead(up, x);
 	TAILQ_INSERT_TAIL(&up->queue, x, entry);
 	if (TAILQ_FIRST(&up->queue) == x)
 		start(up);
