@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -220,17 +221,17 @@ run(SMFICTX *ctx, struct fanout_event *ev)
  * work (fanout_watch_mta), or -1
  *
  * libmilter has no call for it.  Its context (struct smfi_str, private
- * to the library) starts with the connection id, an unsigned int, and
- * the socket right after it, in every release since 8.12.  The value
- * found there is used only when it is a connected socket accepted from
- * our own listener, so a different layout turns the watch off instead
- * of watching a stranger.
+ * to the library) starts with the id of the thread serving it, then
+ * the socket (Debian 12's 8.17.1: seen there, next to the timeout of
+ * 7210 s that follows).  The value found there is used only when it is
+ * a connected socket accepted from our own listener, so a different
+ * layout turns the watch off instead of watching a stranger.
  */
 static int
 mta_socket(SMFICTX *ctx)
 {
 	const struct {
-		unsigned int	 id;
+		pthread_t	 id;
 		int		 sd;
 	}		*head = (const void *)ctx;
 

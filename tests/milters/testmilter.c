@@ -38,6 +38,12 @@
  *                             equals ADDR (case-insensitive, with or without
  *                             <>); uses --reply envrcpt=... .  Repeatable.
  *   --tempfail-rcpt ADDR      the same with tempfail (reject wins).
+ *   --only-from ADDR          the --verdict of envfrom, envrcpt, data,
+ *                             header, eoh, body and eom holds only for
+ *                             messages whose sender (MAIL FROM argv[0],
+ *                             compared as for --reject-rcpt) is ADDR;
+ *                             the others get continue there.  Delays and
+ *                             modifications stay as they are.  Repeatable.
  *   --delay STAGE=MS          sleep MS milliseconds in that callback before
  *                             answering (also negotiate and abort); at eom
  *                             the sleep comes before the modifications.
@@ -295,6 +301,7 @@ static struct config {
 	long		 progress_ms;		/* 0: no progress */
 	struct strlist	 reject_rcpt;
 	struct strlist	 tempfail_rcpt;
+	struct strlist	 only_from;
 	struct strlist	 log_macros;
 	struct mod	*mods;
 	size_t		 nmods;
@@ -316,6 +323,7 @@ struct session {
 	unsigned long	 offered_proto;		/* f1, NR bits faked in */
 	unsigned long	 actions;		/* what we requested */
 	unsigned long	 proto;
+	bool		 from_listed;	/* this message's sender: --only-from */
 };
 
 static atomic_ulong	 session_seq;
@@ -690,6 +698,10 @@ answer(SMFICTX *ctx, const struct session *s, enum stage st, enum verdict v)
 	/* libmilter would turn any other answer into NOREPLY anyway. */
 	if (s != NULL && (s->proto & stages[st].nr_bit) != 0)
 		return SMFIS_NOREPLY;
+	if (cfg.only_from.n > 0 && (s == NULL || !s->from_listed) &&
+	    st >= STAGE_ENVFROM && st <= STAGE_EOM && st != STAGE_UNKNOWN &&
+	    v == cfg.verdict[st])
+		v = VERDICT_CONTINUE;
 
 	switch (v) {
 	case VERDICT_CONTINUE:
@@ -848,6 +860,8 @@ log_argv(struct sbuf *sb, char **argv)
 	}
 }
 
+static bool	addr_listed(const struct strlist *, const char *);
+
 static sfsistat
 cb_envfrom(SMFICTX *ctx, char **argv)
 {
@@ -858,6 +872,9 @@ cb_envfrom(SMFICTX *ctx, char **argv)
 		log_argv(&sb, argv);
 		log_close_line(&sb, ctx, STAGE_ENVFROM);
 	}
+	if (s != NULL)
+		s->from_listed = argv != NULL && argv[0] != NULL &&
+		    addr_listed(&cfg.only_from, argv[0]);
 	return finish(ctx, s, STAGE_ENVFROM, cfg.verdict[STAGE_ENVFROM]);
 }
 
@@ -1117,6 +1134,8 @@ static const char usage_text[] =
 "  --reject-rcpt ADDR        reject this recipient at envrcpt (no case, <>\n"
 "                            optional); uses --reply envrcpt=...\n"
 "  --tempfail-rcpt ADDR      tempfail this recipient at envrcpt\n"
+"  --only-from ADDR          stage verdicts (envfrom..eom) only for messages\n"
+"                            from ADDR; continue for the others\n"
 "  --delay STAGE=MS          sleep in that callback before answering (also\n"
 "                            negotiate, abort)\n"
 "  --progress-every MS       during the eom delay, smfi_progress every MS\n"
@@ -1152,6 +1171,7 @@ enum {
 	LONG_REPLY,
 	LONG_REJECT_RCPT,
 	LONG_TEMPFAIL_RCPT,
+	LONG_ONLY_FROM,
 	LONG_DELAY,
 	LONG_PROGRESS_EVERY,
 	LONG_ADDHEADER,
@@ -1191,6 +1211,7 @@ static const struct option long_opts[] = {
 	{ "reject-rcpt",	required_argument,	NULL, LONG_REJECT_RCPT },
 	{ "tempfail-rcpt",	required_argument,	NULL,
 	    LONG_TEMPFAIL_RCPT },
+	{ "only-from",		required_argument,	NULL, LONG_ONLY_FROM },
 	{ "delay",		required_argument,	NULL, LONG_DELAY },
 	{ "progress-every",	required_argument,	NULL,
 	    LONG_PROGRESS_EVERY },
@@ -1640,6 +1661,9 @@ parse_args(int argc, char **argv)
 			break;
 		case LONG_TEMPFAIL_RCPT:
 			strlist_add(&cfg.tempfail_rcpt, optarg);
+			break;
+		case LONG_ONLY_FROM:
+			strlist_add(&cfg.only_from, optarg);
 			break;
 		case LONG_DELAY:
 			parse_delay(optarg);
