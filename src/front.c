@@ -15,6 +15,8 @@
  * Ownership: struct conn is allocated in negotiate (the first callback)
  * and freed in close, which may also run without negotiate.
  */
+#include "config.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -49,7 +51,13 @@
  * then drop unread by the upstreams.  An MTA without NR support gets
  * "continue" from libmilter itself, as before.
  */
+#ifdef HAVE_MI_SENDOK
 #define FRONT_NR	(MP_NR_HDR | MP_NR_EOH | MP_NR_BODY)
+#else
+/* Without mi_sendok the body callback cannot tell BODYEOB data from a
+ * body chunk (at_eom below); a body chunk is answered then. */
+#define FRONT_NR	(MP_NR_HDR | MP_NR_EOH)
+#endif
 
 struct conn {
 	struct conf	*conf;
@@ -60,6 +68,16 @@ struct conn {
 	char		*held_text;
 	char		 id[32];
 };
+
+#ifdef HAVE_MI_SENDOK
+/*
+ * libmilter's own test for "at end of message" (engine.c: with flag 0 it
+ * only compares the context's state with ST_ENDM).  mfapi.h does not
+ * declare it, but libmilter exports it: smfi.c calls it from another
+ * file.  It returns the library's bool, a C99 _Bool in Debian's build.
+ */
+bool	mi_sendok(SMFICTX *, int);
+#endif
 
 static struct pool	*front_pool;
 static atomic_ulong	 conn_counter;
@@ -182,24 +200,26 @@ give_held(SMFICTX *ctx, struct conn *c)
 	return r;
 }
 
-/* run - one stage through the fanout; internal trouble means tempfail */
+/*
+ * run_stage - one stage through the fanout; internal trouble means
+ * tempfail
+ *
+ * When quiet, the stage gets no answer of its own: a reject or tempfail
+ * is held for the next answered stage, and instead is returned.
+ */
 static sfsistat
-run(SMFICTX *ctx, struct fanout_event *ev)
+run_stage(SMFICTX *ctx, struct fanout_event *ev, bool quiet,
+    sfsistat instead)
 {
 	struct conn		*c = conn_of(ctx);
 	struct fanout_answer	 a;
-	bool			 quiet;
 
-	/* libmilter turns any verdict of a no-reply stage into silence;
-	 * one other than continue would also make it ignore the rest of
-	 * the message and leave the MTA waiting (PROTOCOL.md fact 4). */
-	quiet = c != NULL && (c->noreply & proto_stage_nr[ev->stage]) != 0;
 	if (c == NULL || c->fo == NULL)
-		return quiet ? SMFIS_NOREPLY : SMFIS_TEMPFAIL;
+		return quiet ? instead : SMFIS_TEMPFAIL;
 	if (ev->stage == STAGE_ENVFROM)
 		drop_held(c);
 	else if (c->held != VERDICT_NONE && is_content(ev->stage))
-		return quiet ? SMFIS_NOREPLY : give_held(ctx, c);
+		return quiet ? instead : give_held(ctx, c);
 	ev->macro = macro;
 	ev->macro_arg = ctx;
 	fanout_event(c->fo, ev, &a);
@@ -209,7 +229,20 @@ run(SMFICTX *ctx, struct fanout_event *ev)
 		c->held = a.verdict;
 		c->held_text = a.text != NULL ? xstrdup(a.text) : NULL;
 	}
-	return SMFIS_NOREPLY;
+	return instead;
+}
+
+/* run - one stage, answered unless the MTA was told it gets no reply */
+static sfsistat
+run(SMFICTX *ctx, struct fanout_event *ev)
+{
+	struct conn	*c = conn_of(ctx);
+
+	/* libmilter turns any verdict of a no-reply stage into silence;
+	 * one other than continue would also make it ignore the rest of
+	 * the message and leave the MTA waiting (PROTOCOL.md fact 4). */
+	return run_stage(ctx, ev, c != NULL &&
+	    (c->noreply & proto_stage_nr[ev->stage]) != 0, SMFIS_NOREPLY);
 }
 
 static sfsistat
@@ -367,12 +400,36 @@ front_eoh(SMFICTX *ctx)
 	return run(ctx, &ev);
 }
 
+/*
+ * at_eom - is this body callback the data of an SMFIC_BODYEOB?
+ *
+ * libmilter passes the data of a BODYEOB that carries some to xxfi_body
+ * first, in state ST_ENDM, and calls xxfi_eom only if that returned
+ * continue; any other status it sends as the answer to the BODYEOB, and
+ * a no-reply is sent as nothing, so the MTA waits for ever
+ * (engine.c:st_bodyend, PROTOCOL.md 1.2).
+ */
+static bool
+at_eom(SMFICTX *ctx)
+{
+#ifdef HAVE_MI_SENDOK
+	return mi_sendok(ctx, 0);
+#else
+	(void)ctx;
+	return false;
+#endif
+}
+
 static sfsistat
 front_body(SMFICTX *ctx, unsigned char *data, size_t len)
 {
 	struct fanout_event	 ev = { .stage = STAGE_BODY, .data = data,
 				    .len = len };
 
+	/* The upstreams get the data as a body chunk; its verdict is
+	 * given by front_eom, which libmilter calls next. */
+	if (at_eom(ctx))
+		return run_stage(ctx, &ev, true, SMFIS_CONTINUE);
 	return run(ctx, &ev);
 }
 
