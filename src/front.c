@@ -10,16 +10,19 @@
  * xxfi_eom, on the callback's own thread, as libmilter requires.
  *
  * Concurrency: no state shared between connections except the pool
- * pointer (set once before smfi_main) and atomics: the connection
- * counter, the count of open sessions and the draining flag.
- * Ownership: struct conn is allocated in negotiate (the first callback)
- * and freed in close, which may also run without negotiate.
+ * pointer (set once before smfi_main), atomics (the connection counter,
+ * the count of open sessions and the draining flag) and the ring of
+ * agreements parked for a session after QUIT_NC, under park_lock.
+ * Ownership: struct conn is allocated in negotiate (the first callback),
+ * or in connect for a session after QUIT_NC, and freed in close, which
+ * may also run without either.
  */
 #include "config.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -63,6 +66,7 @@ struct conn {
 	struct conf	*conf;
 	struct fanout	*fo;
 	uint32_t	 actions;	/* granted by the MTA */
+	uint32_t	 proto;		/* asked for, without noreply */
 	uint32_t	 noreply;	/* MP_NR_* bits asked for */
 	enum verdict	 held;		/* reject or tempfail to give next */
 	char		*held_text;
@@ -88,6 +92,66 @@ static atomic_bool	 front_draining;
 /* Written before front_draining is set, read after it was seen set. */
 static front_idle_fn	*front_idle;
 
+/*
+ * What a closed session had agreed with the MTA, kept for the next
+ * session on the same connection.  After SMFIC_QUIT_NC libmilter calls
+ * xxfi_close, and then xxfi_connect again on the same context for the
+ * next session, which keeps the options negotiated at the start of the
+ * connection (engine.c:st_quit; PROTOCOL.md 2.7).  xxfi_close cannot
+ * tell that from the end of the connection, so every close parks its
+ * agreement here, keyed by the context, and a session that starts
+ * without a negotiation takes it back (reopen).  A negotiation drops
+ * what was parked for its context's address: libmilter freed that
+ * context, and this is a new one.  The ring holds the last PARK_SLOTS
+ * closes, so a QUIT_NC whose next session comes after that many other
+ * sessions closed finds nothing; that session is refused and logged.
+ */
+#define PARK_SLOTS	4096
+
+struct park {
+	const SMFICTX	*ctx;		/* NULL: a free slot */
+	uint32_t	 actions;
+	uint32_t	 proto;
+	uint32_t	 noreply;
+};
+
+/* park_lock protects park_ring and park_next, nothing else. */
+static pthread_mutex_t	 park_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct park	 park_ring[PARK_SLOTS];
+static size_t		 park_next;
+
+/* park_take - remove the agreement parked for ctx into *p (if p);
+ * false when there is none */
+static bool
+park_take(const SMFICTX *ctx, struct park *p)
+{
+	bool	 found = false;
+
+	pthread_mutex_lock(&park_lock);
+	for (size_t i = 0; i < PARK_SLOTS && !found; i++) {
+		if (park_ring[i].ctx != ctx)
+			continue;
+		if (p != NULL)
+			*p = park_ring[i];
+		park_ring[i].ctx = NULL;
+		found = true;
+	}
+	pthread_mutex_unlock(&park_lock);
+	return found;
+}
+
+/* park_put - keep what c agreed for a session after QUIT_NC on ctx */
+static void
+park_put(const SMFICTX *ctx, const struct conn *c)
+{
+	pthread_mutex_lock(&park_lock);
+	park_ring[park_next] = (struct park){ .ctx = ctx,
+	    .actions = c->actions, .proto = c->proto,
+	    .noreply = c->noreply };
+	park_next = (park_next + 1) % PARK_SLOTS;
+	pthread_mutex_unlock(&park_lock);
+}
+
 /* session_end - one session fewer; after front_drain(), the last one
  * tells main */
 static void
@@ -97,6 +161,8 @@ session_end(void)
 	    atomic_load(&front_draining))
 		front_idle();
 }
+
+static struct conn	*reopen(SMFICTX *);
 
 static struct conn *
 conn_of(SMFICTX *ctx)
@@ -214,6 +280,11 @@ run_stage(SMFICTX *ctx, struct fanout_event *ev, bool quiet,
 	struct conn		*c = conn_of(ctx);
 	struct fanout_answer	 a;
 
+	/* Nothing but CONNECT or UNKNOWN may follow QUIT_NC (engine.c
+	 * next_states[ST_Q_NC]). */
+	if (c == NULL &&
+	    (ev->stage == STAGE_CONNECT || ev->stage == STAGE_UNKNOWN))
+		c = reopen(ctx);
 	if (c == NULL || c->fo == NULL)
 		return quiet ? instead : SMFIS_TEMPFAIL;
 	if (ev->stage == STAGE_ENVFROM)
@@ -245,6 +316,31 @@ run(SMFICTX *ctx, struct fanout_event *ev)
 	    (c->noreply & proto_stage_nr[ev->stage]) != 0, SMFIS_NOREPLY);
 }
 
+/*
+ * session_begin - a new session, or NULL when stopping
+ *
+ * Count first, then look at the flag: front_drain() sets the flag, then
+ * reads the count, so (both sequentially consistent) either this session
+ * is refused or main sees it and waits for it.
+ */
+static struct conn *
+session_begin(SMFICTX *ctx)
+{
+	struct conn	*c;
+
+	atomic_fetch_add(&front_sessions, 1);
+	if (atomic_load(&front_draining)) {
+		session_end();
+		return NULL;
+	}
+	c = xcalloc(1, sizeof *c);
+	snprintf(c->id, sizeof c->id, "conn-%lu",
+	    atomic_fetch_add(&conn_counter, 1) + 1);
+	c->conf = conf_acquire();
+	smfi_setpriv(ctx, c);
+	return c;
+}
+
 static sfsistat
 front_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1,
     unsigned long f2, unsigned long f3, unsigned long *pf0,
@@ -254,29 +350,20 @@ front_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1,
 	const char	*lists[MACRO_STAGE_COUNT];
 	uint32_t	 act, proto;
 
-	/*
-	 * Count first, then look at the flag: front_drain() sets the flag,
-	 * then reads the count, so (both sequentially consistent) either
-	 * this session is refused or main sees it and waits for it.  A
-	 * verdict other than continue makes libmilter close the
+	/* Whatever was parked for this address was another context's. */
+	(void)park_take(ctx, NULL);
+	/* A verdict other than continue makes libmilter close the
 	 * connection, and the MTA applies its default action for an
-	 * unavailable milter, as it would with the socket closed.
-	 */
-	atomic_fetch_add(&front_sessions, 1);
-	if (atomic_load(&front_draining)) {
-		session_end();
+	 * unavailable milter, as it would with the socket closed. */
+	if ((c = session_begin(ctx)) == NULL) {
 		log_debug("new MTA connection refused: stopping");
 		return SMFIS_TEMPFAIL;
 	}
-	c = xcalloc(1, sizeof *c);
-	snprintf(c->id, sizeof c->id, "conn-%lu",
-	    atomic_fetch_add(&conn_counter, 1) + 1);
-	c->conf = conf_acquire();
-	smfi_setpriv(ctx, c);
 	c->fo = fanout_open(c->conf, front_pool, c->id, (uint32_t)f0,
 	    (uint32_t)f1);
 	fanout_options(c->fo, &act, &proto, lists);
 	c->actions = act;
+	c->proto = proto;
 	for (int m = 0; m < MACRO_STAGE_COUNT; m++)
 		if (lists[m] != NULL && (act & SMFIF_SETSYMLIST) != 0 &&
 		    smfi_setsymlist(ctx, m, (char *)lists[m]) != MI_SUCCESS)
@@ -289,6 +376,46 @@ front_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1,
 	*pf2 = 0;
 	*pf3 = 0;
 	return SMFIS_CONTINUE;
+}
+
+/*
+ * reopen - the next session on a connection after SMFIC_QUIT_NC, or NULL
+ *
+ * Fresh upstream sessions, offered what the MTA agreed to at the start
+ * of the connection, which is all it will do: libmilter keeps that
+ * negotiation and there is no other (st_quit).
+ */
+static struct conn *
+reopen(SMFICTX *ctx)
+{
+	struct conn	*c;
+	struct park	 p;
+	const char	*lists[MACRO_STAGE_COUNT];
+	uint32_t	 act, proto;
+
+	if (!park_take(ctx, &p)) {
+		log_warnx("a session without a negotiation, and none "
+		    "parked for its connection (QUIT_NC after more than %d "
+		    "other sessions?): refused", PARK_SLOTS);
+		return NULL;
+	}
+	if ((c = session_begin(ctx)) == NULL) {
+		log_debug("session after QUIT_NC refused: stopping");
+		return NULL;
+	}
+	c->actions = p.actions;
+	c->proto = p.proto;
+	c->noreply = p.noreply;
+	c->fo = fanout_open(c->conf, front_pool, c->id, p.actions & MA_ALL,
+	    p.proto);
+	fanout_options(c->fo, &act, &proto, lists);
+	if (act != p.actions || proto != p.proto)
+		log_warnx("%s: after QUIT_NC the upstreams would ask for "
+		    "actions 0x%x protocol 0x%x, but the MTA keeps 0x%x 0x%x "
+		    "from the start of its connection", c->id, act, proto,
+		    p.actions, p.proto);
+	log_debug("%s: new session after QUIT_NC", c->id);
+	return c;
 }
 
 static sfsistat
@@ -532,6 +659,7 @@ front_close(SMFICTX *ctx)
 	if (c == NULL)
 		return SMFIS_CONTINUE;
 	smfi_setpriv(ctx, NULL);
+	park_put(ctx, c);
 	drop_held(c);
 	fanout_close(c->fo);
 	conf_release(c->conf);

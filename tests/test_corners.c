@@ -372,6 +372,12 @@ Test(corners, session_after_quit_nc_is_served_like_a_fresh_one,
 		}
 	}
 	free(log);
+	/* The upstreams asked for what the MTA agreed to at the start. */
+	log = env_wait_log(&e, "new session after QUIT_NC");
+	HAS(log, "conn-2: new session after QUIT_NC");
+	HASNT(log, "would ask for");
+	HASNT(log, "refused");
+	free(log);
 	env_stop(&e, STOP_GRACE);
 }
 
