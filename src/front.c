@@ -39,7 +39,12 @@
 #include "netio.h"
 #include "xalloc.h"
 
+/* libmilter's limits on a reply text (MAXREPLIES, MAXREPLYLEN in its
+ * libmilter.h, not installed): lines, and bytes in each line's text. */
 #define MAX_REPLY_LINES	32
+#define MAX_REPLY_LEN	980
+/* The longest report of a cut: one entry per line kept, and the rest. */
+#define CUT_REPORT	(MAX_REPLY_LINES * 48 + 160)
 
 /*
  * The stages the MTA is asked not to wait for (SMFIP_NR_*).  Headers,
@@ -70,6 +75,7 @@ struct conn {
 	uint32_t	 noreply;	/* MP_NR_* bits asked for */
 	enum verdict	 held;		/* reject or tempfail to give next */
 	char		*held_text;
+	char		*held_decider;
 	char		 id[32];
 };
 
@@ -182,21 +188,68 @@ progress(void *arg)
 	smfi_progress(arg);
 }
 
-/* set_reply - hand an upstream's SMTP reply to libmilter unchanged */
+/*
+ * log_cut - say exactly what of a reply text did not fit libmilter's
+ * limits, if anything
+ */
 static void
-set_reply(SMFICTX *ctx, struct conn *c, const char *text)
+log_cut(const struct conn *c, const char *decider,
+    const struct codec_linecut *cuts, int n, size_t nlines)
 {
-	char	 rcode[4], xcode[16];
-	char	*lines[MAX_REPLY_LINES + 1] = { NULL };
-	char	*storage = NULL;
-	int	 n, rc;
+	char	 why[CUT_REPORT];
+	size_t	 len = 0;
+	bool	 any = false;
 
-	n = codec_split_replytext(text, rcode, xcode, lines,
-	    MAX_REPLY_LINES, &storage);
+	why[0] = '\0';
+	for (int i = 0; i < n && len < sizeof why; i++) {
+		if (cuts[i].to == cuts[i].from)
+			continue;
+		len += (size_t)snprintf(why + len, sizeof why - len,
+		    "%sline %d from %zu to %zu bytes", any ? ", " : "",
+		    i + 1, cuts[i].from, cuts[i].to);
+		any = true;
+	}
+	if (nlines > (size_t)n && len < sizeof why) {
+		if (nlines == (size_t)n + 1)
+			snprintf(why + len, sizeof why - len,
+			    "%sline %zu of %zu dropped", any ? "; " : "",
+			    nlines, nlines);
+		else
+			snprintf(why + len, sizeof why - len,
+			    "%slines %d to %zu of %zu dropped",
+			    any ? "; " : "", n + 1, nlines, nlines);
+		any = true;
+	}
+	if (!any)
+		return;
+	log_warnx("%s: %s%s%sreply text cut to libmilter's limits (%d lines "
+	    "of %d bytes): %s", c->id, decider != NULL ? "upstream " : "",
+	    decider != NULL ? decider : "", decider != NULL ? ": " : "",
+	    MAX_REPLY_LINES, MAX_REPLY_LEN, why);
+}
+
+/*
+ * set_reply - hand an upstream's SMTP reply to libmilter as it was
+ * written, cut to libmilter's limits (and saying so) where it is over
+ */
+static void
+set_reply(SMFICTX *ctx, struct conn *c, const char *text,
+    const char *decider)
+{
+	char			 rcode[4], xcode[16];
+	char			*lines[MAX_REPLY_LINES + 1] = { NULL };
+	char			*storage = NULL;
+	struct codec_linecut	 cuts[MAX_REPLY_LINES];
+	size_t			 nlines;
+	int			 n, rc;
+
+	n = codec_fit_replytext(text, rcode, xcode, lines, MAX_REPLY_LINES,
+	    MAX_REPLY_LEN, &storage, cuts, &nlines);
 	if (n <= 0) {
 		free(storage);
 		return;
 	}
+	log_cut(c, decider, cuts, n, nlines);
 	if (n == 1)
 		rc = smfi_setreply(ctx, rcode, xcode[0] != '\0' ? xcode :
 		    NULL, lines[0]);
@@ -225,11 +278,11 @@ answer(SMFICTX *ctx, struct conn *c, const struct fanout_answer *a)
 		return SMFIS_ACCEPT;
 	case VERDICT_REJECT:
 		if (a->text != NULL && a->text[0] == '5')
-			set_reply(ctx, c, a->text);
+			set_reply(ctx, c, a->text, a->decider);
 		return SMFIS_REJECT;
 	case VERDICT_TEMPFAIL:
 		if (a->text != NULL && a->text[0] == '4')
-			set_reply(ctx, c, a->text);
+			set_reply(ctx, c, a->text, a->decider);
 		return SMFIS_TEMPFAIL;
 	case VERDICT_DISCARD:
 		return SMFIS_DISCARD;
@@ -252,6 +305,8 @@ drop_held(struct conn *c)
 	c->held = VERDICT_NONE;
 	free(c->held_text);
 	c->held_text = NULL;
+	free(c->held_decider);
+	c->held_decider = NULL;
 }
 
 /* give_held - the verdict held since a stage without reply, now */
@@ -259,7 +314,8 @@ static sfsistat
 give_held(SMFICTX *ctx, struct conn *c)
 {
 	struct fanout_answer	 a = { .verdict = c->held,
-				    .text = c->held_text };
+				    .text = c->held_text,
+				    .decider = c->held_decider };
 	sfsistat		 r = answer(ctx, c, &a);
 
 	drop_held(c);
@@ -299,6 +355,8 @@ run_stage(SMFICTX *ctx, struct fanout_event *ev, bool quiet,
 	if (a.verdict == VERDICT_REJECT || a.verdict == VERDICT_TEMPFAIL) {
 		c->held = a.verdict;
 		c->held_text = a.text != NULL ? xstrdup(a.text) : NULL;
+		c->held_decider = a.decider != NULL ? xstrdup(a.decider) :
+		    NULL;
 	}
 	return instead;
 }

@@ -294,6 +294,38 @@ Test(corners, reply_over_the_limits_is_cut_and_logged, .timeout = 60)
 	env_stop(&e, STOP_GRACE);
 }
 
+Test(corners, reply_pushed_over_the_limit_by_escaping_is_cut_and_logged,
+    .timeout = 60)
+{
+	struct up	 ups[] = {
+		{ "up", { "--verdict", "envfrom=reject", "--reply", NULL,
+		    NULL }, NULL },
+	};
+	struct env	 e;
+	char		 line[981], *arg, *want, *text, *log;
+
+	/* 980 bytes, the most smfi_setreply takes, ending in a lone '%':
+	 * doubled so that the MTA shows it (codec.h), it would be 981. */
+	memset(line, 'z', 979);
+	line[979] = '%';
+	line[980] = '\0';
+	arg = h_xasprintf("envfrom=550 5.7.1 %s", line);
+	line[979] = '\0';
+	want = h_xasprintf("550 5.7.1 %s", line);
+	ups[0].args[3] = arg;
+	env_setup(&e, ups, NELEM(ups), NULL, 0);
+	text = reject_at_mail(&e);
+	cr_assert(strcmp(text, want) == 0, "got:\n%s", text);
+	log = env_wait_log(&e, "cut");
+	HAS(log, "upstream up: reply text cut to libmilter's limits "
+	    "(32 lines of 980 bytes): line 1 from 980 to 979 bytes\n");
+	free(log);
+	free(text);
+	free(want);
+	free(arg);
+	env_stop(&e, STOP_GRACE);
+}
+
 /* full_session - connect through eom; rcpt_bad is rejected with text */
 static void
 full_session(struct mta *m, const char *tag)
