@@ -161,6 +161,24 @@ void	codec_reply_fini(struct codec_reply *);
 int	codec_split_replytext(const char *text, char rcode[4],
 	    char xcode[16], char **lines, int maxlines, char **storage);
 
+/* One line of a 'y' text, as codec_fit_replytext() passed it on. */
+struct codec_linecut {
+	size_t	 from;	/* the line's text as the filter sent it, bytes */
+	size_t	 to;	/* how many of those were kept */
+};
+
+/*
+ * codec_split_replytext() within limits such as libmilter's (32 lines of
+ * 980 bytes, MAXREPLIES and MAXREPLYLEN): at most maxlines lines, each
+ * text (as escaped) at most maxlen bytes, cut short at the end and never
+ * inside a "%%".  When cuts is not NULL, cuts[i] says how much of line i
+ * was kept (maxlines entries); when nlines is not NULL, it gets the
+ * number of lines in the text, those left out included.
+ */
+int	codec_fit_replytext(const char *text, char rcode[4],
+	    char xcode[16], char **lines, int maxlines, size_t maxlen,
+	    char **storage, struct codec_linecut *cuts, size_t *nlines);
+
 /* Decoders, filter side (tests and fakes): one command's data. */
 int	codec_decode_strs(const uint8_t *data, size_t len, char ***strs,
 	    size_t *n);	/* NUL-terminated list; caller frees each and *strs */

@@ -615,45 +615,54 @@ codec_reply_fini(struct codec_reply *r)
 }
 
 /*
- * put_escaped - copy t[0..tl) to w as a reply format, NUL-terminated;
- * returns the length written without the NUL
+ * put_escaped - copy t[0..tl) to w as a reply format of at most maxlen
+ * bytes, NUL-terminated; returns the length written without the NUL,
+ * and in *used how many bytes of t that took
  *
  * Sendmail uses the reply text as a format string and Postfix turns
  * "%%" into "%" (PROTOCOL.md 4.3): a "%%" the filter sent stays, and a
  * lone '%' is doubled so that it reaches the SMTP client as itself and
- * never acts as a conversion.
+ * never acts as a conversion.  A cut never falls inside a "%%".
  */
 static size_t
-put_escaped(char *w, const char *t, size_t tl)
+put_escaped(char *w, const char *t, size_t tl, size_t maxlen, size_t *used)
 {
-	size_t	 i, o = 0;
+	size_t	 i = 0, o = 0;
 
-	for (i = 0; i < tl; i++) {
-		w[o++] = t[i];
-		if (t[i] != '%')
+	while (i < tl) {
+		if (t[i] != '%') {
+			if (o + 1 > maxlen)
+				break;
+			w[o++] = t[i++];
 			continue;
-		if (i + 1 < tl && t[i + 1] == '%')
-			i++;
+		}
+		if (o + 2 > maxlen)
+			break;
 		w[o++] = '%';
+		w[o++] = '%';
+		i += i + 1 < tl && t[i + 1] == '%' ? 2 : 1;
 	}
 	w[o] = '\0';
+	*used = i;
 	return o;
 }
 
 /*
- * codec_split_replytext - rcode, xcode and line texts of a valid 'y' text
+ * codec_fit_replytext - rcode, xcode and line texts of a valid 'y' text,
+ * within the limits
  *
  * Each line loses its "ddd-"/"ddd " prefix and, when it repeats the
  * first line's enhanced code, that code and one space after it, which
  * is the shape smfi_setmlreply() wants back; a lone '%' is doubled.
  */
 int
-codec_split_replytext(const char *text, char rcode[4], char xcode[16],
-    char **lines, int maxlines, char **storage)
+codec_fit_replytext(const char *text, char rcode[4], char xcode[16],
+    char **lines, int maxlines, size_t maxlen, char **storage,
+    struct codec_linecut *cuts, size_t *nlines)
 {
 	const char	*p, *end, *t;
 	char		*w;
-	size_t		 n, ll, tl, xl;
+	size_t		 n, ll, tl, xl, used, total = 0;
 	int		 count = 0;
 	bool		 last;
 
@@ -672,13 +681,13 @@ codec_split_replytext(const char *text, char rcode[4], char xcode[16],
 	/* Every line text is shorter than its line, even with each '%'
 	 * doubled: 2n + 1 bytes hold them all with their NULs. */
 	w = *storage = xmalloc(2 * n + 1);
-	p = text;
-	end = text + n;
-	do {
+	for (p = text, end = text + n, last = false; !last;
+	    p += last ? ll : ll + 2) {
 		ll = find_crlf(p, (size_t)(end - p));
 		last = p + ll == end;
+		total++;
 		if (count >= maxlines)
-			break;
+			continue;
 		t = ll > 3 ? p + 4 : p + ll;
 		tl = ll > 3 ? ll - 4 : 0;
 		if (xl > 0 && tl >= xl && memcmp(t, xcode, xl) == 0 &&
@@ -690,11 +699,25 @@ codec_split_replytext(const char *text, char rcode[4], char xcode[16],
 				tl--;
 			}
 		}
-		lines[count++] = w;
-		w += put_escaped(w, t, tl) + 1;
-		p += last ? ll : ll + 2;
-	} while (!last);
+		lines[count] = w;
+		w += put_escaped(w, t, tl, maxlen, &used) + 1;
+		if (cuts != NULL) {
+			cuts[count].from = tl;
+			cuts[count].to = used;
+		}
+		count++;
+	}
+	if (nlines != NULL)
+		*nlines = total;
 	return count;
+}
+
+int
+codec_split_replytext(const char *text, char rcode[4], char xcode[16],
+    char **lines, int maxlines, char **storage)
+{
+	return codec_fit_replytext(text, rcode, xcode, lines, maxlines,
+	    SIZE_MAX, storage, NULL, NULL);
 }
 
 /* codec_decode_strs - copy the NUL-terminated strings filling data */

@@ -10,11 +10,15 @@
  * xxfi_eom, on the callback's own thread, as libmilter requires.
  *
  * Concurrency: no state shared between connections except the pool
- * pointer (set once before smfi_main) and atomics: the connection
- * counter, the count of open sessions and the draining flag.
- * Ownership: struct conn is allocated in negotiate (the first callback)
- * and freed in close, which may also run without negotiate.
+ * pointer (set once before smfi_main), atomics (the connection counter,
+ * the count of open sessions and the draining flag) and the ring of
+ * agreements parked for a session after QUIT_NC, under park_lock.
+ * Ownership: struct conn is allocated in negotiate (the first callback),
+ * or in connect for a session after QUIT_NC, and freed in close, which
+ * may also run without either.
  */
+#include "config.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -35,7 +39,12 @@
 #include "netio.h"
 #include "xalloc.h"
 
+/* libmilter's limits on a reply text (MAXREPLIES, MAXREPLYLEN in its
+ * libmilter.h, not installed): lines, and bytes in each line's text. */
 #define MAX_REPLY_LINES	32
+#define MAX_REPLY_LEN	980
+/* The longest report of a cut: one entry per line kept, and the rest. */
+#define CUT_REPORT	(MAX_REPLY_LINES * 48 + 160)
 
 /*
  * The stages the MTA is asked not to wait for (SMFIP_NR_*).  Headers,
@@ -50,17 +59,35 @@
  * then drop unread by the upstreams.  An MTA without NR support gets
  * "continue" from libmilter itself, as before.
  */
+#ifdef HAVE_MI_SENDOK
 #define FRONT_NR	(MP_NR_HDR | MP_NR_EOH | MP_NR_BODY)
+#else
+/* Without mi_sendok the body callback cannot tell BODYEOB data from a
+ * body chunk (at_eom below); a body chunk is answered then. */
+#define FRONT_NR	(MP_NR_HDR | MP_NR_EOH)
+#endif
 
 struct conn {
 	struct conf	*conf;
 	struct fanout	*fo;
 	uint32_t	 actions;	/* granted by the MTA */
+	uint32_t	 proto;		/* asked for, without noreply */
 	uint32_t	 noreply;	/* MP_NR_* bits asked for */
 	enum verdict	 held;		/* reject or tempfail to give next */
 	char		*held_text;
+	char		*held_decider;
 	char		 id[32];
 };
+
+#ifdef HAVE_MI_SENDOK
+/*
+ * libmilter's own test for "at end of message" (engine.c: with flag 0 it
+ * only compares the context's state with ST_ENDM).  mfapi.h does not
+ * declare it, but libmilter exports it: smfi.c calls it from another
+ * file.  It returns the library's bool, a C99 _Bool in Debian's build.
+ */
+bool	mi_sendok(SMFICTX *, int);
+#endif
 
 static struct pool	*front_pool;
 /* The listening socket's address, to recognise the MTA's sockets. */
@@ -74,6 +101,66 @@ static atomic_bool	 front_draining;
 /* Written before front_draining is set, read after it was seen set. */
 static front_idle_fn	*front_idle;
 
+/*
+ * What a closed session had agreed with the MTA, kept for the next
+ * session on the same connection.  After SMFIC_QUIT_NC libmilter calls
+ * xxfi_close, and then xxfi_connect again on the same context for the
+ * next session, which keeps the options negotiated at the start of the
+ * connection (engine.c:st_quit; PROTOCOL.md 2.7).  xxfi_close cannot
+ * tell that from the end of the connection, so every close parks its
+ * agreement here, keyed by the context, and a session that starts
+ * without a negotiation takes it back (reopen).  A negotiation drops
+ * what was parked for its context's address: libmilter freed that
+ * context, and this is a new one.  The ring holds the last PARK_SLOTS
+ * closes, so a QUIT_NC whose next session comes after that many other
+ * sessions closed finds nothing; that session is refused and logged.
+ */
+#define PARK_SLOTS	4096
+
+struct park {
+	const SMFICTX	*ctx;		/* NULL: a free slot */
+	uint32_t	 actions;
+	uint32_t	 proto;
+	uint32_t	 noreply;
+};
+
+/* park_lock protects park_ring and park_next, nothing else. */
+static pthread_mutex_t	 park_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct park	 park_ring[PARK_SLOTS];
+static size_t		 park_next;
+
+/* park_take - remove the agreement parked for ctx into *p (if p);
+ * false when there is none */
+static bool
+park_take(const SMFICTX *ctx, struct park *p)
+{
+	bool	 found = false;
+
+	pthread_mutex_lock(&park_lock);
+	for (size_t i = 0; i < PARK_SLOTS && !found; i++) {
+		if (park_ring[i].ctx != ctx)
+			continue;
+		if (p != NULL)
+			*p = park_ring[i];
+		park_ring[i].ctx = NULL;
+		found = true;
+	}
+	pthread_mutex_unlock(&park_lock);
+	return found;
+}
+
+/* park_put - keep what c agreed for a session after QUIT_NC on ctx */
+static void
+park_put(const SMFICTX *ctx, const struct conn *c)
+{
+	pthread_mutex_lock(&park_lock);
+	park_ring[park_next] = (struct park){ .ctx = ctx,
+	    .actions = c->actions, .proto = c->proto,
+	    .noreply = c->noreply };
+	park_next = (park_next + 1) % PARK_SLOTS;
+	pthread_mutex_unlock(&park_lock);
+}
+
 /* session_end - one session fewer; after front_drain(), the last one
  * tells main */
 static void
@@ -83,6 +170,8 @@ session_end(void)
 	    atomic_load(&front_draining))
 		front_idle();
 }
+
+static struct conn	*reopen(SMFICTX *);
 
 static struct conn *
 conn_of(SMFICTX *ctx)
@@ -102,21 +191,68 @@ progress(void *arg)
 	smfi_progress(arg);
 }
 
-/* set_reply - hand an upstream's SMTP reply to libmilter unchanged */
+/*
+ * log_cut - say exactly what of a reply text did not fit libmilter's
+ * limits, if anything
+ */
 static void
-set_reply(SMFICTX *ctx, struct conn *c, const char *text)
+log_cut(const struct conn *c, const char *decider,
+    const struct codec_linecut *cuts, int n, size_t nlines)
 {
-	char	 rcode[4], xcode[16];
-	char	*lines[MAX_REPLY_LINES + 1] = { NULL };
-	char	*storage = NULL;
-	int	 n, rc;
+	char	 why[CUT_REPORT];
+	size_t	 len = 0;
+	bool	 any = false;
 
-	n = codec_split_replytext(text, rcode, xcode, lines,
-	    MAX_REPLY_LINES, &storage);
+	why[0] = '\0';
+	for (int i = 0; i < n && len < sizeof why; i++) {
+		if (cuts[i].to == cuts[i].from)
+			continue;
+		len += (size_t)snprintf(why + len, sizeof why - len,
+		    "%sline %d from %zu to %zu bytes", any ? ", " : "",
+		    i + 1, cuts[i].from, cuts[i].to);
+		any = true;
+	}
+	if (nlines > (size_t)n && len < sizeof why) {
+		if (nlines == (size_t)n + 1)
+			snprintf(why + len, sizeof why - len,
+			    "%sline %zu of %zu dropped", any ? "; " : "",
+			    nlines, nlines);
+		else
+			snprintf(why + len, sizeof why - len,
+			    "%slines %d to %zu of %zu dropped",
+			    any ? "; " : "", n + 1, nlines, nlines);
+		any = true;
+	}
+	if (!any)
+		return;
+	log_warnx("%s: %s%s%sreply text cut to libmilter's limits (%d lines "
+	    "of %d bytes): %s", c->id, decider != NULL ? "upstream " : "",
+	    decider != NULL ? decider : "", decider != NULL ? ": " : "",
+	    MAX_REPLY_LINES, MAX_REPLY_LEN, why);
+}
+
+/*
+ * set_reply - hand an upstream's SMTP reply to libmilter as it was
+ * written, cut to libmilter's limits (and saying so) where it is over
+ */
+static void
+set_reply(SMFICTX *ctx, struct conn *c, const char *text,
+    const char *decider)
+{
+	char			 rcode[4], xcode[16];
+	char			*lines[MAX_REPLY_LINES + 1] = { NULL };
+	char			*storage = NULL;
+	struct codec_linecut	 cuts[MAX_REPLY_LINES];
+	size_t			 nlines;
+	int			 n, rc;
+
+	n = codec_fit_replytext(text, rcode, xcode, lines, MAX_REPLY_LINES,
+	    MAX_REPLY_LEN, &storage, cuts, &nlines);
 	if (n <= 0) {
 		free(storage);
 		return;
 	}
+	log_cut(c, decider, cuts, n, nlines);
 	if (n == 1)
 		rc = smfi_setreply(ctx, rcode, xcode[0] != '\0' ? xcode :
 		    NULL, lines[0]);
@@ -145,11 +281,11 @@ answer(SMFICTX *ctx, struct conn *c, const struct fanout_answer *a)
 		return SMFIS_ACCEPT;
 	case VERDICT_REJECT:
 		if (a->text != NULL && a->text[0] == '5')
-			set_reply(ctx, c, a->text);
+			set_reply(ctx, c, a->text, a->decider);
 		return SMFIS_REJECT;
 	case VERDICT_TEMPFAIL:
 		if (a->text != NULL && a->text[0] == '4')
-			set_reply(ctx, c, a->text);
+			set_reply(ctx, c, a->text, a->decider);
 		return SMFIS_TEMPFAIL;
 	case VERDICT_DISCARD:
 		return SMFIS_DISCARD;
@@ -172,6 +308,8 @@ drop_held(struct conn *c)
 	c->held = VERDICT_NONE;
 	free(c->held_text);
 	c->held_text = NULL;
+	free(c->held_decider);
+	c->held_decider = NULL;
 }
 
 /* give_held - the verdict held since a stage without reply, now */
@@ -179,31 +317,39 @@ static sfsistat
 give_held(SMFICTX *ctx, struct conn *c)
 {
 	struct fanout_answer	 a = { .verdict = c->held,
-				    .text = c->held_text };
+				    .text = c->held_text,
+				    .decider = c->held_decider };
 	sfsistat		 r = answer(ctx, c, &a);
 
 	drop_held(c);
 	return r;
 }
 
-/* run - one stage through the fanout; internal trouble means tempfail */
+/*
+ * run_stage - one stage through the fanout; internal trouble means
+ * tempfail
+ *
+ * When quiet, the stage gets no answer of its own: a reject or tempfail
+ * is held for the next answered stage, and instead is returned.
+ */
 static sfsistat
-run(SMFICTX *ctx, struct fanout_event *ev)
+run_stage(SMFICTX *ctx, struct fanout_event *ev, bool quiet,
+    sfsistat instead)
 {
 	struct conn		*c = conn_of(ctx);
 	struct fanout_answer	 a;
-	bool			 quiet;
 
-	/* libmilter turns any verdict of a no-reply stage into silence;
-	 * one other than continue would also make it ignore the rest of
-	 * the message and leave the MTA waiting (PROTOCOL.md fact 4). */
-	quiet = c != NULL && (c->noreply & proto_stage_nr[ev->stage]) != 0;
+	/* Nothing but CONNECT or UNKNOWN may follow QUIT_NC (engine.c
+	 * next_states[ST_Q_NC]). */
+	if (c == NULL &&
+	    (ev->stage == STAGE_CONNECT || ev->stage == STAGE_UNKNOWN))
+		c = reopen(ctx);
 	if (c == NULL || c->fo == NULL)
-		return quiet ? SMFIS_NOREPLY : SMFIS_TEMPFAIL;
+		return quiet ? instead : SMFIS_TEMPFAIL;
 	if (ev->stage == STAGE_ENVFROM)
 		drop_held(c);
 	else if (c->held != VERDICT_NONE && is_content(ev->stage))
-		return quiet ? SMFIS_NOREPLY : give_held(ctx, c);
+		return quiet ? instead : give_held(ctx, c);
 	ev->macro = macro;
 	ev->macro_arg = ctx;
 	fanout_event(c->fo, ev, &a);
@@ -212,8 +358,48 @@ run(SMFICTX *ctx, struct fanout_event *ev)
 	if (a.verdict == VERDICT_REJECT || a.verdict == VERDICT_TEMPFAIL) {
 		c->held = a.verdict;
 		c->held_text = a.text != NULL ? xstrdup(a.text) : NULL;
+		c->held_decider = a.decider != NULL ? xstrdup(a.decider) :
+		    NULL;
 	}
-	return SMFIS_NOREPLY;
+	return instead;
+}
+
+/* run - one stage, answered unless the MTA was told it gets no reply */
+static sfsistat
+run(SMFICTX *ctx, struct fanout_event *ev)
+{
+	struct conn	*c = conn_of(ctx);
+
+	/* libmilter turns any verdict of a no-reply stage into silence;
+	 * one other than continue would also make it ignore the rest of
+	 * the message and leave the MTA waiting (PROTOCOL.md fact 4). */
+	return run_stage(ctx, ev, c != NULL &&
+	    (c->noreply & proto_stage_nr[ev->stage]) != 0, SMFIS_NOREPLY);
+}
+
+/*
+ * session_begin - a new session, or NULL when stopping
+ *
+ * Count first, then look at the flag: front_drain() sets the flag, then
+ * reads the count, so (both sequentially consistent) either this session
+ * is refused or main sees it and waits for it.
+ */
+static struct conn *
+session_begin(SMFICTX *ctx)
+{
+	struct conn	*c;
+
+	atomic_fetch_add(&front_sessions, 1);
+	if (atomic_load(&front_draining)) {
+		session_end();
+		return NULL;
+	}
+	c = xcalloc(1, sizeof *c);
+	snprintf(c->id, sizeof c->id, "conn-%lu",
+	    atomic_fetch_add(&conn_counter, 1) + 1);
+	c->conf = conf_acquire();
+	smfi_setpriv(ctx, c);
+	return c;
 }
 
 /*
@@ -250,30 +436,21 @@ front_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1,
 	const char	*lists[MACRO_STAGE_COUNT];
 	uint32_t	 act, proto;
 
-	/*
-	 * Count first, then look at the flag: front_drain() sets the flag,
-	 * then reads the count, so (both sequentially consistent) either
-	 * this session is refused or main sees it and waits for it.  A
-	 * verdict other than continue makes libmilter close the
+	/* Whatever was parked for this address was another context's. */
+	(void)park_take(ctx, NULL);
+	/* A verdict other than continue makes libmilter close the
 	 * connection, and the MTA applies its default action for an
-	 * unavailable milter, as it would with the socket closed.
-	 */
-	atomic_fetch_add(&front_sessions, 1);
-	if (atomic_load(&front_draining)) {
-		session_end();
+	 * unavailable milter, as it would with the socket closed. */
+	if ((c = session_begin(ctx)) == NULL) {
 		log_debug("new MTA connection refused: stopping");
 		return SMFIS_TEMPFAIL;
 	}
-	c = xcalloc(1, sizeof *c);
-	snprintf(c->id, sizeof c->id, "conn-%lu",
-	    atomic_fetch_add(&conn_counter, 1) + 1);
-	c->conf = conf_acquire();
-	smfi_setpriv(ctx, c);
 	c->fo = fanout_open(c->conf, front_pool, c->id, (uint32_t)f0,
 	    (uint32_t)f1);
 	fanout_watch_mta(c->fo, mta_socket(ctx));
 	fanout_options(c->fo, &act, &proto, lists);
 	c->actions = act;
+	c->proto = proto;
 	for (int m = 0; m < MACRO_STAGE_COUNT; m++)
 		if (lists[m] != NULL && (act & SMFIF_SETSYMLIST) != 0 &&
 		    smfi_setsymlist(ctx, m, (char *)lists[m]) != MI_SUCCESS)
@@ -286,6 +463,46 @@ front_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1,
 	*pf2 = 0;
 	*pf3 = 0;
 	return SMFIS_CONTINUE;
+}
+
+/*
+ * reopen - the next session on a connection after SMFIC_QUIT_NC, or NULL
+ *
+ * Fresh upstream sessions, offered what the MTA agreed to at the start
+ * of the connection, which is all it will do: libmilter keeps that
+ * negotiation and there is no other (st_quit).
+ */
+static struct conn *
+reopen(SMFICTX *ctx)
+{
+	struct conn	*c;
+	struct park	 p;
+	const char	*lists[MACRO_STAGE_COUNT];
+	uint32_t	 act, proto;
+
+	if (!park_take(ctx, &p)) {
+		log_warnx("a session without a negotiation, and none "
+		    "parked for its connection (QUIT_NC after more than %d "
+		    "other sessions?): refused", PARK_SLOTS);
+		return NULL;
+	}
+	if ((c = session_begin(ctx)) == NULL) {
+		log_debug("session after QUIT_NC refused: stopping");
+		return NULL;
+	}
+	c->actions = p.actions;
+	c->proto = p.proto;
+	c->noreply = p.noreply;
+	c->fo = fanout_open(c->conf, front_pool, c->id, p.actions & MA_ALL,
+	    p.proto);
+	fanout_options(c->fo, &act, &proto, lists);
+	if (act != p.actions || proto != p.proto)
+		log_warnx("%s: after QUIT_NC the upstreams would ask for "
+		    "actions 0x%x protocol 0x%x, but the MTA keeps 0x%x 0x%x "
+		    "from the start of its connection", c->id, act, proto,
+		    p.actions, p.proto);
+	log_debug("%s: new session after QUIT_NC", c->id);
+	return c;
 }
 
 static sfsistat
@@ -397,12 +614,36 @@ front_eoh(SMFICTX *ctx)
 	return run(ctx, &ev);
 }
 
+/*
+ * at_eom - is this body callback the data of an SMFIC_BODYEOB?
+ *
+ * libmilter passes the data of a BODYEOB that carries some to xxfi_body
+ * first, in state ST_ENDM, and calls xxfi_eom only if that returned
+ * continue; any other status it sends as the answer to the BODYEOB, and
+ * a no-reply is sent as nothing, so the MTA waits for ever
+ * (engine.c:st_bodyend, PROTOCOL.md 1.2).
+ */
+static bool
+at_eom(SMFICTX *ctx)
+{
+#ifdef HAVE_MI_SENDOK
+	return mi_sendok(ctx, 0);
+#else
+	(void)ctx;
+	return false;
+#endif
+}
+
 static sfsistat
 front_body(SMFICTX *ctx, unsigned char *data, size_t len)
 {
 	struct fanout_event	 ev = { .stage = STAGE_BODY, .data = data,
 				    .len = len };
 
+	/* The upstreams get the data as a body chunk; its verdict is
+	 * given by front_eom, which libmilter calls next. */
+	if (at_eom(ctx))
+		return run_stage(ctx, &ev, true, SMFIS_CONTINUE);
 	return run(ctx, &ev);
 }
 
@@ -505,6 +746,7 @@ front_close(SMFICTX *ctx)
 	if (c == NULL)
 		return SMFIS_CONTINUE;
 	smfi_setpriv(ctx, NULL);
+	park_put(ctx, c);
 	drop_held(c);
 	fanout_close(c->fo);
 	conf_release(c->conf);

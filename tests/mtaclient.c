@@ -364,27 +364,44 @@ mta_eom(struct mta *m, struct mta_result *r)
 }
 
 int
-mta_abort(struct mta *m)
+mta_eom_data(struct mta *m, const void *data, size_t len,
+    struct mta_result *r)
+{
+	struct buf	 b = BUF_INIT;
+
+	codec_put_packet(&b, MC_BODYEOB, data, len);
+	return stage(m, STAGE_EOM, &b, r);
+}
+
+/* no_reply - send one empty command that gets no reply */
+static int
+no_reply(struct mta *m, char cmd)
 {
 	struct buf	 b = BUF_INIT;
 	int		 rc;
 
-	codec_put_packet(&b, MC_ABORT, NULL, 0);
+	codec_put_packet(&b, cmd, NULL, 0);
 	rc = mta_send_raw(m, buf_head(&b), buf_avail(&b));
 	buf_fini(&b);
 	return rc;
 }
 
 int
+mta_abort(struct mta *m)
+{
+	return no_reply(m, MC_ABORT);
+}
+
+int
 mta_quit(struct mta *m)
 {
-	struct buf	 b = BUF_INIT;
-	int		 rc;
+	return no_reply(m, MC_QUIT);
+}
 
-	codec_put_packet(&b, MC_QUIT, NULL, 0);
-	rc = mta_send_raw(m, buf_head(&b), buf_avail(&b));
-	buf_fini(&b);
-	return rc;
+int
+mta_quit_nc(struct mta *m)
+{
+	return no_reply(m, MC_QUIT_NC);
 }
 
 void

@@ -100,9 +100,21 @@ int	mta_eoh(struct mta *m, struct mta_result *r);
 int	mta_body(struct mta *m, const void *data, size_t len,
 	    struct mta_result *r);
 int	mta_eom(struct mta *m, struct mta_result *r);
+/*
+ * End of message carrying the last len bytes of the body in the BODYEOB
+ * packet itself, which the protocol allows but neither Postfix nor
+ * Sendmail does (PROTOCOL.md 1.2).
+ */
+int	mta_eom_data(struct mta *m, const void *data, size_t len,
+	    struct mta_result *r);
 /* ABORT and QUIT: no reply is due. */
 int	mta_abort(struct mta *m);
 int	mta_quit(struct mta *m);
+/*
+ * QUIT_NC: the session ends, the connection stays, and the next session
+ * starts with mta_connect() without a new negotiation.  No reply is due.
+ */
+int	mta_quit_nc(struct mta *m);
 
 /*
  * Writes raw bytes as they are (a partial packet, garbage).  Returns 0

@@ -860,6 +860,31 @@ Test(codec, split_drops_lines_beyond_maxlines)
 	free(storage);
 }
 
+Test(codec, fit_cuts_lines_to_maxlen_and_counts_dropped_ones)
+{
+	static const char	 text[] = "550-5.7.1 abcdef\r\n"
+	    "550-5.7.1 ab%cd\r\n550-5.7.1 a%%bc\r\n550-5.7.1 abc%%\r\n"
+	    "550-5.7.1 ok\r\n550 5.7.1 dropped";
+	static const char *const want[] = { "abcd", "ab%%", "a%%b", "abc",
+					    "ok" };
+	static const struct codec_linecut wcut[] = { { 6, 4 }, { 5, 3 },
+					    { 5, 4 }, { 5, 3 }, { 2, 2 } };
+	char			 rcode[4], xcode[16], *lines[5], *storage;
+	struct codec_linecut	 cuts[5];
+	size_t			 nlines = 0;
+
+	cr_assert_eq(codec_fit_replytext(text, rcode, xcode, lines, 5, 4,
+	    &storage, cuts, &nlines), 5);
+	cr_assert_eq(nlines, 6);
+	cr_assert_str_eq(xcode, "5.7.1");
+	for (int i = 0; i < 5; i++) {
+		cr_assert_str_eq(lines[i], want[i], "line %d", i + 1);
+		cr_assert_eq(cuts[i].from, wcut[i].from, "line %d", i + 1);
+		cr_assert_eq(cuts[i].to, wcut[i].to, "line %d", i + 1);
+	}
+	free(storage);
+}
+
 Test(codec, split_refuses_invalid_text)
 {
 	char	 rcode[4], xcode[16], *lines[32], *storage;
