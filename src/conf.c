@@ -1423,6 +1423,46 @@ budget_warn(struct ctx *x, const char *path, size_t k, double d)
 }
 
 /*
+ * check_phase_sum - each phase has its own content budget at end of
+ * message and the MTA waits for them all: warn when the largest
+ * content timeout of each phase, summed, reaches Sendmail's limit on
+ * the whole end of message (one phase alone is budget_warn's)
+ */
+static void
+check_phase_sum(struct ctx *x)
+{
+	struct conf	*c = x->c;
+	double		 sum = 0, most;
+	unsigned	 ph = 0, next, nph = 0;
+
+	for (;;) {
+		next = 0;
+		for (size_t i = 0; i < c->nupstreams; i++)
+			if (c->upstreams[i].enabled &&
+			    c->upstreams[i].phase > ph &&
+			    (next == 0 || c->upstreams[i].phase < next))
+				next = c->upstreams[i].phase;
+		if (next == 0)
+			break;
+		most = 0;
+		for (size_t i = 0; i < c->nupstreams; i++)
+			if (c->upstreams[i].enabled &&
+			    c->upstreams[i].phase == next &&
+			    c->upstreams[i].timeouts.content > most)
+				most = c->upstreams[i].timeouts.content;
+		sum += most;
+		nph++;
+		ph = next;
+	}
+	if (nph > 1 && sum >= CONF_SENDMAIL_EOM)
+		warn_value(x, "upstreams", "warning: the end of message may "
+		    "take %g s over %u phases (each phase's largest content "
+		    "timeout, added up), not less than Sendmail's default wait "
+		    "for it, %g s (T=E:5m); Sendmail may give up before "
+		    "miltermux answers", sum, nph, CONF_SENDMAIL_EOM);
+}
+
+/*
  * check_budgets - warn about every timeout an enabled upstream uses
  * that does not fit the MTAs' defaults, once per place in the file
  * where it was set (an inherited top-level value is named as such)
@@ -1460,6 +1500,7 @@ check_budgets(struct ctx *x, json_t *root)
 	for (size_t i = 0; i < nseen; i++)
 		free(seen[i]);
 	free(seen);
+	check_phase_sum(x);
 }
 
 /* flush_warnings - hand the warnings to the snapshot in file order */

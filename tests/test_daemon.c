@@ -587,6 +587,36 @@ Test(daemon, conf_warns_where_a_timeout_does_not_fit_the_mta)
 	conf_release(c);
 }
 
+/* Each phase has its own content budget at end of message, and the MTA
+ * waits for them all: their sum is held against Sendmail's T=E. */
+Test(daemon, conf_warns_where_the_phases_together_do_not_fit)
+{
+	struct conf	*c;
+
+	c = parse_ok("{ \"upstreams\": [\n"
+	    "{ \"name\": \"a\", \"address\": \"unix:/a\", "
+	    "\"timeouts\": { \"content\": 150 } },\n"
+	    "{ \"name\": \"b\", \"address\": \"unix:/b\", \"phase\": 2, "
+	    "\"timeouts\": { \"content\": 149 } } ] }\n");
+	cr_assert_eq(c->nwarnings, 0, "%s", c->nwarnings > 0 ?
+	    c->warnings[0] : "");
+	conf_release(c);
+	c = parse_ok("{ \"upstreams\": [\n"
+	    "{ \"name\": \"a\", \"address\": \"unix:/a\", "
+	    "\"timeouts\": { \"content\": 150 } },\n"
+	    "{ \"name\": \"b\", \"address\": \"unix:/b\", \"phase\": 2, "
+	    "\"timeouts\": { \"content\": 100 } },\n"
+	    "{ \"name\": \"c\", \"address\": \"unix:/c\", \"phase\": 2, "
+	    "\"timeouts\": { \"content\": 150 } } ] }\n");
+	cr_assert_eq(c->nwarnings, 1, "%zu warnings", c->nwarnings);
+	cr_assert_str_eq(c->warnings[0], "t.json:1:16: upstreams: warning: "
+	    "the end of message may take 300 s over 2 phases (each phase's "
+	    "largest content timeout, added up), not less than Sendmail's "
+	    "default wait for it, 300 s (T=E:5m); Sendmail may give up "
+	    "before miltermux answers");
+	conf_release(c);
+}
+
 Test(daemon, check_config_prints_warnings_and_still_passes, .timeout = 30)
 {
 	char		*path = h_path("w.json"), *out = NULL;
