@@ -33,6 +33,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -43,6 +44,8 @@
 #include "harness.h"
 #include "health.h"
 #include "log.h"
+#include "mtaclient.h"
+#include "procstat.h"
 
 static const char sample[] =
     "From: Alice <alice@example.org>\n"
@@ -740,6 +743,202 @@ Test(daemon, slow_upstream_is_marked_down_and_later_sessions_do_not_wait,
 	free(ups);
 	free(a);
 	free(sl);
+}
+
+/* mux_start_nofile - mux_start under a descriptor limit of nofile */
+static void
+mux_start_nofile(struct mux *m, unsigned nofile)
+{
+	char		*lim = h_xasprintf("--nofile=%u:%u", nofile, nofile);
+	const char	*argv[] = { "prlimit", lim, BIN("miltermux"), "-f",
+			    "-v", "-c", m->conf, NULL };
+
+	if (access("/usr/bin/prlimit", X_OK) != 0 &&
+	    access("/bin/prlimit", X_OK) != 0)
+		cr_skip_test("no prlimit(1)");
+	/* prlimit execs miltermux: the pid is miltermux's. */
+	m->pid = h_spawn(argv, m->log);
+	cr_assert(m->pid > 0);
+	cr_assert_eq(m->sock != NULL ? h_wait_unix(m->sock, 10) :
+	    h_wait_port(m->port, 10), 0, "miltermux did not come up:\n%s",
+	    h_read_file(m->log));
+	free(lim);
+}
+
+/* pause_s - let time pass (a deadline the test waits out, not a race) */
+static void
+pause_s(double s)
+{
+	struct timespec	 ts = { (time_t)s,
+			    (long)((s - (double)(time_t)s) * 1e9) };
+
+	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+		;
+}
+
+/*
+ * Local shortage.
+ */
+
+#define SHORT_NOFILE	64
+#define SHORT_TRIES	40
+
+Test(daemon, descriptor_shortage_refuses_sessions_not_upstreams,
+    .timeout = 120)
+{
+	struct mux		 m;
+	struct mta		 held[SHORT_TRIES];
+	struct mta_result	 r;
+	char			*a, *b, *ups, *log, *out, *p;
+	size_t			 nheld = 0, nrefused = 0;
+	unsigned		 cap = 0;
+	double			 cpu0, cpu1, t0, t1;
+	int			 code, rc;
+
+	milter("a", "--addheader", "X-A:1", NULL);
+	milter("b", NULL);
+	mux_init(&m, false);
+	a = up("a", "\"retry_after\": 60");
+	b = up("b", "\"retry_after\": 60");
+	ups = h_xasprintf("%s, %s", a, b);
+	mux_conf(&m, NULL, ups);
+	mux_start_nofile(&m, SHORT_NOFILE);
+
+	/* The cap comes from the limit miltermux runs under. */
+	log = wait_log(&m, "sessions at once (descriptor limit 64)");
+	p = strstr(log, "at most ");
+	cr_assert_not_null(p, "%s", log);
+	cap = (unsigned)strtoul(p + strlen("at most "), NULL, 10);
+	cr_assert(cap >= 1 && cap < SHORT_TRIES, "cap %u:\n%s", cap, log);
+	free(log);
+
+	/*
+	 * More MTA sessions than the descriptors allow, each held open once
+	 * admitted; a refused one is closed at once, as Postfix does after
+	 * a verdict at connect.
+	 */
+	for (size_t i = 0; i < SHORT_TRIES; i++) {
+		struct mta	*c = &held[nheld];
+
+		memset(&r, 0, sizeof r);
+		cr_assert_eq(mta_open(c, m.spec, 5), 0, "session %zu", i);
+		rc = mta_negotiate(c, MA_ALL, MP_ALL_V6 & ~MP_ALL_NR);
+		if (rc == 0)
+			rc = mta_connect(c, "client.example", "192.0.2.1", &r);
+		cr_assert_eq(rc, 0, "session %zu: %s:\n%s", i, strerror(-rc),
+		    h_read_file(m.log));
+		if (r.verdict == VERDICT_CONTINUE) {
+			nheld++;
+		} else {
+			cr_assert_eq(r.verdict, VERDICT_TEMPFAIL, "session %zu: "
+			    "%s", i, proto_verdict_name(r.verdict));
+			nrefused++;
+			mta_close(c);
+		}
+		mta_result_fini(&r);
+	}
+	cr_assert_eq(nheld, cap, "%zu held, cap %u", nheld, cap);
+	cr_assert_eq(nrefused, SHORT_TRIES - cap);
+
+	/* Nothing spins while the admitted sessions sit idle. */
+	t0 = h_now();
+	cpu0 = ps_cpu_seconds(m.pid);
+	pause_s(1.0);
+	cpu1 = ps_cpu_seconds(m.pid);
+	t1 = h_now();
+	cr_assert(cpu0 >= 0 && cpu1 >= 0);
+	cr_assert_lt(cpu1 - cpu0, 0.2 * (t1 - t0), "miltermux used %.2f s of "
+	    "CPU in %.2f s", cpu1 - cpu0, t1 - t0);
+
+	/* One line said so, and nothing was held against an upstream. */
+	log = wait_log(&m, "refused 1 new one with on_failure=tempfail");
+	cr_assert_eq(count(log, "MTA sessions open, the most allowed"), 1,
+	    "%s", log);
+	HASNT(log, "down after");
+	HASNT(log, "Too many open files");
+	HASNT(log, "accept() returned invalid socket");
+	free(log);
+
+	/* The upstreams serve the next session as usual. */
+	for (size_t i = 0; i < nheld; i++)
+		mta_close(&held[i]);
+	for (double end = h_now() + 10; h_now() < end;) {
+		out = session(&m, &code, NULL);
+		if (code == 0)
+			break;
+		free(out);
+		out = NULL;
+		pause_s(0.1);
+	}
+	cr_assert_not_null(out, "no session got through:\n%s",
+	    h_read_file(m.log));
+	HAS(out, "addheader X-A: 1");
+	free(out);
+	log = mux_log(&m);
+	HASNT(log, "down after");
+	free(log);
+	free(ups);
+	free(a);
+	free(b);
+}
+
+/*
+ * An upstream brought back by a probe is used by every session at once,
+ * while the probing session itself stays idle.
+ */
+Test(daemon, probe_that_negotiates_brings_the_upstream_back_for_all,
+    .timeout = 60)
+{
+	struct mux		 m;
+	struct mta		 idle;
+	struct mta_result	 r = { 0 };
+	char			*a, *b, *ups, *log, *out;
+	int			 code;
+
+	milter("a", NULL);
+	mux_init(&m, false);
+	a = up("a", NULL);
+	b = up("b", "\"on_failure\": \"accept\", \"failures\": 1, "
+	    "\"retry_after\": 0.5");
+	ups = h_xasprintf("%s, %s", a, b);
+	mux_conf(&m, NULL, ups);
+	mux_start(&m, NULL);
+
+	/* b is not there yet: one failure marks it down. */
+	out = session(&m, &code, NULL);
+	cr_assert_eq(code, 0, "%s", out);
+	HASNT(out, "X-B");
+	free(out);
+	free(wait_log(&m, "upstream b: down after 1 consecutive failure; "
+	    "retrying in 0.5 s"));
+
+	/* It comes up; after retry_after, an MTA session probes it and
+	 * then sits idle, as an SMTP client may for minutes. */
+	milter("b", "--addheader", "X-B:1", NULL);
+	pause_s(0.6);
+	cr_assert_eq(mta_open(&idle, m.spec, 5), 0);
+	cr_assert_eq(mta_negotiate(&idle, MA_ALL, MP_ALL_V6 & ~MP_ALL_NR), 0);
+	cr_assert_eq(mta_connect(&idle, "client.example", "192.0.2.1", &r),
+	    0);
+	cr_assert_eq(r.verdict, VERDICT_CONTINUE);
+	mta_result_fini(&r);
+	log = wait_log(&m, "upstream b: back up");
+	HAS(log, "upstream b: probing");
+	free(log);
+
+	/* Another session uses b, the probe still open. */
+	out = session(&m, &code, NULL);
+	cr_assert_eq(code, 0, "%s", out);
+	HAS(out, "addheader X-B: 1");
+	free(out);
+	log = mux_log(&m);
+	cr_assert_eq(count(log, "upstream b: probing"), 1, "%s", log);
+	HASNT(log, "b=down/");
+	free(log);
+	mta_close(&idle);
+	free(ups);
+	free(a);
+	free(b);
 }
 
 /*
