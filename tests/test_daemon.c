@@ -399,6 +399,58 @@ Test(daemon, health_counts_only_failures_in_a_row_per_name)
 	log_set_sink(NULL, NULL);
 }
 
+Test(daemon, health_leaves_local_shortage_out_and_a_negotiated_probe_wins)
+{
+	struct conf_upstream	 u = { .name = "av", .failures = 2,
+				    .retry_after = 0.05 };
+	uint64_t		 p, q;
+
+	health_reset();
+	log_set_sink(sink, NULL);
+	cr_assert(health_local(-EMFILE) && health_local(ENFILE) &&
+	    health_local(-ENOMEM) && health_local(-ENOBUFS));
+	cr_assert(!health_local(-ECONNREFUSED) && !health_local(-ETIMEDOUT) &&
+	    !health_local(-EPROTO) && !health_local(0));
+
+	/* Out of descriptors or memory here: never the upstream's fault. */
+	for (int i = 0; i < 10; i++)
+		health_failure(&u, 0, i % 2 == 0 ? -EMFILE : -ENOMEM);
+	cr_assert_eq(health_check(&u, &p), HEALTH_USE);
+	cr_assert_str_empty(logged);
+	/* Nor does it break a run of real failures. */
+	health_failure(&u, 0, -ECONNREFUSED);
+	health_failure(&u, 0, -ENFILE);
+	health_failure(&u, 0, -ETIMEDOUT);
+	HAS(logged, "upstream av: down after 2 consecutive failures");
+
+	/* A probe that met a shortage hands the probe on at once. */
+	cr_assert_eq(until_not_skipped(&u, &p), HEALTH_PROBE);
+	health_failure(&u, p, -EMFILE);
+	cr_assert_eq(health_check(&u, &q), HEALTH_PROBE);
+	cr_assert_neq(q, p);
+	HASNT(logged, "down after 3");
+
+	/* It negotiated: up for everyone while the probe's session goes
+	 * on; a success from another session is no longer needed. */
+	health_alive(&u, p);		/* stale token: nothing */
+	cr_assert_eq(health_check(&u, &p), HEALTH_SKIP);
+	health_alive(&u, q);
+	HAS(logged, "upstream av: back up\n");
+	cr_assert_eq(health_check(&u, &p), HEALTH_USE);
+	health_alive(&u, q);		/* once */
+	cr_assert_eq(count(logged, "back up"), 1, "%s", logged);
+	/* The count was kept: the next failure marks it down again... */
+	health_report(&u, q, false);
+	HAS(logged, "upstream av: down after 3 consecutive failures");
+	/* ...unless a success came first. */
+	cr_assert_eq(until_not_skipped(&u, &p), HEALTH_PROBE);
+	health_alive(&u, p);
+	health_report(&u, p, true);
+	health_report(&u, 0, false);
+	cr_assert_eq(health_check(&u, &q), HEALTH_USE);
+	log_set_sink(NULL, NULL);
+}
+
 /*
  * The new configuration keys, in-process.
  */
