@@ -276,6 +276,11 @@ reload(void)
 		log_warnx("reload: \"listen\", \"threads\", \"socket_mode\" "
 		    "and \"socket_group\" take effect only after a restart");
 	conf_release(old);
+	if (c->max_sessions != 0 && front_session_cap(c) < c->max_sessions)
+		log_warnx("reload: max_sessions %u does not fit the "
+		    "descriptor limit with %zu upstreams; serving at most %u "
+		    "sessions at once", c->max_sessions, c->nenabled,
+		    front_session_cap(c));
 	conf_publish(c);
 	log_info("configuration reloaded; new connections use it");
 }

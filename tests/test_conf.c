@@ -509,6 +509,7 @@ Test(conf, shipped_config_loads_cleanly)
 
 	cr_assert_str_eq(c->listen, "inet:8890@127.0.0.1");
 	cr_assert_eq(c->threads, 4);
+	cr_assert_eq(c->max_sessions, 1000);
 	cr_assert_eq(c->nupstreams, 3);
 	cr_assert_eq(c->nenabled, 3);
 	cr_assert_eq(c->nmacros[MACRO_ENVFROM], 1);
