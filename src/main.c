@@ -278,9 +278,9 @@ reload(void)
 	conf_release(old);
 	if (c->max_sessions != 0 && front_session_cap(c) < c->max_sessions)
 		log_warnx("reload: max_sessions %u does not fit the "
-		    "descriptor limit with %zu upstreams; serving at most %u "
-		    "sessions at once", c->max_sessions, c->nenabled,
-		    front_session_cap(c));
+		    "descriptor limit with %zu upstream%s; serving at most "
+		    "%u sessions at once", c->max_sessions, c->nenabled,
+		    c->nenabled == 1 ? "" : "s", front_session_cap(c));
 	conf_publish(c);
 	log_info("configuration reloaded; new connections use it");
 }
@@ -828,8 +828,9 @@ main(int argc, char **argv)
 	cap = front_session_cap(c);
 	if (c->max_sessions != 0 && cap < c->max_sessions)
 		log_warnx("max_sessions %u does not fit the descriptor limit "
-		    "%lu with %zu upstreams; serving at most %u sessions at "
-		    "once", c->max_sessions, nofile, c->nenabled, cap);
+		    "%lu with %zu upstream%s; serving at most %u sessions at "
+		    "once", c->max_sessions, nofile, c->nenabled,
+		    c->nenabled == 1 ? "" : "s", cap);
 	if ((rc = pthread_create(&front_thread, NULL, front_main, NULL)) != 0) {
 		log_warnc(rc, "cannot start libmilter's thread");
 		return EX_OSERR;

@@ -942,6 +942,82 @@ Test(daemon, descriptor_shortage_refuses_sessions_not_upstreams,
 	free(b);
 }
 
+Test(daemon, max_sessions_caps_sessions_with_the_top_level_on_failure,
+    .timeout = 60)
+{
+	struct mux		 m;
+	struct mta		 s[4];
+	struct mta_result	 r = { 0 };
+	char			*a, *log;
+
+	milter("a", NULL);
+	mux_init(&m, false);
+	a = up("a", "\"on_failure\": \"accept\"");
+	mux_conf(&m, "\"max_sessions\": 2,\n\"on_failure\": \"reject\"", a);
+	mux_start(&m, NULL);
+	free(wait_log(&m, "at most 2 sessions at once"));
+
+	for (int i = 0; i < 4; i++) {
+		cr_assert_eq(mta_open(&s[i], m.spec, 5), 0);
+		cr_assert_eq(mta_negotiate(&s[i], MA_ALL,
+		    MP_ALL_V6 & ~MP_ALL_NR), 0);
+		cr_assert_eq(mta_connect(&s[i], "client.example", "192.0.2.1",
+		    &r), 0);
+		cr_assert_eq(r.verdict, i < 2 ? VERDICT_CONTINUE :
+		    VERDICT_REJECT, "session %d: %s", i,
+		    proto_verdict_name(r.verdict));
+		mta_result_fini(&r);
+	}
+	/* The refused ones were not passed on. */
+	log = wait_log(&m, "2 MTA sessions open, the most allowed: refused 1 "
+	    "new one with on_failure=reject");
+	cr_assert_eq(count(log, "the most allowed"), 1, "%s", log);
+	HASNT(log, "conn-3: 1 of 1 upstreams live");
+	HASNT(log, "conn-4: 1 of 1 upstreams live");
+	free(log);
+
+	/* A session that ends makes room for the next. */
+	mta_close(&s[0]);
+	mta_close(&s[2]);
+	mta_close(&s[3]);
+	for (double end = h_now() + 10; h_now() < end;) {
+		cr_assert_eq(mta_open(&s[0], m.spec, 5), 0);
+		cr_assert_eq(mta_negotiate(&s[0], MA_ALL,
+		    MP_ALL_V6 & ~MP_ALL_NR), 0);
+		cr_assert_eq(mta_connect(&s[0], "client.example", "192.0.2.1",
+		    &r), 0);
+		if (r.verdict == VERDICT_CONTINUE)
+			break;
+		mta_result_fini(&r);
+		mta_close(&s[0]);
+		pause_s(0.05);
+	}
+	cr_assert_eq(r.verdict, VERDICT_CONTINUE);
+	mta_result_fini(&r);
+	mta_close(&s[0]);
+	mta_close(&s[1]);
+	free(a);
+}
+
+Test(daemon, max_sessions_above_the_descriptor_limit_is_lowered,
+    .timeout = 60)
+{
+	struct mux	 m;
+	char		*a, *log;
+
+	milter("a", NULL);
+	mux_init(&m, false);
+	a = up("a", NULL);
+	mux_conf(&m, "\"max_sessions\": 1000", a);
+	mux_start_nofile(&m, SHORT_NOFILE);
+	log = wait_log(&m, "sessions at once (descriptor limit 64)");
+	HAS(log, "max_sessions 1000 does not fit the descriptor limit 64 "
+	    "with 1 upstream; serving at most ");
+	HASNT(log, "at most 1000 sessions");
+	free(log);
+	free(a);
+}
+
 /*
  * An upstream brought back by a probe is used by every session at once,
  * while the probing session itself stays idle.
