@@ -85,7 +85,7 @@ static struct pool	*front_pool;
 static atomic_ulong	 conn_counter;
 /* Sessions between negotiate and close; main waits for them to end. */
 static atomic_uint	 front_sessions;
-/* Sessions admitted past the cap, between negotiate and close. */
+/* Sessions admitted under the cap, between negotiate and close. */
 static atomic_uint	 front_admitted;
 /* The descriptor budget: set once before smfi_main. */
 static unsigned long	 fd_limit, fd_base;
