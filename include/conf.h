@@ -72,6 +72,9 @@ struct conf {
 	unsigned		 failures;
 	double			 retry_after;
 	double			 shutdown_grace;	/* seconds */
+	/* MTA sessions served at once; 0: derived from the descriptor
+	 * limit and the number of upstreams (front.c). */
+	unsigned		 max_sessions;
 	/* Extra macro names to request, per macro stage; NULL-terminated. */
 	char			**macros[MACRO_STAGE_COUNT];
 	size_t			 nmacros[MACRO_STAGE_COUNT];

@@ -15,6 +15,7 @@
 #ifndef FRONT_H
 #define FRONT_H
 
+#include "conf.h"
 #include "pool.h"
 
 /*
@@ -25,6 +26,22 @@
 int	front_init(const char *listen);
 /* The pool that serves upstream sockets; set before front_run(). */
 void	front_set_pool(struct pool *);
+/*
+ * The descriptor budget that the session cap is derived from: limit,
+ * the process's RLIMIT_NOFILE, and base, the descriptors it holds
+ * apart from sessions.  Set once, before front_run(); unset (0), the
+ * cap is max_sessions alone.
+ */
+void	front_set_fd_budget(unsigned long limit, unsigned long base);
+/*
+ * The most MTA sessions served at once under config c: its
+ * max_sessions, but never more than the descriptor budget leaves room
+ * for (each session holds the MTA's socket, one per enabled upstream,
+ * and a replay file when there are phases; some descriptors stay spare
+ * so that libmilter's accept never runs out).  Sessions beyond it are
+ * refused at their connect stage with c's top-level on_failure.
+ */
+unsigned front_session_cap(const struct conf *c);
 /* Opens the listening socket now (before privileges are dropped). */
 int	front_open_socket(void);
 /* Runs libmilter's main loop until it is told to stop. */

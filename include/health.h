@@ -57,6 +57,34 @@ enum health_use	health_check(const struct conf_upstream *cfg,
 void		health_report(const struct conf_upstream *cfg,
 		    uint64_t probe, bool ok);
 
+/*
+ * Whether err (an errno value, either sign) is a shortage on our own
+ * side, not the upstream's doing: out of descriptors (EMFILE, ENFILE)
+ * or memory (ENOMEM, ENOBUFS).
+ */
+bool		health_local(int err);
+
+/*
+ * A failure of cfg with error err (-errno, or 0 when the peer broke
+ * the protocol): health_report(cfg, probe, false), unless err is local
+ * (health_local).  A local failure is not counted against the
+ * upstream; if it hit the pending probe, the upstream stays down but
+ * the next session to ask probes it.
+ */
+void		health_failure(const struct conf_upstream *cfg,
+		    uint64_t probe, int err);
+
+/*
+ * cfg connected and answered the option negotiation in the session
+ * holding probe: the pending probe succeeded, and the upstream is up
+ * again for every session, however long this one stays idle.  The
+ * failure count is kept: one more failure before a success (a
+ * health_report ok) marks it down again.  Does nothing for probe 0 or
+ * an upstream that is not being probed.
+ */
+void		health_alive(const struct conf_upstream *cfg,
+		    uint64_t probe);
+
 /* Forgets every upstream (tests). */
 void		health_reset(void);
 

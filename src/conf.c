@@ -62,6 +62,8 @@
 #define REPLAY_MEMORY_MAX	(1024LL * 1024 * 1024)
 #define FAILURES_MIN		1
 #define FAILURES_MAX		1000
+#define SESSIONS_MIN		1
+#define SESSIONS_MAX		1000000
 #define GROUP_BUF_MAX		(1024 * 1024)	/* getgrnam_r's buffer */
 #define MACROS_MAX		50	/* names per macro stage */
 #define UPSTREAM_NAME_MAX	64
@@ -92,7 +94,7 @@ static const char *const on_failure_names[ONFAIL_COUNT] = {
 static const char *const top_keys[] = {
 	"listen", "threads", "timeouts", "on_failure", "macros", "replay",
 	"upstreams", "failures", "retry_after", "shutdown_grace", "socket_mode",
-	"socket_group", NULL
+	"socket_group", "max_sessions", NULL
 };
 static const char *const upstream_keys[] = {
 	"name", "address", "enabled", "phase", "on_failure", "failures",
@@ -1351,6 +1353,17 @@ parse_top(struct ctx *x, json_t *root)
 			c->threads = (unsigned)json_integer_value(v);
 	}
 
+	if ((v = json_object_get(root, "max_sessions")) != NULL &&
+	    want_type(x, v, "max_sessions", JSON_INTEGER, "an integer")) {
+		if (json_integer_value(v) < SESSIONS_MIN ||
+		    json_integer_value(v) > SESSIONS_MAX)
+			bad_value(x, "max_sessions", "%" JSON_INTEGER_FORMAT
+			    " is out of range %d..%d", json_integer_value(v),
+			    SESSIONS_MIN, SESSIONS_MAX);
+		else
+			c->max_sessions = (unsigned)json_integer_value(v);
+	}
+
 	/* Upstreams inherit these, so they come first. */
 	if ((v = json_object_get(root, "timeouts")) != NULL)
 		parse_timeouts(x, v, "timeouts", &c->timeouts);
@@ -2024,6 +2037,9 @@ conf_dump(const struct conf *c)
 	}
 	if (c->socket_group != NULL)
 		jset(root, "socket_group", json_string(c->socket_group));
+	/* Unset, it is derived at start from the descriptor limit. */
+	if (c->max_sessions != 0)
+		jset(root, "max_sessions", json_integer(c->max_sessions));
 	s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
 	    JSON_REAL_PRECISION(p));
 	json_decref(root);

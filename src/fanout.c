@@ -303,7 +303,7 @@ fx_done(struct upstream_xchg *x)
 	if (wake)
 		pthread_cond_broadcast(&fo->cond);
 	if (newly)
-		health_report(s->cfg, s->probe, false);
+		health_failure(s->cfg, s->probe, x->error);
 	if (mine)
 		fx_free(f);
 }
@@ -721,6 +721,21 @@ negotiate(struct fanout *fo)
 	    fo->actions, fo->proto);
 }
 
+/* report_alive - a probe that negotiated brings its upstream back */
+static void
+report_alive(struct fanout *fo)
+{
+	for (size_t i = 0; i < fo->n; i++) {
+		bool	 ok;
+
+		pthread_mutex_lock(&fo->lock);
+		ok = !fo->slots[i].failed;
+		pthread_mutex_unlock(&fo->lock);
+		if (ok && fo->slots[i].probe != 0)
+			health_alive(fo->slots[i].cfg, fo->slots[i].probe);
+	}
+}
+
 struct fanout *
 fanout_open(struct conf *conf, struct pool *pool, const char *connid,
     uint32_t mta_actions, uint32_t mta_proto)
@@ -807,6 +822,7 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 		}
 	}
 	negotiate(fo);
+	report_alive(fo);
 	return fo;
 }
 

@@ -9,9 +9,17 @@
  * verdict (PROTOCOL.md fact 5).  Modifications are applied only in
  * xxfi_eom, on the callback's own thread, as libmilter requires.
  *
+ * Sessions beyond the cap (front_session_cap) are refused: they get
+ * no fanout, hence no upstream socket, and their connect callback
+ * answers with the top-level on_failure; a refused session holds only
+ * the MTA's socket, until the MTA closes it (at once, after a verdict
+ * at connect).
+ *
  * Concurrency: no state shared between connections except the pool
- * pointer (set once before smfi_main), atomics (the connection counter,
- * the count of open sessions and the draining flag) and the ring of
+ * pointer and the descriptor budget (set once before smfi_main),
+ * atomics (the connection counter, the count of open and of admitted
+ * sessions, the draining flag), refuse_lock, which keeps the count of
+ * refused sessions for the rate-limited log line, and the ring of
  * agreements parked for a session after QUIT_NC, under park_lock.
  * Ownership: struct conn is allocated in negotiate (the first callback),
  * or in connect for a session after QUIT_NC, and freed in close, which
@@ -21,6 +29,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -29,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
+#include <time.h>
 
 #include <libmilter/mfapi.h>
 
@@ -67,12 +77,21 @@
 #define FRONT_NR	(MP_NR_HDR | MP_NR_EOH)
 #endif
 
+/* Descriptors kept free beyond the sessions' own: for refused MTA
+ * connections until the MTA closes them, libmilter, the log, a reload;
+ * plus FD_SPARE_DIV-th of the limit. */
+#define FD_SPARE	16
+#define FD_SPARE_DIV	16
+/* At most one log line about refused sessions per this many seconds. */
+#define REFUSE_LOG_EVERY	10.0
+
 struct conn {
 	struct conf	*conf;
 	struct fanout	*fo;
 	uint32_t	 actions;	/* granted by the MTA */
 	uint32_t	 proto;		/* asked for, without noreply */
 	uint32_t	 noreply;	/* MP_NR_* bits asked for */
+	bool		 refused;	/* over the cap: no fanout */
 	enum verdict	 held;		/* reject or tempfail to give next */
 	char		*held_text;
 	char		*held_decider;
@@ -96,6 +115,14 @@ static socklen_t		 front_lnamelen;
 static atomic_ulong	 conn_counter;
 /* Sessions between negotiate and close; main waits for them to end. */
 static atomic_uint	 front_sessions;
+/* Sessions admitted under the cap, between negotiate and close. */
+static atomic_uint	 front_admitted;
+/* The descriptor budget: set once before smfi_main. */
+static unsigned long	 fd_limit, fd_base;
+/* refuse_lock protects refuse_count and refuse_logged. */
+static pthread_mutex_t	 refuse_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned long	 refuse_count;
+static double		 refuse_logged = -1e9;
 /* Set once by front_drain(): refuse new sessions. */
 static atomic_bool	 front_draining;
 /* Written before front_draining is set, read after it was seen set. */
@@ -172,6 +199,91 @@ session_end(void)
 }
 
 static struct conn	*reopen(SMFICTX *);
+
+static double
+mono(void)
+{
+	struct timespec	 ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* per_session - descriptors one admitted session may hold */
+static unsigned long
+per_session(const struct conf *c)
+{
+	/* The MTA's socket, one per upstream, and the replay file that
+	 * later phases read the message from. */
+	return 1 + c->nenabled + (c->nphases > 1 ? 1 : 0);
+}
+
+unsigned
+front_session_cap(const struct conf *c)
+{
+	unsigned long	 spare, fit;
+
+	if (fd_limit == 0)
+		return c->max_sessions != 0 ? c->max_sessions : UINT_MAX;
+	spare = fd_base + FD_SPARE + fd_limit / FD_SPARE_DIV;
+	fit = fd_limit > spare ? (fd_limit - spare) / per_session(c) : 0;
+	if (fit < 1)
+		fit = 1;
+	if (fit > UINT_MAX)
+		fit = UINT_MAX;
+	if (c->max_sessions != 0 && c->max_sessions < fit)
+		return c->max_sessions;
+	return (unsigned)fit;
+}
+
+/* admit - count a new session in, or say it is over the cap */
+static bool
+admit(const struct conf *c)
+{
+	unsigned	 cap = front_session_cap(c);
+
+	if (atomic_fetch_add(&front_admitted, 1) < cap)
+		return true;
+	atomic_fetch_sub(&front_admitted, 1);
+	return false;
+}
+
+/* refused - count a refused session; log the count now and then */
+static void
+refused(const struct conf *c)
+{
+	unsigned long	 n = 0;
+	double		 t = mono();
+
+	pthread_mutex_lock(&refuse_lock);
+	refuse_count++;
+	if (t - refuse_logged >= REFUSE_LOG_EVERY) {
+		n = refuse_count;
+		refuse_count = 0;
+		refuse_logged = t;
+	}
+	pthread_mutex_unlock(&refuse_lock);
+	if (n > 0)
+		log_warnx("%u MTA sessions open, the most allowed: refused "
+		    "%lu new one%s with on_failure=%s (counted since the "
+		    "last such line; at most one every %g s)",
+		    front_session_cap(c), n, n == 1 ? "" : "s",
+		    conf_on_failure_name(c->on_failure), REFUSE_LOG_EVERY);
+}
+
+/* refusal - a refused session's answer at its first stage */
+static sfsistat
+refusal(const struct conn *c)
+{
+	switch (c->conf->on_failure) {
+	case ONFAIL_ACCEPT:
+		return SMFIS_ACCEPT;
+	case ONFAIL_REJECT:
+		return SMFIS_REJECT;
+	default:
+		return SMFIS_TEMPFAIL;
+	}
+}
 
 static struct conn *
 conn_of(SMFICTX *ctx)
@@ -344,6 +456,8 @@ run_stage(SMFICTX *ctx, struct fanout_event *ev, bool quiet,
 	if (c == NULL &&
 	    (ev->stage == STAGE_CONNECT || ev->stage == STAGE_UNKNOWN))
 		c = reopen(ctx);
+	if (c != NULL && c->refused)
+		return refusal(c);
 	if (c == NULL || c->fo == NULL)
 		return quiet ? instead : SMFIS_TEMPFAIL;
 	if (ev->stage == STAGE_ENVFROM)
@@ -445,6 +559,17 @@ front_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1,
 		log_debug("new MTA connection refused: stopping");
 		return SMFIS_TEMPFAIL;
 	}
+	if (!admit(c->conf)) {
+		/* No upstream is asked, nor opened: the connect stage
+		 * (asked for, with nothing else) gets the refusal. */
+		c->refused = true;
+		refused(c->conf);
+		*pf0 = 0;
+		*pf1 = 0;
+		*pf2 = 0;
+		*pf3 = 0;
+		return SMFIS_CONTINUE;
+	}
 	c->fo = fanout_open(c->conf, front_pool, c->id, (uint32_t)f0,
 	    (uint32_t)f1);
 	fanout_watch_mta(c->fo, mta_socket(ctx));
@@ -490,11 +615,17 @@ reopen(SMFICTX *ctx)
 		log_debug("session after QUIT_NC refused: stopping");
 		return NULL;
 	}
+	if (!admit(c->conf)) {
+		c->refused = true;
+		refused(c->conf);
+		return c;
+	}
 	c->actions = p.actions;
 	c->proto = p.proto;
 	c->noreply = p.noreply;
 	c->fo = fanout_open(c->conf, front_pool, c->id, p.actions & MA_ALL,
 	    p.proto);
+	fanout_watch_mta(c->fo, mta_socket(ctx));
 	fanout_options(c->fo, &act, &proto, lists);
 	if (act != p.actions || proto != p.proto)
 		log_warnx("%s: after QUIT_NC the upstreams would ask for "
@@ -700,6 +831,8 @@ front_eom(SMFICTX *ctx)
 	struct fanout_answer	 a;
 	size_t			 applied = 0;
 
+	if (c != NULL && c->refused)
+		return refusal(c);
 	if (c == NULL || c->fo == NULL)
 		return SMFIS_TEMPFAIL;
 	if (c->held != VERDICT_NONE)
@@ -749,6 +882,8 @@ front_close(SMFICTX *ctx)
 	park_put(ctx, c);
 	drop_held(c);
 	fanout_close(c->fo);
+	if (!c->refused)
+		atomic_fetch_sub(&front_admitted, 1);
 	conf_release(c->conf);
 	free(c);
 	session_end();
@@ -780,6 +915,13 @@ void
 front_set_pool(struct pool *pool)
 {
 	front_pool = pool;
+}
+
+void
+front_set_fd_budget(unsigned long limit, unsigned long base)
+{
+	fd_limit = limit;
+	fd_base = base;
 }
 
 int

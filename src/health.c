@@ -7,17 +7,27 @@
  * session asks once per upstream.  Each entry is a three-state machine:
  *
  *   UP --(failures in a row)--> DOWN --(retry_after passed, a session
- *   asks)--> PROBING --(probe ok)--> UP
+ *   asks)--> PROBING --(probe ok, or it negotiated)--> UP
  *                              \--(probe failed)--> DOWN
+ *                              \--(probe failed locally)--> DOWN, due
  *
  * Reports from sessions that are not the probe are ignored while the
  * upstream is down or probed: they started before it was marked down,
  * so they tell nothing new, and the probe alone decides.
  *
+ * A probe that negotiated brings the upstream back at once, while its
+ * session may stay idle for minutes; the count of failures is left as
+ * it was, so that one more failure before any success marks it down
+ * again, as the probe's failure would have.  A failure of our own (out
+ * of descriptors or memory: health_local) tells nothing about the
+ * upstream: it is not counted, and a probe that met one hands the
+ * probe on to the next session.
+ *
  * Concurrency: health_lock protects the table and next_probe; log lines
  * are written after it is released.  Ownership: entries and their names
  * belong to the table.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,6 +164,55 @@ health_report(const struct conf_upstream *cfg, uint64_t probe, bool ok)
 		    "retrying in %g s", cfg->name, fails, fails == 1 ? "" : "s",
 		    cfg->retry_after);
 	else if (to == HSTATE_UP)
+		log_info("upstream %s: back up", cfg->name);
+}
+
+bool
+health_local(int err)
+{
+	if (err < 0)
+		err = -err;
+	return err == EMFILE || err == ENFILE || err == ENOMEM ||
+	    err == ENOBUFS;
+}
+
+void
+health_failure(const struct conf_upstream *cfg, uint64_t probe, int err)
+{
+	struct entry	*e;
+
+	if (!health_local(err)) {
+		health_report(cfg, probe, false);
+		return;
+	}
+	pthread_mutex_lock(&health_lock);
+	e = entry_get(cfg->name);
+	if (e->state == HSTATE_PROBING && probe != 0 && probe == e->probe) {
+		/* Not the upstream's fault: the next session probes. */
+		e->state = HSTATE_DOWN;
+		e->until = 0;
+		e->probe = 0;
+	}
+	pthread_mutex_unlock(&health_lock);
+}
+
+void
+health_alive(const struct conf_upstream *cfg, uint64_t probe)
+{
+	struct entry	*e;
+	bool		 up = false;
+
+	if (probe == 0)
+		return;
+	pthread_mutex_lock(&health_lock);
+	e = entry_get(cfg->name);
+	if (e->state == HSTATE_PROBING && probe == e->probe) {
+		e->state = HSTATE_UP;
+		e->probe = 0;
+		up = true;
+	}
+	pthread_mutex_unlock(&health_lock);
+	if (up)
 		log_info("upstream %s: back up", cfg->name);
 }
 

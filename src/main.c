@@ -46,6 +46,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <grp.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <pwd.h>
@@ -55,7 +56,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sysexits.h>
@@ -273,6 +276,11 @@ reload(void)
 		log_warnx("reload: \"listen\", \"threads\", \"socket_mode\" "
 		    "and \"socket_group\" take effect only after a restart");
 	conf_release(old);
+	if (c->max_sessions != 0 && front_session_cap(c) < c->max_sessions)
+		log_warnx("reload: max_sessions %u does not fit the "
+		    "descriptor limit with %zu upstream%s; serving at most "
+		    "%u sessions at once", c->max_sessions, c->nenabled,
+		    c->nenabled == 1 ? "" : "s", front_session_cap(c));
 	conf_publish(c);
 	log_info("configuration reloaded; new connections use it");
 }
@@ -594,6 +602,57 @@ next_event(double timeout)
 	}
 }
 
+/*
+ * raise_nofile - the soft descriptor limit up to the hard one: each
+ * session holds a socket per upstream besides the MTA's, and the soft
+ * limit is often 1024.  Returns the limit now in force (0: unknown).
+ */
+static unsigned long
+raise_nofile(void)
+{
+	struct rlimit	 rl;
+	rlim_t		 was;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+		log_warn("getrlimit(RLIMIT_NOFILE)");
+		return 0;
+	}
+	was = rl.rlim_cur;
+	if (rl.rlim_cur != rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+			log_warn("cannot raise the descriptor limit from %llu "
+			    "to %llu", (unsigned long long)was,
+			    (unsigned long long)rl.rlim_max);
+			rl.rlim_cur = was;
+		}
+	}
+	if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > ULONG_MAX)
+		return ULONG_MAX;
+	return (unsigned long)rl.rlim_cur;
+}
+
+/* open_fds - descriptors open now (0: unknown) */
+static unsigned long
+open_fds(void)
+{
+	DIR		*d = opendir("/proc/self/fd");
+	struct dirent	*e;
+	unsigned long	 n = 0;
+
+	if (d == NULL) {
+		for (int fd = 0; fd < 4096; fd++)
+			if (fcntl(fd, F_GETFD) != -1)
+				n++;
+		return n;
+	}
+	while ((e = readdir(d)) != NULL)
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n > 0 ? n - 1 : 0;	/* not the directory's own */
+}
+
 /* front_main - libmilter's thread: serve the MTA until the process ends */
 static void *
 front_main(void *arg)
@@ -698,6 +757,8 @@ main(int argc, char **argv)
 	struct identity	 id = { 0, 0 };
 	char		*dump;
 	mode_t		 mask = 0;
+	unsigned long	 nofile;
+	unsigned	 cap;
 	int		 rc, pidfd = -1;
 
 	parse_args(argc, argv);
@@ -719,6 +780,7 @@ main(int argc, char **argv)
 	log_set_verbose(opts.verbose);
 	if (opts.verbose >= 2)
 		log_set_trace(~0u);
+	nofile = raise_nofile();
 	conf_publish(c);
 	c = conf_acquire();
 
@@ -762,13 +824,21 @@ main(int argc, char **argv)
 		return EX_OSERR;
 	}
 	front_set_pool(pool);
+	front_set_fd_budget(nofile, open_fds());
+	cap = front_session_cap(c);
+	if (c->max_sessions != 0 && cap < c->max_sessions)
+		log_warnx("max_sessions %u does not fit the descriptor limit "
+		    "%lu with %zu upstream%s; serving at most %u sessions at "
+		    "once", c->max_sessions, nofile, c->nenabled,
+		    c->nenabled == 1 ? "" : "s", cap);
 	if ((rc = pthread_create(&front_thread, NULL, front_main, NULL)) != 0) {
 		log_warnc(rc, "cannot start libmilter's thread");
 		return EX_OSERR;
 	}
 	signals_take(&set);
 	log_info("miltermux %s listening on %s with %u threads and %zu "
-	    "upstreams", PACKAGE_VERSION, c->listen, c->threads, c->nenabled);
+	    "upstreams, at most %u sessions at once (descriptor limit %lu)",
+	    PACKAGE_VERSION, c->listen, c->threads, c->nenabled, cap, nofile);
 	conf_release(c);
 
 	serve();

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "codec.h"
+#include "health.h"
 #include "log.h"
 #include "netio.h"
 #include "upstream.h"
@@ -233,9 +234,11 @@ fail(struct upstream *up, int err, const char *why)
 		else if (up->last_stage >= 0)
 			snprintf(stage, sizeof stage, "after %s",
 			    proto_stage_name(up->last_stage));
-		log_warnx("%s: upstream %s: %s: %s%s%s; applying on_failure=%s",
-		    up->connid, up->name, stage, why,
+		log_warnx("%s: upstream %s: %s: %s%s%s%s; applying "
+		    "on_failure=%s", up->connid, up->name, stage, why,
 		    err != 0 ? ": " : "", err != 0 ? strerror(-err) : "",
+		    health_local(err) ? " (on miltermux's side: not counted "
+		    "against the upstream)" : "",
 		    conf_on_failure_name(up->on_failure));
 		up->failed = true;
 		up->fail_err = err != 0 ? err : -EPROTO;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "procstat.h"
 
@@ -29,6 +30,31 @@ ps_fds(pid_t pid)
 			n++;
 	closedir(d);
 	return n;
+}
+
+double
+ps_cpu_seconds(pid_t pid)
+{
+	char			 path[64], line[1024], *p;
+	unsigned long long	 ut, st;
+	FILE			*f;
+	int			 n;
+
+	snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+	if ((f = fopen(path, "r")) == NULL)
+		return errno == ENOENT ? -ESRCH : -errno;
+	p = fgets(line, sizeof line, f);
+	fclose(f);
+	/* The command name may hold spaces and parentheses: fields are
+	 * counted from the last ')'; utime and stime are the 14th and
+	 * 15th, the 12th and 13th after it. */
+	if (p == NULL || (p = strrchr(line, ')')) == NULL)
+		return -EPROTO;
+	n = sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u "
+	    "%llu %llu", &ut, &st);
+	if (n != 2)
+		return -EPROTO;
+	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
 /* status_field - the number after "key" in /proc/PID/status */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /*
  * procstat - what a running process holds, read from /proc: open file
- * descriptors, threads, resident memory.  The leak and soak tests
+ * descriptors, threads, resident memory, CPU time.  The leak and soak tests
  * sample miltermux with it.
  *
  * Concurrency: no state.  Ownership: nothing allocated.
@@ -33,6 +33,10 @@ long	ps_threads(pid_t);
 /* "VmRSS:" and "VmHWM:" (peak RSS) of /proc/PID/status, in KiB. */
 long	ps_rss_kb(pid_t);
 long	ps_hwm_kb(pid_t);
+
+/* CPU time used so far, user and system, in seconds (utime + stime
+ * of /proc/PID/stat); negative errno on error. */
+double	ps_cpu_seconds(pid_t);
 
 /*
  * Polls until the process's descriptor and thread counts have not

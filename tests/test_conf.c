@@ -175,6 +175,10 @@ ParameterizedTestParameters(conf, reports_each_error_kind_at_its_position)
 		  "must be true or false, not a string" },
 		{ "conf_err_range_threads.json", ":2:14: threads: ",
 		  "1025 is out of range 1..1024" },
+		{ "conf_err_range_max_sessions.json", ":2:19: max_sessions: ",
+		  "0 is out of range 1..1000000" },
+		{ "conf_err_type_max_sessions.json", ":3:19: max_sessions: ",
+		  "must be an integer, not a string" },
 		{ "conf_err_range_timeout.json", ":2:28: timeouts.connect: ",
 		  "0 is out of range" },
 		{ "conf_err_range_upstream_timeout.json",
@@ -412,6 +416,7 @@ Test(conf, loads_every_value_of_a_full_config)
 	cr_assert_eq(c->threads, 16);
 	assert_timeouts(&c->timeouts, 2.5, 10, 120);
 	cr_assert_eq(c->on_failure, ONFAIL_REJECT);
+	cr_assert_eq(c->max_sessions, 500);
 
 	cr_assert_eq(c->nmacros[MACRO_CONNECT], 2);
 	cr_assert_str_eq(c->macros[MACRO_CONNECT][0], "j");
@@ -453,6 +458,7 @@ Test(conf, fills_every_default_in_a_minimal_config)
 	assert_timeouts(&c->timeouts, CONF_DEFAULT_CONNECT,
 	    CONF_DEFAULT_COMMAND, CONF_DEFAULT_CONTENT);
 	cr_assert_eq(c->on_failure, ONFAIL_TEMPFAIL);
+	cr_assert_eq(c->max_sessions, 0, "derived at start");
 	for (int s = 0; s < MACRO_STAGE_COUNT; s++) {
 		cr_assert_eq(c->nmacros[s], 0);
 		cr_assert_not_null(c->macros[s]);
@@ -503,6 +509,7 @@ Test(conf, shipped_config_loads_cleanly)
 
 	cr_assert_str_eq(c->listen, "inet:8890@127.0.0.1");
 	cr_assert_eq(c->threads, 4);
+	cr_assert_eq(c->max_sessions, 1000);
 	cr_assert_eq(c->nupstreams, 3);
 	cr_assert_eq(c->nenabled, 3);
 	cr_assert_eq(c->nmacros[MACRO_ENVFROM], 1);
@@ -527,6 +534,7 @@ assert_same_conf(const struct conf *a, const struct conf *b)
 	cr_assert_eq(a->threads, b->threads);
 	cr_assert(memcmp(&a->timeouts, &b->timeouts, sizeof a->timeouts) == 0);
 	cr_assert_eq(a->on_failure, b->on_failure);
+	cr_assert_eq(a->max_sessions, b->max_sessions);
 	cr_assert_eq(a->replay_memory, b->replay_memory);
 	cr_assert_str_eq(a->replay_dir, b->replay_dir);
 	cr_assert_eq(a->nphases, b->nphases);

@@ -33,6 +33,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -43,6 +44,8 @@
 #include "harness.h"
 #include "health.h"
 #include "log.h"
+#include "mtaclient.h"
+#include "procstat.h"
 
 static const char sample[] =
     "From: Alice <alice@example.org>\n"
@@ -393,6 +396,58 @@ Test(daemon, health_counts_only_failures_in_a_row_per_name)
 	cr_assert_eq(health_check(&b, &p), HEALTH_USE);
 	HAS(logged, "upstream a: down after 2 consecutive failures; "
 	    "retrying in 60 s\n");
+	log_set_sink(NULL, NULL);
+}
+
+Test(daemon, health_leaves_local_shortage_out_and_a_negotiated_probe_wins)
+{
+	struct conf_upstream	 u = { .name = "av", .failures = 2,
+				    .retry_after = 0.05 };
+	uint64_t		 p, q;
+
+	health_reset();
+	log_set_sink(sink, NULL);
+	cr_assert(health_local(-EMFILE) && health_local(ENFILE) &&
+	    health_local(-ENOMEM) && health_local(-ENOBUFS));
+	cr_assert(!health_local(-ECONNREFUSED) && !health_local(-ETIMEDOUT) &&
+	    !health_local(-EPROTO) && !health_local(0));
+
+	/* Out of descriptors or memory here: never the upstream's fault. */
+	for (int i = 0; i < 10; i++)
+		health_failure(&u, 0, i % 2 == 0 ? -EMFILE : -ENOMEM);
+	cr_assert_eq(health_check(&u, &p), HEALTH_USE);
+	cr_assert_str_empty(logged);
+	/* Nor does it break a run of real failures. */
+	health_failure(&u, 0, -ECONNREFUSED);
+	health_failure(&u, 0, -ENFILE);
+	health_failure(&u, 0, -ETIMEDOUT);
+	HAS(logged, "upstream av: down after 2 consecutive failures");
+
+	/* A probe that met a shortage hands the probe on at once. */
+	cr_assert_eq(until_not_skipped(&u, &p), HEALTH_PROBE);
+	health_failure(&u, p, -EMFILE);
+	cr_assert_eq(health_check(&u, &q), HEALTH_PROBE);
+	cr_assert_neq(q, p);
+	HASNT(logged, "down after 3");
+
+	/* It negotiated: up for everyone while the probe's session goes
+	 * on; a success from another session is no longer needed. */
+	health_alive(&u, p);		/* stale token: nothing */
+	cr_assert_eq(health_check(&u, &p), HEALTH_SKIP);
+	health_alive(&u, q);
+	HAS(logged, "upstream av: back up\n");
+	cr_assert_eq(health_check(&u, &p), HEALTH_USE);
+	health_alive(&u, q);		/* once */
+	cr_assert_eq(count(logged, "back up"), 1, "%s", logged);
+	/* The count was kept: the next failure marks it down again... */
+	health_report(&u, q, false);
+	HAS(logged, "upstream av: down after 3 consecutive failures");
+	/* ...unless a success came first. */
+	cr_assert_eq(until_not_skipped(&u, &p), HEALTH_PROBE);
+	health_alive(&u, p);
+	health_report(&u, p, true);
+	health_report(&u, 0, false);
+	cr_assert_eq(health_check(&u, &q), HEALTH_USE);
 	log_set_sink(NULL, NULL);
 }
 
@@ -770,6 +825,286 @@ Test(daemon, slow_upstream_is_marked_down_and_later_sessions_do_not_wait,
 	free(ups);
 	free(a);
 	free(sl);
+}
+
+/* mux_start_nofile - mux_start under a descriptor limit of nofile */
+static void
+mux_start_nofile(struct mux *m, unsigned nofile)
+{
+	char		*lim = h_xasprintf("--nofile=%u:%u", nofile, nofile);
+	const char	*argv[] = { "prlimit", lim, BIN("miltermux"), "-f",
+			    "-v", "-c", m->conf, NULL };
+
+	if (access("/usr/bin/prlimit", X_OK) != 0 &&
+	    access("/bin/prlimit", X_OK) != 0)
+		cr_skip_test("no prlimit(1)");
+	/* prlimit execs miltermux: the pid is miltermux's. */
+	m->pid = h_spawn(argv, m->log);
+	cr_assert(m->pid > 0);
+	cr_assert_eq(m->sock != NULL ? h_wait_unix(m->sock, 10) :
+	    h_wait_port(m->port, 10), 0, "miltermux did not come up:\n%s",
+	    h_read_file(m->log));
+	free(lim);
+}
+
+/* pause_s - let time pass (a deadline the test waits out, not a race) */
+static void
+pause_s(double s)
+{
+	struct timespec	 ts = { (time_t)s,
+			    (long)((s - (double)(time_t)s) * 1e9) };
+
+	while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+		;
+}
+
+/*
+ * Local shortage.
+ */
+
+#define SHORT_NOFILE	64
+#define SHORT_MORE	12	/* sessions beyond the cap, at once */
+
+Test(daemon, descriptor_shortage_refuses_sessions_not_upstreams,
+    .timeout = 120)
+{
+	struct mux		 m;
+	struct mta		*held;
+	struct mta_result	 r;
+	char			*a, *b, *ups, *log, *out = NULL, *p;
+	size_t			 n, nok = 0, nrefused = 0;
+	unsigned		 cap = 0;
+	double			 cpu0, cpu1, t0, t1;
+	int			 code, rc;
+
+	milter("a", "--addheader", "X-A:1", NULL);
+	milter("b", NULL);
+	mux_init(&m, false);
+	a = up("a", "\"retry_after\": 60");
+	b = up("b", "\"retry_after\": 60");
+	ups = h_xasprintf("%s, %s", a, b);
+	mux_conf(&m, NULL, ups);
+	mux_start_nofile(&m, SHORT_NOFILE);
+
+	/* The cap comes from the limit miltermux runs under. */
+	log = wait_log(&m, "sessions at once (descriptor limit 64)");
+	p = strstr(log, "at most ");
+	cr_assert_not_null(p, "%s", log);
+	cap = (unsigned)strtoul(p + strlen("at most "), NULL, 10);
+	cr_assert(cap >= 1 && cap < SHORT_NOFILE / 3, "cap %u:\n%s", cap,
+	    log);
+	free(log);
+
+	/*
+	 * A burst of MTA sessions, more than the descriptors allow for,
+	 * all open at once: each holds the MTA's socket, and the admitted
+	 * ones one per upstream besides.  Every one gets its answer at
+	 * connect: the first cap ones from the upstreams, the others the
+	 * refusal.  (Before the cap, the upstreams' sockets ran out first
+	 * and the upstreams were blamed, then accept(2) did, and
+	 * libmilter's listener spun on EMFILE while new sessions waited.)
+	 */
+	n = cap + SHORT_MORE;
+	held = calloc(n, sizeof *held);
+	cr_assert_not_null(held);
+	for (size_t i = 0; i < n; i++) {
+		memset(&r, 0, sizeof r);
+		cr_assert_eq(mta_open(&held[i], m.spec, 3), 0, "session %zu",
+		    i);
+		rc = mta_negotiate(&held[i], MA_ALL, MP_ALL_V6 & ~MP_ALL_NR);
+		if (rc == 0)
+			rc = mta_connect(&held[i], "client.example",
+			    "192.0.2.1", &r);
+		cr_assert_eq(rc, 0, "session %zu: %s:\n%s", i, strerror(-rc),
+		    h_read_file(m.log));
+		if (r.verdict == VERDICT_CONTINUE)
+			nok++;
+		else if (r.verdict == VERDICT_TEMPFAIL)
+			nrefused++;
+		else
+			cr_assert_fail("session %zu: %s", i,
+			    proto_verdict_name(r.verdict));
+		mta_result_fini(&r);
+	}
+	cr_assert_eq(nok, cap, "%zu served, cap %u", nok, cap);
+	cr_assert_eq(nrefused, SHORT_MORE);
+
+	/* Nothing spins while they are all held. */
+	t0 = h_now();
+	cpu0 = ps_cpu_seconds(m.pid);
+	pause_s(1.0);
+	cpu1 = ps_cpu_seconds(m.pid);
+	t1 = h_now();
+	cr_assert(cpu0 >= 0 && cpu1 >= 0);
+	cr_assert_lt(cpu1 - cpu0, 0.2 * (t1 - t0), "miltermux used %.2f s of "
+	    "CPU in %.2f s", cpu1 - cpu0, t1 - t0);
+
+	/* One line said so, and nothing was held against an upstream. */
+	log = wait_log(&m, "refused 1 new one with on_failure=tempfail");
+	cr_assert_eq(count(log, "MTA sessions open, the most allowed"), 1,
+	    "%s", log);
+	HASNT(log, "down after");
+	HASNT(log, "Too many open files");
+	HASNT(log, "accept() returned invalid socket");
+	free(log);
+
+	/* The upstreams serve the next session as usual. */
+	for (size_t i = 0; i < n; i++)
+		mta_close(&held[i]);
+	free(held);
+	for (double end = h_now() + 10; h_now() < end;) {
+		out = session(&m, &code, NULL);
+		if (code == 0)
+			break;
+		free(out);
+		out = NULL;
+		pause_s(0.1);
+	}
+	cr_assert_not_null(out, "no session got through:\n%s",
+	    h_read_file(m.log));
+	HAS(out, "addheader X-A: 1");
+	free(out);
+	log = mux_log(&m);
+	HASNT(log, "down after");
+	free(log);
+	free(ups);
+	free(a);
+	free(b);
+}
+
+Test(daemon, max_sessions_caps_sessions_with_the_top_level_on_failure,
+    .timeout = 60)
+{
+	struct mux		 m;
+	struct mta		 s[4];
+	struct mta_result	 r = { 0 };
+	char			*a, *log;
+
+	milter("a", NULL);
+	mux_init(&m, false);
+	a = up("a", "\"on_failure\": \"accept\"");
+	mux_conf(&m, "\"max_sessions\": 2,\n\"on_failure\": \"reject\"", a);
+	mux_start(&m, NULL);
+	free(wait_log(&m, "at most 2 sessions at once"));
+
+	for (int i = 0; i < 4; i++) {
+		cr_assert_eq(mta_open(&s[i], m.spec, 5), 0);
+		cr_assert_eq(mta_negotiate(&s[i], MA_ALL,
+		    MP_ALL_V6 & ~MP_ALL_NR), 0);
+		cr_assert_eq(mta_connect(&s[i], "client.example", "192.0.2.1",
+		    &r), 0);
+		cr_assert_eq(r.verdict, i < 2 ? VERDICT_CONTINUE :
+		    VERDICT_REJECT, "session %d: %s", i,
+		    proto_verdict_name(r.verdict));
+		mta_result_fini(&r);
+	}
+	/* The refused ones were not passed on. */
+	log = wait_log(&m, "2 MTA sessions open, the most allowed: refused 1 "
+	    "new one with on_failure=reject");
+	cr_assert_eq(count(log, "the most allowed"), 1, "%s", log);
+	HASNT(log, "conn-3: 1 of 1 upstreams live");
+	HASNT(log, "conn-4: 1 of 1 upstreams live");
+	free(log);
+
+	/* A session that ends makes room for the next. */
+	mta_close(&s[0]);
+	mta_close(&s[2]);
+	mta_close(&s[3]);
+	for (double end = h_now() + 10; h_now() < end;) {
+		cr_assert_eq(mta_open(&s[0], m.spec, 5), 0);
+		cr_assert_eq(mta_negotiate(&s[0], MA_ALL,
+		    MP_ALL_V6 & ~MP_ALL_NR), 0);
+		cr_assert_eq(mta_connect(&s[0], "client.example", "192.0.2.1",
+		    &r), 0);
+		if (r.verdict == VERDICT_CONTINUE)
+			break;
+		mta_result_fini(&r);
+		mta_close(&s[0]);
+		pause_s(0.05);
+	}
+	cr_assert_eq(r.verdict, VERDICT_CONTINUE);
+	mta_result_fini(&r);
+	mta_close(&s[0]);
+	mta_close(&s[1]);
+	free(a);
+}
+
+Test(daemon, max_sessions_above_the_descriptor_limit_is_lowered,
+    .timeout = 60)
+{
+	struct mux	 m;
+	char		*a, *log;
+
+	milter("a", NULL);
+	mux_init(&m, false);
+	a = up("a", NULL);
+	mux_conf(&m, "\"max_sessions\": 1000", a);
+	mux_start_nofile(&m, SHORT_NOFILE);
+	log = wait_log(&m, "sessions at once (descriptor limit 64)");
+	HAS(log, "max_sessions 1000 does not fit the descriptor limit 64 "
+	    "with 1 upstream; serving at most ");
+	HASNT(log, "at most 1000 sessions");
+	free(log);
+	free(a);
+}
+
+/*
+ * An upstream brought back by a probe is used by every session at once,
+ * while the probing session itself stays idle.
+ */
+Test(daemon, probe_that_negotiates_brings_the_upstream_back_for_all,
+    .timeout = 60)
+{
+	struct mux		 m;
+	struct mta		 idle;
+	struct mta_result	 r = { 0 };
+	char			*a, *b, *ups, *log, *out;
+	int			 code;
+
+	milter("a", NULL);
+	mux_init(&m, false);
+	a = up("a", NULL);
+	b = up("b", "\"on_failure\": \"accept\", \"failures\": 1, "
+	    "\"retry_after\": 0.5");
+	ups = h_xasprintf("%s, %s", a, b);
+	mux_conf(&m, NULL, ups);
+	mux_start(&m, NULL);
+
+	/* b is not there yet: one failure marks it down. */
+	out = session(&m, &code, NULL);
+	cr_assert_eq(code, 0, "%s", out);
+	HASNT(out, "X-B");
+	free(out);
+	free(wait_log(&m, "upstream b: down after 1 consecutive failure; "
+	    "retrying in 0.5 s"));
+
+	/* It comes up; after retry_after, an MTA session probes it and
+	 * then sits idle, as an SMTP client may for minutes. */
+	milter("b", "--addheader", "X-B:1", NULL);
+	pause_s(0.6);
+	cr_assert_eq(mta_open(&idle, m.spec, 5), 0);
+	cr_assert_eq(mta_negotiate(&idle, MA_ALL, MP_ALL_V6 & ~MP_ALL_NR), 0);
+	cr_assert_eq(mta_connect(&idle, "client.example", "192.0.2.1", &r),
+	    0);
+	cr_assert_eq(r.verdict, VERDICT_CONTINUE);
+	mta_result_fini(&r);
+	log = wait_log(&m, "upstream b: back up");
+	HAS(log, "upstream b: probing");
+	free(log);
+
+	/* Another session uses b, the probe still open. */
+	out = session(&m, &code, NULL);
+	cr_assert_eq(code, 0, "%s", out);
+	HAS(out, "addheader X-B: 1");
+	free(out);
+	log = mux_log(&m);
+	cr_assert_eq(count(log, "upstream b: probing"), 1, "%s", log);
+	HASNT(log, "b=down/");
+	free(log);
+	mta_close(&idle);
+	free(ups);
+	free(a);
+	free(b);
 }
 
 /*
