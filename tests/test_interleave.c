@@ -63,8 +63,12 @@
  *   INTERLEAVE_SEED      seed (default below; "time" for a fresh one)
  *   INTERLEAVE_SESSIONS  sessions (default 2000; the model checks 400)
  *   INTERLEAVE_FIRST     number of the first session (default 1)
- *   INTERLEAVE_THREADS   sessions at once (default 16)
+ *   INTERLEAVE_THREADS   sessions at once (default 32)
  *   INTERLEAVE_DELAY     the upstreams' delay scale in ms (default 20)
+ *   INTERLEAVE_LATE_MS   how late an answer to an abandoned exchange
+ *                        and the abort after it are (default 1200, below
+ *                        the command timeout of 2 s; 0: never)
+ *   INTERLEAVE_SHOW      how many mismatches to print (default 20)
  * A failure prints the seed and the command line that replays it.
  */
 #include <criterion/criterion.h>
@@ -87,15 +91,26 @@
 
 #define DEFAULT_SEED		0x1f2e3d4c5b6a7988ULL
 #define DEFAULT_SESSIONS	2000
-#define DEFAULT_THREADS		16
+#define DEFAULT_THREADS		32
 #define DEFAULT_DELAY		20
-#define MAX_SHOWN		20
+#define DEFAULT_SHOWN		20
 #define MAX_NUP			3
 #define MAX_RCPT		4
 #define MAX_HDR			3
 #define MAX_BODY		2
 #define MAX_MSG			5
 #define TOKEN_MAX		96
+/*
+ * The upstreams' very late answers (randplan.h rp_late): to exchanges a
+ * reject has decided, then again at the abort that follows, so that the
+ * upstream is still busy with the abandoned message when the next one
+ * starts.  Each is below the command timeout, together they are above:
+ * the model holds that an upstream's time for a command counts from
+ * when the command reaches it, not from when the MTA sent it to us
+ * while the upstream was still working on an abandoned exchange.
+ */
+#define COMMAND_TIMEOUT_MS	2000
+#define DEFAULT_LATE_MS		1200
 
 /* What the model expects of one answer. */
 struct expect {
@@ -110,6 +125,15 @@ struct vote {
 	bool		 in;		/* still in the stage */
 	enum rp_verdict	 v;
 	char		 tok[TOKEN_MAX];
+};
+
+/* Where the reply text of a wrong answer came from. */
+enum origin {
+	ORIGIN_NONE = 0,	/* no text */
+	ORIGIN_HERE,		/* this exchange */
+	ORIGIN_MESSAGE,		/* another stage of this message */
+	ORIGIN_OTHER,		/* another message */
+	ORIGIN_COUNT
 };
 
 struct run {
@@ -127,10 +151,12 @@ struct run {
 	/* Counters. */
 	atomic_uint	 sessions, messages, checked, mismatches, ambiguous;
 	atomic_uint	 aborts, closes, ended_early, eoms, stale_texts;
+	atomic_uint	 io_errors;
 	pthread_mutex_t	 lock;
-	unsigned	 shown;
-	/* mismatches by stage, expected and got verdict */
-	unsigned	 kinds[RP_STAGE_COUNT][VERDICT_COUNT][VERDICT_COUNT];
+	unsigned	 shown, max_shown;
+	/* mismatches by stage, expected and got verdict, text origin */
+	unsigned	 kinds[RP_STAGE_COUNT][VERDICT_COUNT][VERDICT_COUNT]
+			     [ORIGIN_COUNT];
 };
 
 /* ------------------------------------------------------------------ */
@@ -206,18 +232,34 @@ vname(enum verdict v)
 	return v == VERDICT_NONE ? "no reply" : proto_verdict_name(v);
 }
 
-/* stale - the got text names another message of this session */
-static bool
-stale(const char *text, unsigned sess, unsigned msg)
+static const char *const origin_names[ORIGIN_COUNT] = {
+	"no text", "text of this stage", "text of an earlier stage of "
+	"this message", "text of another message"
+};
+
+/* origin - of text "... NAME:STAGE:sSmMiI ..." */
+static enum origin
+origin(const char *text, unsigned sess, unsigned msg, enum rp_stage st,
+    unsigned idx)
 {
-	char		 me[32];
+	char		 here[64], mine[32];
 	const char	*p;
 
 	if (text == NULL || (p = strchr(text, ':')) == NULL ||
 	    (p = strchr(p + 1, ':')) == NULL)
-		return false;
-	snprintf(me, sizeof me, ":s%um%ui", sess, msg);
-	return strncmp(p, me, strlen(me)) != 0;
+		return ORIGIN_NONE;
+	snprintf(mine, sizeof mine, ":s%um%ui", sess, msg);
+	if (strncmp(p, mine, strlen(mine)) != 0)
+		return ORIGIN_OTHER;
+	snprintf(here, sizeof here, ":%s:s%um%ui%u ", rp_stage_names[st],
+	    sess, msg, idx);
+	if (strstr(text, here) != NULL)
+		return ORIGIN_HERE;
+	/* A content stage's text is this exchange's at end of message. */
+	if (st == RP_EOM && (strstr(text, ":header:") != NULL ||
+	    strstr(text, ":eoh:") != NULL || strstr(text, ":body:") != NULL))
+		return ORIGIN_HERE;
+	return ORIGIN_MESSAGE;
 }
 
 static void
@@ -225,15 +267,16 @@ mismatch(struct run *run, unsigned sess, unsigned msg, enum rp_stage st,
     unsigned idx, const struct expect *e, enum verdict got,
     const char *text, const char *why)
 {
-	char	 exp[MAX_NUP * (TOKEN_MAX + 4) + 64];
-	size_t	 o;
+	char		 exp[MAX_NUP * (TOKEN_MAX + 4) + 64];
+	size_t		 o;
+	enum origin	 from = origin(text, sess, msg, st, idx);
 
 	atomic_fetch_add(&run->mismatches, 1);
-	if (stale(text, sess, msg))
+	if (from == ORIGIN_OTHER)
 		atomic_fetch_add(&run->stale_texts, 1);
 	pthread_mutex_lock(&run->lock);
-	run->kinds[st][e != NULL ? e->v : VERDICT_NONE][got]++;
-	if (run->shown < MAX_SHOWN) {
+	run->kinds[st][e != NULL ? e->v : VERDICT_NONE][got][from]++;
+	if (run->shown < run->max_shown) {
 		run->shown++;
 		o = (size_t)snprintf(exp, sizeof exp, "%s",
 		    e != NULL ? vname(e->v) : "-");
@@ -345,6 +388,7 @@ send_step(struct sess_ctx *c, struct buf *b, enum rp_stage st, unsigned idx,
 		struct expect	 e = { .v = VERDICT_NONE };
 		char		 why[64];
 
+		atomic_fetch_add(&c->run->io_errors, 1);
 		snprintf(why, sizeof why, "I/O: %s", strerror(-rc));
 		mismatch(c->run, c->sess, c->msg, st, idx, &e, VERDICT_NONE,
 		    NULL, why);
@@ -716,6 +760,16 @@ env_seed(void)
 	return v;
 }
 
+static void
+show_kind(const struct run *run, int s, int x, int g, int o)
+{
+	if (run->kinds[s][x][g][o] == 0)
+		return;
+	fprintf(stderr, "interleave:   %s: expected %s, got %s (%s): %u\n",
+	    rp_stage_names[s], vname((enum verdict)x), vname((enum verdict)g),
+	    origin_names[o], run->kinds[s][x][g][o]);
+}
+
 /* count_lines - lines of log holding needle */
 static unsigned
 count_lines(const char *log, const char *needle)
@@ -741,8 +795,8 @@ interleave(const char *test, size_t nup, enum rp_mode mode,
 	struct up	 ups[MAX_NUP];
 	struct env	 e;
 	pthread_t	 t[64];
-	char		 seed[32], dmax[16], *log;
-	unsigned	 first, nfail, nthreads, sessions;
+	char		 seed[32], dmax[16], late[16], *log, *top;
+	unsigned	 first, nfail, nthreads, sessions, late_ms;
 	double		 t0, t1;
 	int		 st = 0;
 	bool		 alive;
@@ -756,6 +810,12 @@ interleave(const char *test, size_t nup, enum rp_mode mode,
 	nthreads = (unsigned)env_num("INTERLEAVE_THREADS", DEFAULT_THREADS);
 	cr_assert(nthreads >= 1 && nthreads <= 64);
 	first = (unsigned)env_num("INTERLEAVE_FIRST", 1);
+	run.max_shown = (unsigned)env_num("INTERLEAVE_SHOW", DEFAULT_SHOWN);
+	late_ms = (unsigned)env_num("INTERLEAVE_LATE_MS", DEFAULT_LATE_MS);
+	cr_assert(late_ms < COMMAND_TIMEOUT_MS, "INTERLEAVE_LATE_MS=%u: must "
+	    "be below the command timeout, %u ms", late_ms,
+	    COMMAND_TIMEOUT_MS);
+	snprintf(late, sizeof late, "%u", late_ms);
 	sessions = (unsigned)env_num("INTERLEAVE_SESSIONS", dflt_sessions);
 	snprintf(seed, sizeof seed, "0x%016" PRIx64, run.seed);
 	snprintf(dmax, sizeof dmax, "%u", run.dmax);
@@ -771,12 +831,23 @@ interleave(const char *test, size_t nup, enum rp_mode mode,
 		ups[i].args[5] = "--delay-max";
 		ups[i].args[6] = dmax;
 		ups[i].args[7] = NULL;
+		if (mode == RP_MODE_RANDOM && nup > 1 && late_ms > 0) {
+			ups[i].args[7] = "--peers";
+			ups[i].args[8] = "ua,ub,uc";
+			ups[i].args[9] = "--late-ms";
+			ups[i].args[10] = late;
+			ups[i].args[11] = NULL;
+		}
 	}
-	/* Well above the longest planned delay (3 x 20 ms), well below
-	 * the MTA side's 30 s: an upstream that times out here was kept
-	 * waiting by miltermux, not by its plan. */
-	env_setup(&e, ups, nup,
-	    "\"timeouts\": { \"command\": 4, \"content\": 10 }", 0);
+	/* Timeouts well above the longest planned delay (late_ms), well
+	 * below the MTA side's 30 s: an upstream that times out here was
+	 * kept waiting by miltermux, not by its plan.  No upstream is ever
+	 * marked down, so that a failure shows in its own session only. */
+	top = h_xasprintf("\"timeouts\": { \"command\": %g, \"content\": "
+	    "%g },\n\"failures\": 1000", COMMAND_TIMEOUT_MS / 1000.0,
+	    COMMAND_TIMEOUT_MS / 1000.0);
+	env_setup(&e, ups, nup, top, 0);
+	free(top);
 	run.spec = e.mux_spec;
 	atomic_store(&run.next, first);
 	run.last = first + sessions;
@@ -795,38 +866,38 @@ interleave(const char *test, size_t nup, enum rp_mode mode,
 	    " delays %s up to %u ms: %u sessions, %u messages (%u ended early"
 	    ", %u reached end of message, %u aborted by the MTA, %u not "
 	    "modelled), %u connections closed by the MTA, %u answers checked,"
-	    " %u mismatches (%u with a text from another message), %u "
-	    "upstream failures logged, %.1f s\n", test, run.seed, nup,
+	    " %u mismatches (%u with a text from another message, %u I/O "
+	    "errors), %u upstream failures logged, %.1f s\n", test, run.seed,
+	    nup,
 	    rp_mode_names[mode], run.dmax, atomic_load(&run.sessions),
 	    atomic_load(&run.messages), atomic_load(&run.ended_early),
 	    atomic_load(&run.eoms), atomic_load(&run.aborts),
 	    atomic_load(&run.ambiguous), atomic_load(&run.closes),
 	    atomic_load(&run.checked), atomic_load(&run.mismatches),
-	    atomic_load(&run.stale_texts), nfail, t1 - t0);
+	    atomic_load(&run.stale_texts), atomic_load(&run.io_errors), nfail,
+	    t1 - t0);
 	if (atomic_load(&run.mismatches) > 0 || nfail > 0) {
 		for (int s = 0; s < RP_STAGE_COUNT; s++)
 			for (int x = 0; x < VERDICT_COUNT; x++)
 				for (int g = 0; g < VERDICT_COUNT; g++)
-					if (run.kinds[s][x][g] > 0)
-						fprintf(stderr, "interleave:   "
-						    "%s: expected %s, got %s:"
-						    " %u\n", rp_stage_names[s],
-						    vname((enum verdict)x),
-						    vname((enum verdict)g),
-						    run.kinds[s][x][g]);
+					for (int o = 0; o < ORIGIN_COUNT; o++)
+						show_kind(&run, s, x, g, o);
 		fprintf(stderr, "interleave: replay with INTERLEAVE_SEED=%s "
 		    "INTERLEAVE_SESSIONS=%u INTERLEAVE_FIRST=%u "
-		    "INTERLEAVE_DELAY=%u ./tests/test_interleave --filter "
-		    "'interleave/%s'\n", seed, sessions, first, run.dmax, test);
+		    "INTERLEAVE_DELAY=%u INTERLEAVE_LATE_MS=%u "
+		    "./tests/test_interleave --filter 'interleave/%s' (one "
+		    "session S alone: INTERLEAVE_FIRST=S INTERLEAVE_SESSIONS=1;"
+		    " KEEP_TMP=1 keeps the logs)\n", seed, sessions, first,
+		    run.dmax, late_ms, test);
 	}
 	env_stop(&e, 0.5);
 	cr_assert(alive, "miltermux exited: status 0x%x", st);
 	HASNT(log, "panic");
 	free(log);
 	cr_assert_eq(atomic_load(&run.mismatches), 0, "seed %s: %u mismatches "
-	    "in %u sessions (the first %d are above)", seed,
+	    "in %u sessions (the first %u are above)", seed,
 	    atomic_load(&run.mismatches), atomic_load(&run.sessions),
-	    MAX_SHOWN);
+	    run.max_shown);
 	cr_assert_eq(nfail, 0, "seed %s: %u upstream failures logged", seed,
 	    nfail);
 	cr_assert_geq(atomic_load(&run.eoms), sessions / 4);

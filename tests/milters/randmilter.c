@@ -13,6 +13,13 @@
  *
  * Usage: randmilter -p SOCKSPEC [-n NAME] [--log FILE] [--seed N]
  *            [--mode random|zero|slowreject|noreject] [--delay-max MS]
+ *            [--peers NAME,NAME...] [--late-ms MS]
+ *
+ * With --peers (the other upstreams' names, this one's may be among
+ * them) and --late-ms, an answer that a peer's reject makes late to an
+ * abandoned exchange (randplan.h rp_late) comes after MS ms, and so
+ * does the abort miltermux sends next: an upstream still busy with the
+ * abandoned message when the next one starts.
  *
  * --log appends one line per callback: "sS mM STAGE iI VERDICT DELAYms".
  *
@@ -44,12 +51,16 @@ static struct {
 	enum rp_mode	 mode;
 	unsigned	 dmax;
 	int		 log_fd;
-} cfg = { NULL, "randmilter", 1, RP_MODE_RANDOM, 20, -1 };
+	const char	*peers[16];
+	size_t		 npeers;
+	unsigned	 late_ms;
+} cfg = { .name = "randmilter", .seed = 1, .dmax = 20, .log_fd = -1 };
 
 /* What the traffic said of the session and message so far. */
 struct sess {
 	unsigned	 sess;
 	unsigned	 msg;
+	bool		 late;		/* the last answer was very late */
 };
 
 static void
@@ -89,9 +100,17 @@ answer(SMFICTX *ctx, enum rp_stage st, unsigned idx)
 	struct rp_plan	 p;
 	char		 tok[128], text[192];
 	struct timespec	 ts;
+	bool		 late;
 
 	p = rp_plan(cfg.seed, cfg.name, st, s != NULL ? s->sess : 0,
 	    s != NULL ? s->msg : 0, idx, cfg.mode, cfg.dmax);
+	if (s != NULL && cfg.late_ms > 0) {
+		late = st == RP_ABORT ? s->late : rp_late(cfg.seed, cfg.name,
+		    cfg.peers, cfg.npeers, st, s->sess, s->msg, idx, cfg.mode);
+		s->late = late && st != RP_ABORT;
+		if (late)
+			p.delay_ms = cfg.late_ms;
+	}
 	log_line(s, st, idx, &p);
 	if (p.delay_ms > 0) {
 		ts.tv_sec = p.delay_ms / 1000;
@@ -245,7 +264,7 @@ usage(void)
 {
 	say("usage: randmilter -p SOCKSPEC [-n NAME] [--log FILE] "
 	    "[--seed N] [--mode random|zero|slowreject|noreject] "
-	    "[--delay-max MS]");
+	    "[--delay-max MS] [--peers NAME,...] [--late-ms MS]");
 	exit(EX_USAGE);
 }
 
@@ -258,6 +277,8 @@ main(int argc, char **argv)
 		{ "seed", required_argument, NULL, 's' },
 		{ "mode", required_argument, NULL, 'm' },
 		{ "delay-max", required_argument, NULL, 'd' },
+		{ "peers", required_argument, NULL, 'P' },
+		{ "late-ms", required_argument, NULL, 'L' },
 		{ NULL, 0, NULL, 0 }
 	};
 	const char	*log_path = NULL;
@@ -293,6 +314,21 @@ main(int argc, char **argv)
 			errno = 0;
 			cfg.dmax = (unsigned)strtoul(optarg, &end, 10);
 			if (errno != 0 || *end != '\0' || cfg.dmax > 10000)
+				usage();
+			break;
+		case 'P':
+			for (char *save = NULL, *t = strtok_r(optarg, ",",
+			    &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
+				if (cfg.npeers == sizeof cfg.peers /
+				    sizeof cfg.peers[0])
+					usage();
+				cfg.peers[cfg.npeers++] = t;
+			}
+			break;
+		case 'L':
+			errno = 0;
+			cfg.late_ms = (unsigned)strtoul(optarg, &end, 10);
+			if (errno != 0 || *end != '\0' || cfg.late_ms > 60000)
 				usage();
 			break;
 		default:

@@ -166,6 +166,36 @@ rp_plan(uint64_t seed, const char *name, enum rp_stage st, unsigned sess,
 }
 
 /*
+ * rp_late - whether upstream me answers stage st very late (the caller
+ * chooses how late): in random mode, for an eighth of the envelope
+ * stages and ends of message where a peer (another upstream, listed in
+ * peers) rejects and me does not.  A peer still in the message then
+ * decides the stage before me, so that answer comes to an exchange
+ * already abandoned; one that left the message earlier makes only a slow
+ * stage.  Its timing alone decides nothing in the model.
+ */
+static inline int
+rp_late(uint64_t seed, const char *me, const char *const *peers,
+    size_t npeers, enum rp_stage st, unsigned sess, unsigned msg,
+    unsigned idx, enum rp_mode mode)
+{
+	int	 peer_rejects = 0;
+
+	if (mode != RP_MODE_RANDOM || (st != RP_MAIL && st != RP_RCPT &&
+	    st != RP_DATA && st != RP_EOM))
+		return 0;
+	if (rp_plan(seed, me, st, sess, msg, idx, mode, 0).verdict ==
+	    RP_REJECT)
+		return 0;
+	for (size_t i = 0; i < npeers; i++)
+		if (strcmp(peers[i], me) != 0 && rp_plan(seed, peers[i], st,
+		    sess, msg, idx, mode, 0).verdict == RP_REJECT)
+			peer_rejects = 1;
+	return peer_rejects &&
+	    (rp_hash(seed, me, st, sess, msg, idx) >> 40) % 8 == 0;
+}
+
+/*
  * rp_text - the reply text of a reject or tempfail, naming the upstream,
  * the stage and the exchange: "550 5.7.1 <name>:rcpt:s3m2i1 rejects".
  * The test looks for the part between the codes and the last word.
