@@ -53,7 +53,8 @@ enum rp_verdict {
 enum rp_mode {
 	RP_MODE_RANDOM = 0,	/* mostly short, some up to dmax, a few 3x */
 	RP_MODE_ZERO,		/* all 0 */
-	RP_MODE_SLOWREJECT,	/* reject after 2 * dmax, all else at once */
+	RP_MODE_SLOWREJECT,	/* one rejecter at most, after 2 * dmax;
+				 * all else at once */
 	RP_MODE_NOREJECT,	/* as random, but tempfail instead of reject */
 	RP_MODE_COUNT
 };
@@ -138,6 +139,12 @@ rp_plan(uint64_t seed, const char *name, enum rp_stage st, unsigned sess,
 	if (st == RP_ABORT)
 		p.verdict = RP_CONTINUE;
 	if (mode == RP_MODE_NOREJECT && p.verdict == RP_REJECT)
+		p.verdict = RP_TEMPFAIL;
+	/* Of three upstreams named "..a", "..b", "..c", only the one the
+	 * exchange designates may reject it; the others tempfail. */
+	if (mode == RP_MODE_SLOWREJECT && p.verdict == RP_REJECT &&
+	    rp_hash(seed, "", st, sess, msg, idx) % 3 !=
+	    (unsigned)(name[0] == '\0' ? 0 : name[strlen(name) - 1] - 'a'))
 		p.verdict = RP_TEMPFAIL;
 	switch (mode) {
 	case RP_MODE_ZERO:
