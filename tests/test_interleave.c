@@ -82,6 +82,9 @@
  *                        and the abort after it are (default 1200, below
  *                        the command timeout of 2 s; 0: never)
  *   INTERLEAVE_SHOW      how many mismatches to print (default 20)
+ *   INTERLEAVE_MODE      the upstreams' delays (randplan.h): random,
+ *                        zero, slowreject or noreject (default: the
+ *                        test's own)
  * A failure prints the seed and the command line that replays it.
  */
 #include <criterion/criterion.h>
@@ -817,6 +820,7 @@ interleave(const char *test, size_t nup, enum rp_mode mode,
 	struct env	 e;
 	pthread_t	 t[64];
 	char		 seed[32], dmax[16], late[16], *log, *top;
+	const char	*env;
 	unsigned	 first, nfail, nthreads, sessions, late_ms;
 	double		 t0, t1;
 	int		 st = 0;
@@ -825,6 +829,13 @@ interleave(const char *test, size_t nup, enum rp_mode mode,
 	run.name = test;
 	run.seed = env_seed();
 	run.nup = nup;
+	if ((env = getenv("INTERLEAVE_MODE")) != NULL && *env != '\0') {
+		for (mode = 0; mode < RP_MODE_COUNT; mode++)
+			if (strcmp(env, rp_mode_names[mode]) == 0)
+				break;
+		cr_assert(mode < RP_MODE_COUNT, "INTERLEAVE_MODE=%s: not "
+		    "random, zero, slowreject or noreject", env);
+	}
 	run.mode = mode;
 	run.mta_cuts = mta_cuts;
 	run.dmax = (unsigned)env_num("INTERLEAVE_DELAY", DEFAULT_DELAY);
@@ -906,10 +917,11 @@ interleave(const char *test, size_t nup, enum rp_mode mode,
 		fprintf(stderr, "interleave: replay with INTERLEAVE_SEED=%s "
 		    "INTERLEAVE_SESSIONS=%u INTERLEAVE_FIRST=%u "
 		    "INTERLEAVE_DELAY=%u INTERLEAVE_LATE_MS=%u "
-		    "./tests/test_interleave --filter 'interleave/%s' (one "
-		    "session S alone: INTERLEAVE_FIRST=S INTERLEAVE_SESSIONS=1;"
-		    " KEEP_TMP=1 keeps the logs)\n", seed, sessions, first,
-		    run.dmax, late_ms, test);
+		    "INTERLEAVE_MODE=%s ./tests/test_interleave --filter "
+		    "'interleave/%s' (one session S alone: INTERLEAVE_FIRST=S "
+		    "INTERLEAVE_SESSIONS=1; KEEP_TMP=1 keeps the logs)\n", seed,
+		    sessions, first, run.dmax, late_ms, rp_mode_names[mode],
+		    test);
 	}
 	env_stop(&e, 0.5);
 	cr_assert(alive, "miltermux exited: status 0x%x", st);
