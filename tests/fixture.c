@@ -32,12 +32,15 @@ env_start_upstreams(struct env *e, const struct up *ups, size_t n)
 		char		*spec = h_xasprintf("unix:%s", sock);
 		bool		 bad = ups[i].args[0] != NULL &&
 				    strcmp(ups[i].args[0], BADMILTER) == 0;
+		bool		 rnd = ups[i].args[0] != NULL &&
+				    strcmp(ups[i].args[0], RANDMILTER) == 0;
 		size_t		 k = 0;
 		pid_t		 pid;
 
 		e->up_log[i] = h_xasprintf("%s/%s.log", h_tmpdir(),
 		    ups[i].name);
 		argv[k++] = bad ? BIN("tests/milters/badmilter") :
+		    rnd ? BIN("tests/milters/randmilter") :
 		    BIN("tests/milters/testmilter");
 		argv[k++] = "-p";
 		argv[k++] = spec;
@@ -47,7 +50,8 @@ env_start_upstreams(struct env *e, const struct up *ups, size_t n)
 		}
 		argv[k++] = "--log";
 		argv[k++] = e->up_log[i];
-		for (size_t a = bad ? 1 : 0; ups[i].args[a] != NULL; a++)
+		for (size_t a = bad || rnd ? 1 : 0; ups[i].args[a] != NULL;
+		    a++)
 			argv[k++] = ups[i].args[a];
 		argv[k] = NULL;
 		if (strcmp(ups[i].name, "down") != 0 && !external(&ups[i])) {

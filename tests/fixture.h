@@ -19,11 +19,13 @@
 /*
  * One upstream: its name, testmilter flags, extra JSON config keys.
  * When args[0] is BADMILTER, the upstream is tests/milters/badmilter
- * instead, with the flags that follow (its --log is up_log[i]).  An
+ * instead, with the flags that follow (its --log is up_log[i]); when
+ * it is RANDMILTER, tests/milters/randmilter, given -n NAME too.  An
  * args[0] of EXTERNAL "SPEC" names a milter the test runs itself at
  * SPEC: then nothing is started for it.
  */
 #define BADMILTER	"@badmilter"
+#define RANDMILTER	"@randmilter"
 #define EXTERNAL	"external:"
 
 struct up {
