@@ -3,15 +3,20 @@
  * fanout - scatter one MTA connection's events to its upstreams, gather
  * and merge their answers.
  *
- * Design: every upstream exchange is a struct fx (an upstream_xchg plus
- * our bookkeeping).  The caller's thread builds the packets and submits;
- * the upstream's loop completes the exchange and calls fx_done(), which
- * records the answer under fo->lock and wakes the caller.  A "waited"
- * exchange belongs to the caller again once done (it reads the answer,
- * then frees it); a pipelined one (header, eoh, body, abort), or a
- * waited one the caller stopped waiting for after a decisive reject, is
- * freed by fx_done() itself, its verdict folded into the slot's
- * deferred verdict.
+ * Design: every upstream exchange is a struct exchange (exchange.h):
+ * it knows its upstream, the message it was asked for, its stage and
+ * deadline, and owns its answer.  The caller's thread builds the
+ * packets and submits; the upstream's loop completes the exchange and
+ * calls fx_done(), which records the answer under fo->lock and wakes
+ * the caller.  A waited exchange belongs to the caller again once done
+ * (it reads the answer, then frees it); a pipelined one (header, eoh,
+ * body, abort) is freed by fx_done() itself, its verdict folded into
+ * the slot's deferred verdict if it still belongs to the current
+ * message; an abandoned one (the caller stopped waiting: a decisive
+ * reject elsewhere, the MTA gone) is freed there too, its answer
+ * dropped.  The message itself, its identity and what is known of it,
+ * is a struct message (message.h); end of message over the phases is
+ * in eom.c.
  *
  * Health: each slot asks health.c at open whether its upstream is down
  * (then it is failed from the start and votes its on_failure at once)
@@ -19,7 +24,7 @@
  * it went through without one.
  *
  * Locking: fo->lock protects everything marked (L) and the fields of
- * struct fx after submission.  It is never held across a callback into
+ * struct exchange after submission.  It is never held across a callback into
  * libmilter, logging, or a post to a loop... except pool_post, which
  * only takes the loop's mailbox lock (order: fo->lock, then the loop's
  * lock; loops never take fo->lock while holding theirs).
@@ -37,22 +42,16 @@
 #include <time.h>
 
 #include "codec.h"
+#include "exchange.h"
 #include "fanout.h"
+#include "fanout_int.h"
 #include "health.h"
 #include "log.h"
 #include "merge.h"
+#include "message.h"
 #include "spool.h"
 #include "upstream.h"
 #include "xalloc.h"
-
-/* Pipelined packets an upstream may have in flight before the MTA waits:
- * bounds memory for a slow upstream and a large body. */
-#define MAX_INFLIGHT		64
-/* Progress at end of message restarts the MTA's read timeout (Postfix
- * milter_content_timeout, Sendmail T=R): often enough for any value of
- * it above a second. */
-#define PROGRESS_INTERVAL	1.0
-#define MAX_MACROS		50
 
 /* What each macro stage sends by default: the union of Postfix's and
  * Sendmail's default lists (PROTOCOL.md 3.2), which is what a milter
@@ -70,117 +69,8 @@ static const char *const default_macros[MACRO_STAGE_COUNT] = {
 	[MACRO_EOH]	= "i",
 };
 
-struct fanout;
-
-/* A recipient of the current message and what was answered for it. */
-struct rcpt {
-	char		*addr;
-	enum verdict	 verdict;
-	const char	*by;		/* deciding upstream, or NULL */
-};
-
-struct fx {
-	struct upstream_xchg	 x;	/* first: fx_done casts */
-	struct fanout		*fo;
-	size_t			 slot;
-	/* The message it belongs to (fo->msg_seq when it was made): an
-	 * answer counts only while that message is the current one. */
-	uint64_t		 msg;
-	bool			 waited;	/* (L) caller reads it */
-	/* (L) The caller stopped waiting for it (a decisive reject
-	 * elsewhere, the MTA gone): its answer is read and dropped. */
-	bool			 abandoned;
-	bool			 done;		/* (L) */
-	double			 deadline;	/* caller's, monotonic s */
-};
-
-struct cancel {
-	struct pool_job		 job;	/* first */
-	struct fanout		*fo;
-	size_t			 slot;
-};
-
-struct slot {
-	const struct conf_upstream	*cfg;
-	struct upstream			*up;
-	struct cancel			 cancel;
-	/* Set by fanout_open before any other use; read-only after. */
-	bool				 leadspc_fix;
-	bool				 down;	/* skipped: health said so */
-	uint64_t			 probe;	/* health token, or 0 */
-	char				*names[MACRO_STAGE_COUNT];
-	/* (L) */
-	unsigned			 inflight;
-	bool				 failed;
-	bool				 cancel_posted;
-	enum verdict			 deferred;
-	char				*deferred_text;
-	double				 msg_seconds;
-	/* Caller's thread only. */
-	enum verdict			 msg_verdict;
-	struct fx			*cur;	/* waited exchange, or NULL */
-	/* Until when it may still be answering an exchange we stopped
-	 * waiting for: its next deadline counts from then, so that it
-	 * catches up within its own budget and is not blamed for it. */
-	double				 busy_until;
-};
-
-struct fanout {
-	pthread_mutex_t		 lock;
-	pthread_cond_t		 cond;		/* (L) changes wake it */
-	atomic_uint		 refs;
-	struct conf		*conf;
-	char			*connid;
-	struct slot		*slots;
-	size_t			 n;
-	struct pool_loop	*loop;		/* all of its upstreams' */
-	unsigned		 pending;	/* (L) waited, not done */
-	bool			 decisive;	/* (L) a reject arrived */
-	uint64_t		 msg_seq;	/* (L) current message */
-	/* The MTA's socket, polled (never read) while a stage waits:
-	 * data or EOF there means the MTA gave up on the stage.  -1:
-	 * unknown.  Caller's thread. */
-	int			 mta_fd;
-	const char		*mta_gone;	/* why, or NULL */
-	/* Negotiated with the MTA (caller's thread). */
-	uint32_t		 mta_actions;
-	uint32_t		 mta_proto;
-	uint32_t		 actions;
-	uint32_t		 proto;
-	char			*symlists[MACRO_STAGE_COUNT];
-	bool			 need_headers;
-	bool			 leadspc;	/* MTA sends raw values */
-	/* Distinct phases of the slots, ascending; with one phase, header
-	 * and body go to everyone and nothing is kept for replay. */
-	unsigned		*phases;
-	size_t			 nphases;
-	struct spool		 body;		/* the MTA's body, for replay */
-	/* Set while end of message replays to later phases, so that
-	 * back-pressure waits keep the MTA informed. */
-	fanout_progress_fn	*progress;
-	void			*progress_arg;
-	double			 nextprog;	/* when the next is due */
-	int			 spool_err;	/* 0, or why it failed */
-	/* Per message (caller's thread). */
-	bool			 in_msg;
-	char			*queueid;
-	struct merge_header	*hdrs;
-	size_t			 nhdrs, hdrcap;
-	char			**rejected;
-	size_t			 nrejected, rejcap;
-	struct rcpt		*rcpts;		/* each RCPT and its answer */
-	size_t			 nrcpts, rcptcap;
-	const char		*decider;	/* of the message's verdict */
-	char			*sender;
-	const char		*end_why;	/* an abort's cause, or NULL */
-	enum stage		 end_stage;	/* where it happened */
-	struct merge_result	 result;
-	bool			 have_result;
-	char			*text;		/* answer text copy */
-};
-
-static double
-mono(void)
+double
+fo_mono(void)
 {
 	struct timespec	 ts;
 
@@ -202,13 +92,6 @@ to_ts(double t)
 	return ts;
 }
 
-static double
-elapsed(const struct upstream_xchg *x)
-{
-	return (double)(x->finished.tv_sec - x->started.tv_sec) +
-	    (double)(x->finished.tv_nsec - x->started.tv_nsec) / 1e9;
-}
-
 static void
 fanout_unref(struct fanout *fo)
 {
@@ -221,20 +104,9 @@ fanout_unref(struct fanout *fo)
 	}
 	for (int m = 0; m < MACRO_STAGE_COUNT; m++)
 		free(fo->symlists[m]);
-	merge_headers_free(fo->hdrs, fo->nhdrs);
-	for (size_t i = 0; i < fo->nrejected; i++)
-		free(fo->rejected[i]);
-	free(fo->rejected);
-	for (size_t i = 0; i < fo->nrcpts; i++)
-		free(fo->rcpts[i].addr);
-	free(fo->rcpts);
-	free(fo->sender);
-	if (fo->have_result)
-		merge_result_fini(&fo->result);
-	free(fo->queueid);
+	message_fini(&fo->msg);
 	free(fo->text);
 	free(fo->phases);
-	spool_fini(&fo->body);
 	free(fo->slots);
 	free(fo->connid);
 	conf_release(fo->conf);
@@ -243,19 +115,12 @@ fanout_unref(struct fanout *fo)
 	free(fo);
 }
 
-static void
-fx_free(struct fx *f)
-{
-	upstream_xchg_fini(&f->x);
-	free(f);
-}
-
 /* fx_done - an exchange completed, on its upstream's loop thread */
 static void
 fx_done(struct upstream_xchg *x)
 {
-	struct fx	*f = (struct fx *)x;
-	struct fanout	*fo = f->fo;
+	struct exchange	*f = (struct exchange *)x;
+	struct fanout	*fo = f->owner;
 	struct slot	*s = &fo->slots[f->slot];
 	bool		 mine, wake, newly = false;
 
@@ -270,22 +135,21 @@ fx_done(struct upstream_xchg *x)
 		newly = true;
 	}
 	/* An upstream's time counts for the message it was spent on. */
-	if (x->kind == XCHG_STAGE && f->msg == fo->msg_seq)
-		s->msg_seconds += elapsed(x);
-	mine = !f->waited;
-	if (f->abandoned) {
+	if (x->kind == XCHG_STAGE && f->msg == fo->msg.seq)
+		s->msg_seconds += exchange_seconds(f);
+	mine = f->state != EX_WAITED;
+	if (f->state == EX_ABANDONED) {
 		log_trace(TRACE_MERGE, "%s: upstream %s: %s: late %s "
 		    "dropped", fo->connid, s->cfg->name,
 		    proto_stage_name(x->stage), x->error != 0 ? "failure" :
 		    proto_verdict_name(x->verdict));
-	} else if (f->waited) {
+	} else if (f->state == EX_WAITED) {
 		f->done = true;
 		fo->pending--;
 		if (x->error == 0 && x->verdict == VERDICT_REJECT)
 			fo->decisive = true;
 		wake = wake || fo->pending == 0 || fo->decisive;
-	} else if (x->error == 0 && x->kind == XCHG_STAGE &&
-	    f->msg == fo->msg_seq &&
+	} else if (x->kind == XCHG_STAGE && exchange_counts(f, fo->msg.seq) &&
 	    merge_verdict(s->deferred, x->verdict) != s->deferred &&
 	    x->verdict != VERDICT_CONTINUE && x->verdict != VERDICT_SKIP) {
 		s->deferred = x->verdict;
@@ -305,17 +169,17 @@ fx_done(struct upstream_xchg *x)
 	if (newly)
 		health_failure(s->cfg, s->probe, x->error);
 	if (mine)
-		fx_free(f);
+		exchange_free(f);
 }
 
 /* close_done - an upstream was closed and freed; drop its reference */
 static void
 close_done(struct upstream_xchg *x)
 {
-	struct fx	*f = (struct fx *)x;
-	struct fanout	*fo = f->fo;
+	struct exchange	*f = (struct exchange *)x;
+	struct fanout	*fo = f->owner;
 
-	fx_free(f);
+	exchange_free(f);
 	fanout_unref(fo);
 }
 
@@ -332,27 +196,23 @@ cancel_run(struct pool_job *job)
 	pthread_mutex_unlock(&c->fo->lock);
 }
 
-static struct fx *
+/* fx_new - an exchange for slot i, of the current message (whose seq
+ * only the caller's thread writes) */
+static struct exchange *
 fx_new(struct fanout *fo, size_t i, enum xchg_kind kind, enum stage st)
 {
-	struct fx	*f = xcalloc(1, sizeof *f);
-
-	upstream_xchg_init(&f->x, kind, st);
-	f->fo = fo;
-	f->slot = i;
-	f->msg = fo->msg_seq;	/* only the caller's thread writes it */
-	f->x.done = kind == XCHG_CLOSE ? close_done : fx_done;
-	return f;
+	return exchange_new(fo, i, fo->msg.seq, kind, st,
+	    kind == XCHG_CLOSE ? close_done : fx_done);
 }
 
 /* submit - hand f to its upstream; waited ones count as pending */
 static void
-submit(struct fanout *fo, struct fx *f, bool waited, double deadline)
+submit(struct fanout *fo, struct exchange *f, bool waited, double deadline)
 {
 	struct slot	*s = &fo->slots[f->slot];
 
 	pthread_mutex_lock(&fo->lock);
-	f->waited = waited;
+	f->state = waited ? EX_WAITED : EX_PIPELINED;
 	f->deadline = deadline;
 	s->inflight++;
 	if (waited) {
@@ -454,11 +314,11 @@ wait_direct(struct fanout *fo, fanout_progress_fn *progress)
 
 	if (fo->n == 0 || fo->n > DIRECT_MAX || !pool_enter(fo->loop, false))
 		return;
-	until = progress != NULL ? fo->nextprog : mono() + 3600;
+	until = progress != NULL ? fo->nextprog : fo_mono() + 3600;
 	pthread_mutex_lock(&fo->lock);
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
-		struct fx	*f = s->cur;
+		struct exchange	*f = s->cur;
 
 		if (f == NULL || f->done)
 			continue;
@@ -481,7 +341,7 @@ wait_direct(struct fanout *fo, fanout_progress_fn *progress)
 		pthread_mutex_lock(&fo->lock);
 		over = fo->pending == 0 || fo->decisive;
 		pthread_mutex_unlock(&fo->lock);
-		if (over || (t = mono()) >= until)
+		if (over || (t = fo_mono()) >= until)
 			break;
 		r = poll(pfd, n + 1, (int)((until - t) * 1000) + 1);
 		if (r == -1 && errno != EINTR)
@@ -509,8 +369,8 @@ wait_direct(struct fanout *fo, fanout_progress_fn *progress)
  * or deadlines pass (those upstreams are then expired).  Returns with
  * fo->lock NOT held.
  */
-static void
-wait_all(struct fanout *fo, fanout_progress_fn *progress, void *parg)
+void
+fo_wait_all(struct fanout *fo, fanout_progress_fn *progress, void *parg)
 {
 	double		 t, next;
 	struct timespec	 ts;
@@ -519,7 +379,7 @@ wait_all(struct fanout *fo, fanout_progress_fn *progress, void *parg)
 	wait_direct(fo, progress);
 	pthread_mutex_lock(&fo->lock);
 	while (fo->pending > 0 && !fo->decisive && fo->mta_gone == NULL) {
-		t = mono();
+		t = fo_mono();
 		next = progress != NULL ? fo->nextprog : t + 3600;
 		/* Look at the MTA's socket a few times a second: it cannot
 		 * wake a condition variable. */
@@ -536,7 +396,7 @@ wait_all(struct fanout *fo, fanout_progress_fn *progress, void *parg)
 		expired = false;
 		for (size_t i = 0; i < fo->n; i++) {
 			struct slot	*s = &fo->slots[i];
-			struct fx	*f = s->cur;
+			struct exchange	*f = s->cur;
 
 			if (f == NULL || f->done)
 				continue;
@@ -554,7 +414,7 @@ wait_all(struct fanout *fo, fanout_progress_fn *progress, void *parg)
 		if (progress != NULL && t >= fo->nextprog) {
 			pthread_mutex_unlock(&fo->lock);
 			progress(parg);
-			fo->nextprog = mono() + PROGRESS_INTERVAL;
+			fo->nextprog = fo_mono() + PROGRESS_INTERVAL;
 			pthread_mutex_lock(&fo->lock);
 			continue;
 		}
@@ -567,13 +427,10 @@ wait_all(struct fanout *fo, fanout_progress_fn *progress, void *parg)
 	 * deadline to catch up; its next exchange's budget starts then. */
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
-		struct fx	*f = s->cur;
+		struct exchange	*f = s->cur;
 
 		if (f != NULL && !f->done) {
-			f->waited = false;
-			f->abandoned = true;
-			if (f->deadline > s->busy_until)
-				s->busy_until = f->deadline;
+			exchange_abandon(f, &s->busy_until);
 			s->cur = NULL;
 		}
 	}
@@ -743,7 +600,7 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 	struct fanout		*fo = xcalloc(1, sizeof *fo);
 	struct pool_loop	*loop;
 	pthread_condattr_t	 ca;
-	double			 t = mono();
+	double			 t = fo_mono();
 	size_t			 k = 0;
 
 	pthread_mutex_init(&fo->lock, NULL);
@@ -777,7 +634,7 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 		fo->phases[j] = ph;
 		fo->nphases++;
 	}
-	spool_init(&fo->body, conf->replay_memory, conf->replay_dir);
+	message_init(&fo->msg, conf->replay_memory, conf->replay_dir);
 	atomic_store(&fo->refs, 1 + (unsigned)fo->n);
 	/* All of a connection's upstreams on one loop: their answers to a
 	 * stage arrive together and one wake-up of that loop handles them;
@@ -786,7 +643,7 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 	fo->loop = loop;
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
-		struct fx	*f;
+		struct exchange	*f;
 
 		s->up = upstream_new(s->cfg, connid, loop);
 		if (health_check(s->cfg, &s->probe) == HEALTH_SKIP) {
@@ -812,12 +669,12 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 		    (mta_proto & MP_HDR_LEADSPC);
 		submit(fo, f, true, t + s->cfg->timeouts.connect);
 	}
-	wait_all(fo, NULL, NULL);
+	fo_wait_all(fo, NULL, NULL);
 	for (size_t i = 0; i < fo->n; i++) {
-		struct fx	*f = fo->slots[i].cur;
+		struct exchange	*f = fo->slots[i].cur;
 
 		if (f != NULL) {
-			fx_free(f);
+			exchange_free(f);
 			fo->slots[i].cur = NULL;
 		}
 	}
@@ -976,15 +833,15 @@ put_command(struct buf *b, const struct slot *s, const struct fanout_event *ev)
  * scatter - send ev to every usable upstream of phase (0: of every
  * phase); deadlines count from base
  */
-static void
-scatter(struct fanout *fo, const struct fanout_event *ev, bool waited,
+void
+fo_scatter(struct fanout *fo, const struct fanout_event *ev, bool waited,
     unsigned phase, double base)
 {
 	double	 t = base;
 
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
-		struct fx	*f;
+		struct exchange	*f;
 
 		s->cur = NULL;
 		if (phase != 0 && s->cfg->phase != phase)
@@ -1010,7 +867,7 @@ gather(struct fanout *fo, struct merge_vote *votes, bool with_deferred,
 	pthread_mutex_lock(&fo->lock);
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
-		struct fx	*f = s->cur;
+		struct exchange	*f = s->cur;
 
 		votes[i].verdict = VERDICT_NONE;
 		votes[i].text = NULL;
@@ -1034,12 +891,12 @@ gather(struct fanout *fo, struct merge_vote *votes, bool with_deferred,
 	pthread_mutex_unlock(&fo->lock);
 }
 
-static void
-release_cur(struct fanout *fo)
+void
+fo_release_cur(struct fanout *fo)
 {
 	for (size_t i = 0; i < fo->n; i++) {
 		if (fo->slots[i].cur != NULL)
-			fx_free(fo->slots[i].cur);
+			exchange_free(fo->slots[i].cur);
 		fo->slots[i].cur = NULL;
 	}
 }
@@ -1049,7 +906,7 @@ abort_upstreams(struct fanout *fo)
 {
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
-		struct fx	*f;
+		struct exchange	*f;
 
 		if (slot_failed(fo, s))
 			continue;
@@ -1059,33 +916,21 @@ abort_upstreams(struct fanout *fo)
 	}
 }
 
+/*
+ * message_reset - the message is over (sender NULL) or the next one
+ * begins: a new number, so that answers still on their way to the old
+ * one are dropped (fx_done), and the upstreams' per-message state
+ * cleared
+ */
 static void
-message_reset(struct fanout *fo)
+message_reset(struct fanout *fo, const char *sender)
 {
-	merge_headers_free(fo->hdrs, fo->nhdrs);
-	fo->hdrs = NULL;
-	fo->nhdrs = fo->hdrcap = 0;
-	for (size_t i = 0; i < fo->nrejected; i++)
-		free(fo->rejected[i]);
-	fo->nrejected = 0;
-	for (size_t i = 0; i < fo->nrcpts; i++)
-		free(fo->rcpts[i].addr);
-	fo->nrcpts = 0;
-	fo->decider = NULL;
-	fo->end_why = NULL;
-	free(fo->sender);
-	fo->sender = NULL;
-	if (fo->have_result)
-		merge_result_fini(&fo->result);
-	fo->have_result = false;
-	free(fo->queueid);
-	fo->queueid = NULL;
-	spool_reset(&fo->body);
-	fo->spool_err = 0;
+	if (sender != NULL)
+		message_begin(&fo->msg, sender);
+	else
+		message_clear(&fo->msg);
 	pthread_mutex_lock(&fo->lock);
-	/* A new message: answers still on their way belong to the old
-	 * one and are dropped (fx_done). */
-	fo->msg_seq++;
+	fo->msg.seq++;
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
 
@@ -1096,7 +941,6 @@ message_reset(struct fanout *fo)
 		s->msg_verdict = VERDICT_NONE;
 	}
 	pthread_mutex_unlock(&fo->lock);
-	fo->in_msg = false;
 }
 
 static bool
@@ -1139,7 +983,7 @@ wait_room(struct fanout *fo, double start)
 	pthread_mutex_lock(&fo->lock);
 	for (;;) {
 		full = false;
-		t = mono();
+		t = fo_mono();
 		next = fo->progress != NULL ? fo->nextprog : t + 3600;
 		for (size_t i = 0; i < fo->n; i++) {
 			struct slot	*s = &fo->slots[i];
@@ -1166,7 +1010,7 @@ wait_room(struct fanout *fo, double start)
 		if (fo->progress != NULL && t >= fo->nextprog) {
 			pthread_mutex_unlock(&fo->lock);
 			fo->progress(fo->progress_arg);
-			fo->nextprog = mono() + PROGRESS_INTERVAL;
+			fo->nextprog = fo_mono() + PROGRESS_INTERVAL;
 			pthread_mutex_lock(&fo->lock);
 			continue;
 		}
@@ -1178,15 +1022,15 @@ wait_room(struct fanout *fo, double start)
 
 /* send_content - header, eoh or body to a phase, body in packet-sized
  * pieces, each after there is room */
-static void
-send_content(struct fanout *fo, const struct fanout_event *ev,
+void
+fo_send_content(struct fanout *fo, const struct fanout_event *ev,
     unsigned phase, double start)
 {
 	struct fanout_event	 part = *ev;
 
 	if (ev->stage != STAGE_BODY || ev->len <= PROTO_MAX_DATA) {
 		wait_room(fo, start);
-		scatter(fo, ev, false, phase, mono());
+		fo_scatter(fo, ev, false, phase, fo_mono());
 		return;
 	}
 	for (size_t off = 0; off < ev->len; off += PROTO_MAX_DATA) {
@@ -1194,7 +1038,7 @@ send_content(struct fanout *fo, const struct fanout_event *ev,
 		part.len = ev->len - off > PROTO_MAX_DATA ? PROTO_MAX_DATA :
 		    ev->len - off;
 		wait_room(fo, start);
-		scatter(fo, &part, false, phase, mono());
+		fo_scatter(fo, &part, false, phase, fo_mono());
 	}
 }
 
@@ -1205,13 +1049,13 @@ pipelined(struct fanout *fo, const struct fanout_event *ev,
 {
 	struct merge_vote	*votes;
 	enum verdict		 v;
-	double			 start = mono();
+	double			 start = fo_mono();
 	unsigned		 first = fo->nphases > 1 ? fo->phases[0] : 0;
 	int			 d;
 
 	/* The MTA's content goes to the first phase as it comes; later
 	 * phases get it, as changed, at end of message. */
-	send_content(fo, ev, first, start);
+	fo_send_content(fo, ev, first, start);
 	/* A reject already given is decisive; anything weaker waits for
 	 * end of message, where every upstream has answered. */
 	votes = xcalloc(fo->n == 0 ? 1 : fo->n, sizeof *votes);
@@ -1229,94 +1073,9 @@ pipelined(struct fanout *fo, const struct fanout_event *ev,
 	free(votes);
 }
 
-static void
-note_header(struct fanout *fo, const struct fanout_event *ev)
-{
-	if (!fo->need_headers)
-		return;
-	if (fo->nhdrs == fo->hdrcap) {
-		fo->hdrcap = fo->hdrcap == 0 ? 32 : fo->hdrcap * 2;
-		fo->hdrs = xreallocarray(fo->hdrs, fo->hdrcap,
-		    sizeof *fo->hdrs);
-	}
-	fo->hdrs[fo->nhdrs].name = xstrdup(ev->name);
-	fo->hdrs[fo->nhdrs].value = xstrdup(ev->value);
-	fo->nhdrs++;
-}
-
-/* fix_leadspc - give back the space the MTA would have added */
-static void
-fix_leadspc(struct mod *m)
-{
-	char	*v;
-
-	if ((m->kind != MOD_ADDHEADER && m->kind != MOD_INSHEADER &&
-	    m->kind != MOD_CHGHEADER) || m->value == NULL ||
-	    m->value[0] == '\0')
-		return;
-	v = xasprintf(" %s", m->value);
-	free(m->value);
-	m->value = v;
-}
-
-static const char *const conflict_names[CONFLICT_KIND_COUNT] = {
-	[CONFLICT_HEADER]	= "header",
-	[CONFLICT_SENDER]	= "sender",
-	[CONFLICT_BODY]		= "body",
-};
-
-/*
- * merge_phase - merge the modifications of a phase's upstreams (0: all)
- * made against the headers hdrs; t is how many of those sit above the
- * MTA's hidden header (earlier phases put them there).  0 or -errno.
- */
-static int
-merge_phase(struct fanout *fo, unsigned phase, const struct merge_header *hdrs,
-    size_t nhdrs, size_t t, struct merge_result *out)
-{
-	struct merge_upstream	*ups = xcalloc(fo->n == 0 ? 1 : fo->n,
-				    sizeof *ups);
-	const char		*qid = fo->queueid != NULL ? fo->queueid :
-				    fo->connid;
-	int			 rc;
-
-	for (size_t i = 0; i < fo->n; i++) {
-		struct slot	*s = &fo->slots[i];
-		struct fx	*f = s->cur;
-
-		if (f == NULL || !f->done || f->x.error != 0 || s->failed ||
-		    (phase != 0 && s->cfg->phase != phase))
-			continue;
-		if (s->leadspc_fix)
-			for (size_t k = 0; k < f->x.nmods; k++)
-				fix_leadspc(&f->x.mods[k]);
-		ups[i].mods = f->x.mods;
-		ups[i].nmods = f->x.nmods;
-	}
-	rc = merge_mods_at(hdrs, nhdrs, t, ups, fo->n,
-	    (const char *const *)fo->rejected, fo->nrejected, out);
-	free(ups);
-	if (rc != 0) {
-		log_warnc(rc, "%s: merge of modifications failed", qid);
-		memset(out, 0, sizeof *out);
-		return rc;
-	}
-	for (size_t i = 0; i < out->nconflicts; i++) {
-		const struct merge_conflict *c = &out->conflicts[i];
-
-		log_info("%s: conflict: %s%s%s changed by %s and %s; %s wins",
-		    qid, conflict_names[c->kind], c->what != NULL ? " " : "",
-		    c->what != NULL ? c->what : "",
-		    fo->slots[c->winner].cfg->name,
-		    fo->slots[c->loser].cfg->name,
-		    fo->slots[c->winner].cfg->name);
-	}
-	return 0;
-}
-
 /* settle - the merged verdict of a waited stage, with its text */
-static enum verdict
-settle(struct fanout *fo, const struct fanout_event *ev, unsigned phase,
+enum verdict
+fo_settle(struct fanout *fo, const struct fanout_event *ev, unsigned phase,
     struct fanout_answer *ans)
 {
 	struct merge_vote	*votes;
@@ -1365,190 +1124,6 @@ settle(struct fanout *fo, const struct fanout_event *ev, unsigned phase,
 	return v;
 }
 
-struct replay {
-	struct fanout			*fo;
-	const struct fanout_event	*ev;
-	unsigned			 phase;
-	double				 base;
-};
-
-/* replay_body - one piece of the body to a later phase */
-static int
-replay_body(void *arg, const uint8_t *p, size_t len)
-{
-	struct replay		*r = arg;
-	struct fanout_event	 b = { .stage = STAGE_BODY, .data = p,
-				    .len = len };
-
-	send_content(r->fo, &b, r->phase, r->base);
-	return 0;
-}
-
-/*
- * replay - show a later phase the message as the earlier phases left
- * it: their headers, end of headers, and the body (a replacement if one
- * was made, else the MTA's, kept in fo->body).
- */
-static int
-replay(struct fanout *fo, const struct fanout_event *ev, unsigned phase,
-    const struct merge_header *hdrs, size_t nhdrs, const struct mod *body,
-    double base)
-{
-	struct replay		 r = { fo, ev, phase, base };
-	struct fanout_event	 h = { .macro = ev->macro,
-				    .macro_arg = ev->macro_arg };
-
-	h.stage = STAGE_HEADER;
-	for (size_t i = 0; i < nhdrs; i++) {
-		h.name = hdrs[i].name;
-		h.value = hdrs[i].value;
-		send_content(fo, &h, phase, base);
-	}
-	h.stage = STAGE_EOH;
-	send_content(fo, &h, phase, base);
-	if (body != NULL) {
-		struct buf	 crlf;
-
-		/* The MTA keeps a replacement body as lines and shows it to
-		 * the next filter with CRLF line ends (PROTOCOL.md 5.1); so
-		 * does the replay. */
-		buf_init(&crlf);
-		for (size_t i = 0; i < body->bodylen; i++) {
-			if (body->body[i] == '\n' &&
-			    (i == 0 || body->body[i - 1] != '\r'))
-				buf_add_u8(&crlf, '\r');
-			buf_add_u8(&crlf, body->body[i]);
-		}
-		for (size_t off = 0; off < buf_avail(&crlf);
-		    off += PROTO_MAX_DATA)
-			replay_body(&r, buf_head(&crlf) + off,
-			    buf_avail(&crlf) - off > PROTO_MAX_DATA ?
-			    PROTO_MAX_DATA : buf_avail(&crlf) - off);
-		buf_fini(&crlf);
-		return 0;
-	}
-	return spool_read(&fo->body, PROTO_MAX_DATA, replay_body, &r);
-}
-
-static const struct mod *
-find_body(const struct merge_result *r)
-{
-	for (size_t i = 0; i < r->nops; i++)
-		if (r->ops[i].kind == MOD_REPLBODY)
-			return &r->ops[i];
-	return NULL;
-}
-
-/*
- * end_of_message - each phase in turn: the first has had the content
- * from the MTA, each later one is shown what the ones before produced;
- * their scripts compose into one.  Each phase has its own budget, its
- * upstreams' content timeout counted from the moment the phase starts
- * (its replay included): a slow phase never eats a later one's time,
- * and an upstream is only ever blamed for its own.  The MTA hears
- * progress every second throughout.
- */
-static void
-end_of_message(struct fanout *fo, const struct fanout_event *ev,
-    struct fanout_answer *ans)
-{
-	struct merge_result	 total = { 0 }, r;
-	struct merge_header	*cur = NULL;
-	size_t			 ncur = 0, t = 0;
-	double			 base = mono();
-	enum verdict		 v = VERDICT_ACCEPT, pv;
-	int			 rc;
-
-	fo->progress = ev->progress;
-	fo->progress_arg = ev->progress_arg;
-	/* One clock for all phases: the MTA waits for them all. */
-	fo->nextprog = base + PROGRESS_INTERVAL;
-	for (size_t k = 0; k < fo->nphases; k++) {
-		unsigned	 ph = fo->nphases > 1 ? fo->phases[k] : 0;
-
-		if (k > 0)
-			base = mono();
-		if (k > 0 && (rc = replay(fo, ev, ph, cur, ncur,
-		    find_body(&total), base)) != 0) {
-			log_warnc(rc, "%s: cannot replay the message to "
-			    "phase %u", fo->queueid != NULL ? fo->queueid :
-			    fo->connid, ph);
-			v = VERDICT_TEMPFAIL;
-			ans->verdict = v;
-			release_cur(fo);
-			break;
-		}
-		scatter(fo, ev, true, ph, base);
-		wait_all(fo, ev->progress, ev->progress_arg);
-		if (fo->mta_gone != NULL) {
-			v = VERDICT_NONE;
-			release_cur(fo);
-			break;
-		}
-		pv = settle(fo, ev, ph, ans);
-		if (pv != VERDICT_CONTINUE && pv != VERDICT_ACCEPT) {
-			/* This phase ends the message; later phases still
-			 * in it are aborted by the caller. */
-			v = pv;
-			release_cur(fo);
-			break;
-		}
-		v = merge_verdict(v, pv);
-		if (k == 0) {
-			rc = merge_phase(fo, ph, fo->hdrs, fo->nhdrs, 0, &total);
-		} else {
-			rc = merge_phase(fo, ph, cur, ncur, t, &r);
-			if (rc == 0) {
-				merge_compose(&total, &r);
-				merge_result_fini(&r);
-			}
-		}
-		release_cur(fo);
-		if (rc != 0) {
-			v = VERDICT_TEMPFAIL;
-			break;
-		}
-		if (k + 1 < fo->nphases) {
-			merge_headers_free(cur, ncur);
-			merge_visible(fo->hdrs, fo->nhdrs, total.ops,
-			    total.nops, &cur, &ncur, &t);
-		}
-	}
-	merge_headers_free(cur, ncur);
-	fo->progress = NULL;
-	fo->progress_arg = NULL;
-	ans->verdict = v;
-	if (v == VERDICT_NONE) {	/* the MTA gave up */
-		merge_result_fini(&total);
-		return;
-	}
-	if (v == VERDICT_CONTINUE || v == VERDICT_ACCEPT) {
-		fo->result = total;
-		fo->have_result = true;
-		ans->mods = &fo->result;
-		return;
-	}
-	if (v == VERDICT_TEMPFAIL && ans->text == NULL)
-		ans->decider = NULL;
-	merge_result_fini(&total);
-}
-
-/* note_rcpt - remember a recipient and its answer for the log line */
-static void
-note_rcpt(struct fanout *fo, const char *addr, enum verdict v,
-    const char *by)
-{
-	if (fo->nrcpts == fo->rcptcap) {
-		fo->rcptcap = fo->rcptcap == 0 ? 8 : fo->rcptcap * 2;
-		fo->rcpts = xreallocarray(fo->rcpts, fo->rcptcap,
-		    sizeof *fo->rcpts);
-	}
-	fo->rcpts[fo->nrcpts].addr = xstrdup(addr);
-	fo->rcpts[fo->nrcpts].verdict = v;
-	fo->rcpts[fo->nrcpts].by = v == VERDICT_CONTINUE ? NULL : by;
-	fo->nrcpts++;
-}
-
 /*
  * gave_up - the MTA aborted or closed while the upstreams were still
  * working on a stage: nothing of it is merged or applied, the upstreams
@@ -1565,9 +1140,9 @@ gave_up(struct fanout *fo, const struct fanout_event *ev,
 	ans->mods = NULL;
 	ans->mta_gone = true;
 	abort_upstreams(fo);
-	fo->end_stage = ev->stage;
-	if (fo->in_msg) {
-		fo->end_why = fo->mta_gone;
+	fo->msg.end_stage = ev->stage;
+	if (fo->msg.active) {
+		fo->msg.end_why = fo->mta_gone;
 		fanout_message_done(fo, VERDICT_NONE, 0);
 	} else
 		log_info("%s: %s: %s while the upstreams were working",
@@ -1587,29 +1162,24 @@ fanout_event(struct fanout *fo, const struct fanout_event *ev,
 	fo->text = NULL;
 	fo->mta_gone = NULL;
 	if (ev->stage == STAGE_ENVFROM) {
-		if (fo->in_msg)
+		if (fo->msg.active)
 			fanout_abort(fo);
-		message_reset(fo);
-		fo->in_msg = true;
-		fo->sender = xstrdup(ev->argc > 0 ? ev->argv[0] : "");
+		message_reset(fo, ev->argc > 0 ? ev->argv[0] : "");
 	}
 	if (is_tx_stage(ev->stage) && ev->macro != NULL &&
-	    (qid = ev->macro(ev->macro_arg, "i")) != NULL &&
-	    (fo->queueid == NULL || strcmp(fo->queueid, qid) != 0)) {
-		free(fo->queueid);
-		fo->queueid = xstrdup(qid);
-	}
-	if (ev->stage == STAGE_HEADER)
-		note_header(fo, ev);
-	if (ev->stage == STAGE_BODY && fo->nphases > 1 && fo->spool_err == 0 &&
-	    (fo->spool_err = spool_write(&fo->body, ev->data, ev->len)) != 0)
-		log_warnc(fo->spool_err, "%s: cannot keep the body for later "
-		    "phases in %s", fo->queueid != NULL ? fo->queueid :
-		    fo->connid, fo->conf->replay_dir);
+	    (qid = ev->macro(ev->macro_arg, "i")) != NULL)
+		message_set_queueid(&fo->msg, qid);
+	if (ev->stage == STAGE_HEADER && fo->need_headers)
+		message_note_header(&fo->msg, ev->name, ev->value);
+	if (ev->stage == STAGE_BODY && fo->nphases > 1 && fo->msg.spool_err == 0 &&
+	    (fo->msg.spool_err = spool_write(&fo->msg.body, ev->data, ev->len)) != 0)
+		log_warnc(fo->msg.spool_err, "%s: cannot keep the body for "
+		    "later phases in %s", message_name(&fo->msg, fo->connid),
+		    fo->conf->replay_dir);
 	if (ev->stage == STAGE_HEADER || ev->stage == STAGE_EOH ||
 	    ev->stage == STAGE_BODY) {
 		pipelined(fo, ev, ans);
-		if (ans->verdict != VERDICT_REJECT && fo->spool_err != 0)
+		if (ans->verdict != VERDICT_REJECT && fo->msg.spool_err != 0)
 			ans->verdict = VERDICT_TEMPFAIL;
 		if (ans->verdict == VERDICT_REJECT ||
 		    ans->verdict == VERDICT_TEMPFAIL) {
@@ -1619,38 +1189,28 @@ fanout_event(struct fanout *fo, const struct fanout_event *ev,
 		return;
 	}
 	if (ev->stage == STAGE_EOM) {
-		end_of_message(fo, ev, ans);
+		fo_end_of_message(fo, ev, ans);
 		if (fo->mta_gone != NULL) {
 			gave_up(fo, ev, ans);
 			return;
 		}
-		fo->decider = ans->decider;
+		fo->msg.decider = ans->decider;
 		if (ans->verdict != VERDICT_CONTINUE &&
 		    ans->verdict != VERDICT_ACCEPT)
 			abort_upstreams(fo);	/* later phases */
 		return;
 	}
-	scatter(fo, ev, true, 0, mono());
-	wait_all(fo, NULL, NULL);
+	fo_scatter(fo, ev, true, 0, fo_mono());
+	fo_wait_all(fo, NULL, NULL);
 	if (fo->mta_gone != NULL) {
-		release_cur(fo);
+		fo_release_cur(fo);
 		gave_up(fo, ev, ans);
 		return;
 	}
-	v = settle(fo, ev, 0, ans);
-	if (ev->stage == STAGE_ENVRCPT && fo->in_msg)
-		note_rcpt(fo, ev->argc > 0 ? ev->argv[0] : "", v,
-		    ans->decider);
-	if (ev->stage == STAGE_ENVRCPT && ev->argc > 0 &&
-	    (v == VERDICT_REJECT || v == VERDICT_TEMPFAIL)) {
-		if (fo->nrejected == fo->rejcap) {
-			fo->rejcap = fo->rejcap == 0 ? 8 : fo->rejcap * 2;
-			fo->rejected = xreallocarray(fo->rejected, fo->rejcap,
-			    sizeof *fo->rejected);
-		}
-		fo->rejected[fo->nrejected++] = xstrdup(ev->argv[0]);
-	}
-	release_cur(fo);
+	v = fo_settle(fo, ev, 0, ans);
+	if (ev->stage == STAGE_ENVRCPT && fo->msg.active && ev->argc > 0)
+		message_note_rcpt(&fo->msg, ev->argv[0], v, ans->decider);
+	fo_release_cur(fo);
 	if (!is_tx_stage(ev->stage))
 		return;
 	if (v == VERDICT_CONTINUE ||
@@ -1658,7 +1218,7 @@ fanout_event(struct fanout *fo, const struct fanout_event *ev,
 	    v != VERDICT_DISCARD))
 		return;
 	/* The MTA is done with this transaction: so are the upstreams. */
-	fo->decider = ans->decider;
+	fo->msg.decider = ans->decider;
 	abort_upstreams(fo);
 	fanout_message_done(fo, v, 0);
 }
@@ -1667,7 +1227,7 @@ void
 fanout_abort(struct fanout *fo)
 {
 	abort_upstreams(fo);
-	if (fo->in_msg)
+	if (fo->msg.active)
 		fanout_message_done(fo, VERDICT_NONE, 0);
 }
 
@@ -1688,29 +1248,6 @@ report_ok(struct fanout *fo)
 	free(ok);
 }
 
-/* put - append formatted text to a log line being built */
-static void
-put(struct buf *b, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-
-static void
-put(struct buf *b, const char *fmt, ...)
-{
-	va_list	 ap;
-	int	 n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(NULL, 0, fmt, ap);
-	va_end(ap);
-	if (n <= 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf((char *)buf_reserve(b, (size_t)n + 1), (size_t)n + 1, fmt,
-	    ap);
-	va_end(ap);
-	buf_commit(b, (size_t)n);
-}
-
 /*
  * fanout_message_done - one line says everything about the message:
  * its sender, each recipient with its own answer and who gave it, each
@@ -1720,48 +1257,28 @@ void
 fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 {
 	struct buf	 line = BUF_INIT;
-	bool		 by;
 
-	if (!fo->in_msg)
+	if (!fo->msg.active)
 		return;
-	put(&line, "upstreams");
+	message_put(&line, "upstreams");
 	pthread_mutex_lock(&fo->lock);
 	for (size_t i = 0; i < fo->n; i++) {
 		const struct slot *s = &fo->slots[i];
 		enum verdict	 v = merge_verdict(s->msg_verdict, s->deferred);
 
-		put(&line, " %s=%s/%.0fms", s->cfg->name,
+		message_put(&line, " %s=%s/%.0fms", s->cfg->name,
 		    s->down ? "down" : s->failed ? "failed" :
 		    v == VERDICT_NONE ? "-" : proto_verdict_name(v),
 		    s->msg_seconds * 1000);
 	}
 	pthread_mutex_unlock(&fo->lock);
 	report_ok(fo);
-	by = fo->decider != NULL && merged != VERDICT_CONTINUE &&
-	    merged != VERDICT_ACCEPT && merged != VERDICT_NONE;
-	if (merged == VERDICT_NONE && fo->end_why != NULL)
-		put(&line, "; merged aborted (%s at %s)", fo->end_why,
-		    proto_stage_name(fo->end_stage));
-	else
-		put(&line, "; merged %s%s%s", merged == VERDICT_NONE ?
-		    "aborted" : proto_verdict_name(merged), by ? " by " : "",
-		    by ? fo->decider : "");
-	put(&line, "; %zu modification%s applied; from %s; rcpts", napplied,
-	    napplied == 1 ? "" : "s", fo->sender != NULL ? fo->sender : "");
-	if (fo->nrcpts == 0)
-		put(&line, " none");
-	for (size_t i = 0; i < fo->nrcpts; i++) {
-		const struct rcpt *r = &fo->rcpts[i];
-
-		put(&line, " %s=%s%s%s%s", r->addr,
-		    proto_verdict_name(r->verdict), r->by != NULL ? " by " : "",
-		    r->by != NULL ? r->by : "", i + 1 < fo->nrcpts ? "," : "");
-	}
+	message_describe(&fo->msg, &line, merged, napplied);
 	buf_add_u8(&line, '\0');
-	log_info("%s: message (%s): %s", fo->queueid != NULL ? fo->queueid :
-	    fo->connid, fo->connid, (const char *)buf_head(&line));
+	log_info("%s: message (%s): %s", message_name(&fo->msg, fo->connid),
+	    fo->connid, (const char *)buf_head(&line));
 	buf_fini(&line);
-	message_reset(fo);
+	message_reset(fo, NULL);
 }
 
 void
@@ -1775,11 +1292,11 @@ fanout_close(struct fanout *fo)
 {
 	if (fo == NULL)
 		return;
-	if (fo->in_msg)
+	if (fo->msg.active)
 		fanout_message_done(fo, VERDICT_NONE, 0);
 	report_ok(fo);
 	for (size_t i = 0; i < fo->n; i++) {
-		struct fx	*f = fx_new(fo, i, XCHG_CLOSE, STAGE_QUIT);
+		struct exchange	*f = fx_new(fo, i, XCHG_CLOSE, STAGE_QUIT);
 
 		upstream_submit(fo->slots[i].up, &f->x);
 	}

@@ -1,0 +1,129 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * fanout_int - what fanout.c shares with eom.c, which runs end of
+ * message over the phases: the connection's state and the fan-out
+ * primitives.  Private to those two files.
+ *
+ * Concurrency and ownership: as in fanout.c (fo->lock guards what is
+ * marked (L); everything else is the caller's thread's).
+ */
+#ifndef FANOUT_INT_H
+#define FANOUT_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "conf.h"
+#include "exchange.h"
+#include "fanout.h"
+#include "merge.h"
+#include "message.h"
+#include "pool.h"
+#include "upstream.h"
+
+/* Pipelined packets an upstream may have in flight before the MTA waits:
+ * bounds memory for a slow upstream and a large body. */
+#define MAX_INFLIGHT		64
+/* Progress at end of message restarts the MTA's read timeout (Postfix
+ * milter_content_timeout, Sendmail T=R): often enough for any value of
+ * it above a second. */
+#define PROGRESS_INTERVAL	1.0
+#define MAX_MACROS		50
+
+struct fanout;
+
+struct cancel {
+	struct pool_job		 job;	/* first */
+	struct fanout		*fo;
+	size_t			 slot;
+};
+
+struct slot {
+	const struct conf_upstream	*cfg;
+	struct upstream			*up;
+	struct cancel			 cancel;
+	/* Set by fanout_open before any other use; read-only after. */
+	bool				 leadspc_fix;
+	bool				 down;	/* skipped: health said so */
+	uint64_t			 probe;	/* health token, or 0 */
+	char				*names[MACRO_STAGE_COUNT];
+	/* (L) */
+	unsigned			 inflight;
+	bool				 failed;
+	bool				 cancel_posted;
+	enum verdict			 deferred;
+	char				*deferred_text;
+	double				 msg_seconds;
+	/* Caller's thread only. */
+	enum verdict			 msg_verdict;
+	struct exchange			*cur;	/* waited exchange, or NULL */
+	/* Until when it may still be answering an exchange we stopped
+	 * waiting for: its next deadline counts from then, so that it
+	 * catches up within its own budget and is not blamed for it. */
+	double				 busy_until;
+};
+
+struct fanout {
+	pthread_mutex_t		 lock;
+	pthread_cond_t		 cond;		/* (L) changes wake it */
+	atomic_uint		 refs;
+	struct conf		*conf;
+	char			*connid;
+	struct slot		*slots;
+	size_t			 n;
+	struct pool_loop	*loop;		/* all of its upstreams' */
+	unsigned		 pending;	/* (L) waited, not done */
+	bool			 decisive;	/* (L) a reject arrived */
+	/* The MTA's socket, polled (never read) while a stage waits:
+	 * data or EOF there means the MTA gave up on the stage.  -1:
+	 * unknown.  Caller's thread. */
+	int			 mta_fd;
+	const char		*mta_gone;	/* why, or NULL */
+	/* Negotiated with the MTA (caller's thread). */
+	uint32_t		 mta_actions;
+	uint32_t		 mta_proto;
+	uint32_t		 actions;
+	uint32_t		 proto;
+	char			*symlists[MACRO_STAGE_COUNT];
+	bool			 need_headers;
+	bool			 leadspc;	/* MTA sends raw values */
+	/* Distinct phases of the slots, ascending; with one phase, header
+	 * and body go to everyone and nothing is kept for replay. */
+	unsigned		*phases;
+	size_t			 nphases;
+	/* Set while end of message replays to later phases, so that
+	 * back-pressure waits keep the MTA informed. */
+	fanout_progress_fn	*progress;
+	void			*progress_arg;
+	double			 nextprog;	/* when the next is due */
+	/* The current message; its seq is (L), the rest the caller's. */
+	struct message		 msg;
+	char			*text;		/* answer text copy */
+};
+
+/* Seconds on CLOCK_MONOTONIC. */
+double		 fo_mono(void);
+/* Sends ev to every usable upstream of phase (0: of every phase),
+ * waited or pipelined; deadlines count from base. */
+void		 fo_scatter(struct fanout *, const struct fanout_event *,
+		    bool waited, unsigned phase, double base);
+/* Waits for the waited exchanges (a reject, the deadlines or the MTA's
+ * giving up end it early), reporting progress if given. */
+void		 fo_wait_all(struct fanout *, fanout_progress_fn *, void *);
+/* The merged verdict of a waited stage of phase (0: all), with text. */
+enum verdict	 fo_settle(struct fanout *, const struct fanout_event *,
+		    unsigned phase, struct fanout_answer *);
+/* Frees the waited exchanges the caller holds. */
+void		 fo_release_cur(struct fanout *);
+/* Header, eoh or body to a phase, with back-pressure from start. */
+void		 fo_send_content(struct fanout *, const struct fanout_event *,
+		    unsigned phase, double start);
+
+/* eom.c: end of message over every phase, into ans. */
+void		 fo_end_of_message(struct fanout *, const struct fanout_event *,
+		    struct fanout_answer *);
+
+#endif /* FANOUT_INT_H */

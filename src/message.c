@@ -1,0 +1,157 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * message - one transaction's state and its log line.  See message.h.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "message.h"
+#include "xalloc.h"
+
+void
+message_init(struct message *m, size_t replay_memory, const char *replay_dir)
+{
+	memset(m, 0, sizeof *m);
+	spool_init(&m->body, replay_memory, replay_dir);
+}
+
+void
+message_clear(struct message *m)
+{
+	merge_headers_free(m->hdrs, m->nhdrs);
+	m->hdrs = NULL;
+	m->nhdrs = m->hdrcap = 0;
+	for (size_t i = 0; i < m->nrejected; i++)
+		free(m->rejected[i]);
+	m->nrejected = 0;
+	for (size_t i = 0; i < m->nrcpts; i++)
+		free(m->rcpts[i].addr);
+	m->nrcpts = 0;
+	if (m->have_result)
+		merge_result_fini(&m->result);
+	m->have_result = false;
+	free(m->queueid);
+	m->queueid = NULL;
+	free(m->sender);
+	m->sender = NULL;
+	spool_reset(&m->body);
+	m->spool_err = 0;
+	m->decider = NULL;
+	m->end_why = NULL;
+	m->active = false;
+}
+
+void
+message_fini(struct message *m)
+{
+	message_clear(m);
+	free(m->rejected);
+	free(m->rcpts);
+	spool_fini(&m->body);
+}
+
+void
+message_begin(struct message *m, const char *sender)
+{
+	message_clear(m);
+	m->active = true;
+	m->sender = xstrdup(sender);
+}
+
+void
+message_set_queueid(struct message *m, const char *qid)
+{
+	if (m->queueid != NULL && strcmp(m->queueid, qid) == 0)
+		return;
+	free(m->queueid);
+	m->queueid = xstrdup(qid);
+}
+
+void
+message_note_header(struct message *m, const char *name, const char *value)
+{
+	if (m->nhdrs == m->hdrcap) {
+		m->hdrcap = m->hdrcap == 0 ? 32 : m->hdrcap * 2;
+		m->hdrs = xreallocarray(m->hdrs, m->hdrcap, sizeof *m->hdrs);
+	}
+	m->hdrs[m->nhdrs].name = xstrdup(name);
+	m->hdrs[m->nhdrs].value = xstrdup(value);
+	m->nhdrs++;
+}
+
+void
+message_note_rcpt(struct message *m, const char *addr, enum verdict v,
+    const char *by)
+{
+	if (m->nrcpts == m->rcptcap) {
+		m->rcptcap = m->rcptcap == 0 ? 8 : m->rcptcap * 2;
+		m->rcpts = xreallocarray(m->rcpts, m->rcptcap,
+		    sizeof *m->rcpts);
+	}
+	m->rcpts[m->nrcpts].addr = xstrdup(addr);
+	m->rcpts[m->nrcpts].verdict = v;
+	m->rcpts[m->nrcpts].by = v == VERDICT_CONTINUE ? NULL : by;
+	m->nrcpts++;
+	if (v != VERDICT_REJECT && v != VERDICT_TEMPFAIL)
+		return;
+	if (m->nrejected == m->rejcap) {
+		m->rejcap = m->rejcap == 0 ? 8 : m->rejcap * 2;
+		m->rejected = xreallocarray(m->rejected, m->rejcap,
+		    sizeof *m->rejected);
+	}
+	m->rejected[m->nrejected++] = xstrdup(addr);
+}
+
+const char *
+message_name(const struct message *m, const char *fallback)
+{
+	return m->queueid != NULL ? m->queueid : fallback;
+}
+
+void
+message_put(struct buf *b, const char *fmt, ...)
+{
+	va_list	 ap;
+	int	 n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	if (n <= 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf((char *)buf_reserve(b, (size_t)n + 1), (size_t)n + 1, fmt,
+	    ap);
+	va_end(ap);
+	buf_commit(b, (size_t)n);
+}
+
+void
+message_describe(const struct message *m, struct buf *line,
+    enum verdict merged, size_t napplied)
+{
+	bool	 by = m->decider != NULL && merged != VERDICT_CONTINUE &&
+		    merged != VERDICT_ACCEPT && merged != VERDICT_NONE;
+
+	if (merged == VERDICT_NONE && m->end_why != NULL)
+		message_put(line, "; merged aborted (%s at %s)", m->end_why,
+		    proto_stage_name(m->end_stage));
+	else
+		message_put(line, "; merged %s%s%s", merged == VERDICT_NONE ?
+		    "aborted" : proto_verdict_name(merged), by ? " by " : "",
+		    by ? m->decider : "");
+	message_put(line, "; %zu modification%s applied; from %s; rcpts",
+	    napplied, napplied == 1 ? "" : "s",
+	    m->sender != NULL ? m->sender : "");
+	if (m->nrcpts == 0)
+		message_put(line, " none");
+	for (size_t i = 0; i < m->nrcpts; i++) {
+		const struct message_rcpt *r = &m->rcpts[i];
+
+		message_put(line, " %s=%s%s%s%s", r->addr,
+		    proto_verdict_name(r->verdict), r->by != NULL ? " by " : "",
+		    r->by != NULL ? r->by : "", i + 1 < m->nrcpts ? "," : "");
+	}
+}
