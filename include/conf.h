@@ -57,6 +57,8 @@ struct conf_upstream {
 	unsigned		 phase;		/* 1.., ordered phases */
 	unsigned		 failures;	/* in a row, then marked down */
 	double			 retry_after;	/* seconds down, then a probe */
+	/* Modification requests per message; one more fails it. */
+	unsigned		 max_mods;
 };
 
 struct conf {
@@ -71,6 +73,7 @@ struct conf {
 	enum on_failure		 on_failure;
 	unsigned		 failures;
 	double			 retry_after;
+	unsigned		 max_mods;	/* upstreams' default */
 	double			 shutdown_grace;	/* seconds */
 	/* Extra macro names to request, per macro stage; NULL-terminated. */
 	char			**macros[MACRO_STAGE_COUNT];
@@ -107,6 +110,7 @@ struct conf_errors {
 #define CONF_DEFAULT_FAILURES	3
 #define CONF_DEFAULT_RETRY	30.0
 #define CONF_DEFAULT_GRACE	30.0
+#define CONF_DEFAULT_MAX_MODS	100000
 
 /*
  * The MTAs' default timeouts that miltermux's own must stay under
