@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -602,6 +603,126 @@ Test(merge, deleted_original_still_anchors_other_upstreams_insert)
 }
 
 /* Envelope, body, quarantine. */
+
+/*
+ * 200,000 inserts, 100,000 each from two upstreams at two places, and a
+ * change below them.  Expected script and list by hand: an upstream that
+ * inserts at one index again and again stacks its headers there in
+ * reverse, so the script gives each group in request order, the lower
+ * anchor's group (b's, before X-A#1) first; the change keeps its index,
+ * no X-A being inserted.  The merge used to take time quadratic in the
+ * inserts (15 s for these); it is O(n log n) now, which this test does
+ * not time, but its .timeout catches a quadratic merge (minutes).
+ */
+#define BIG	100000
+
+Test(merge, two_hundred_thousand_inserts_merge_exactly, .timeout = 20)
+{
+	static struct merge_header orig[] = {
+		{ "From", "a" }, { "To", "b" }, { "Subject", "s" },
+		{ "X-A", "x1" }, { "X-A", "x2" },
+	};
+	struct mod		*ma, *mb;
+	struct merge_upstream	 ups[2];
+	struct merge_result	 res;
+	struct merge_header	 in[6], *got;
+	char			(*va)[16], (*vb)[16];
+	size_t			 ngot, j, k;
+
+	ma = calloc(BIG + 1, sizeof *ma);
+	mb = calloc(BIG, sizeof *mb);
+	va = calloc(BIG, sizeof *va);
+	vb = calloc(BIG, sizeof *vb);
+	cr_assert(ma != NULL && mb != NULL && va != NULL && vb != NULL);
+	for (j = 0; j < BIG; j++) {
+		snprintf(va[j], sizeof va[j], "a%zu", j);
+		snprintf(vb[j], sizeof vb[j], "b%zu", j);
+		ma[j] = (struct mod)INS(1, "X-I", va[j]);
+		mb[j] = (struct mod)INS(4, "X-J", vb[j]);
+	}
+	ma[BIG] = (struct mod)CHG(2, "X-A", "changed");
+	ups[0] = (struct merge_upstream){ ma, BIG + 1 };
+	ups[1] = (struct merge_upstream){ mb, BIG };
+
+	cr_assert_eq(merge_mods(orig, nitems(orig), ups, 2, NULL, 0, &res),
+	    0);
+	cr_assert_eq(res.nconflicts, 0);
+	cr_assert_eq(res.nops, 2 * BIG + 1, "%zu ops", res.nops);
+	for (j = 0; j < BIG; j++) {
+		cr_assert_eq(res.ops[j].kind, MOD_INSHEADER, "op %zu", j);
+		cr_assert_eq(res.ops[j].index, 4, "op %zu", j);
+		cr_assert_str_eq(res.ops[j].name, "X-J");
+		cr_assert_str_eq(res.ops[j].value, vb[j]);
+		k = BIG + j;
+		cr_assert_eq(res.ops[k].kind, MOD_INSHEADER, "op %zu", k);
+		cr_assert_eq(res.ops[k].index, 1, "op %zu", k);
+		cr_assert_str_eq(res.ops[k].name, "X-I");
+		cr_assert_str_eq(res.ops[k].value, va[j]);
+	}
+	cr_assert_eq(res.ops[2 * BIG].kind, MOD_CHGHEADER);
+	cr_assert_eq(res.ops[2 * BIG].index, 2);
+	cr_assert_str_eq(res.ops[2 * BIG].name, "X-A");
+	cr_assert_str_eq(res.ops[2 * BIG].value, "changed");
+
+	/* Applied: Received, a99999..a0, From, To, Subject, b99999..b0,
+	 * X-A: x1, X-A: changed. */
+	in[0] = hidden;
+	memcpy(&in[1], orig, sizeof orig);
+	merge_apply_headers(in, 6, true, res.ops, res.nops, &got, &ngot);
+	cr_assert_eq(ngot, 2 * BIG + 6, "%zu headers", ngot);
+	k = 0;
+	cr_assert_str_eq(got[k++].value, hidden.value);
+	for (j = BIG; j-- > 0;)
+		cr_assert_str_eq(got[k++].value, va[j]);
+	cr_assert_str_eq(got[k++].name, "From");
+	cr_assert_str_eq(got[k++].name, "To");
+	cr_assert_str_eq(got[k++].name, "Subject");
+	for (j = BIG; j-- > 0;)
+		cr_assert_str_eq(got[k++].value, vb[j]);
+	cr_assert_str_eq(got[k].name, "X-A");
+	cr_assert_str_eq(got[k++].value, "x1");
+	cr_assert_str_eq(got[k].name, "X-A");
+	cr_assert_str_eq(got[k++].value, "changed");
+	merge_headers_free(got, ngot);
+	merge_result_fini(&res);
+	free(ma);
+	free(mb);
+	free(va);
+	free(vb);
+}
+
+/*
+ * 200,000 recipients added, each twice, by two upstreams: one addrcpt
+ * each, in first-seen order (the duplicate check was quadratic too).
+ */
+Test(merge, two_hundred_thousand_addrcpts_dedupe_exactly, .timeout = 20)
+{
+	struct mod		*m;
+	struct merge_upstream	 ups[2];
+	struct merge_result	 res;
+	char			(*v)[24];
+	size_t			 j;
+
+	m = calloc(BIG * 2, sizeof *m);
+	v = calloc(BIG * 2, sizeof *v);
+	cr_assert(m != NULL && v != NULL);
+	for (j = 0; j < 2 * BIG; j++) {
+		snprintf(v[j], sizeof v[j], "<r%zu@example.net>", j);
+		m[j] = (struct mod){ .kind = MOD_ADDRCPT, .name = v[j] };
+	}
+	/* b adds the same addresses. */
+	ups[0] = (struct merge_upstream){ m, 2 * BIG };
+	ups[1] = (struct merge_upstream){ m, 2 * BIG };
+	cr_assert_eq(merge_mods(NULL, 0, ups, 2, NULL, 0, &res), 0);
+	cr_assert_eq(res.nops, 2 * BIG, "%zu ops", res.nops);
+	for (j = 0; j < 2 * BIG; j++) {
+		cr_assert_eq(res.ops[j].kind, MOD_ADDRCPT);
+		cr_assert_str_eq(res.ops[j].name, v[j]);
+	}
+	merge_result_fini(&res);
+	free(m);
+	free(v);
+}
 
 Test(merge, two_sender_changes_first_wins_with_conflict)
 {
