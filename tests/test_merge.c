@@ -1562,3 +1562,157 @@ Test(merge, random_phases_compose_like_sequential_application,
 	cr_assert_gt(tops, 50, "the cases with headers above the hidden one "
 	    "must be exercised (%d)", tops);
 }
+
+/*
+ * Long scripts.  The small random tests above never fill the order
+ * labels merge.c gives list entries, so they never make it spread them
+ * again; these scripts do (bursts of inserts at one index), and are
+ * checked against a plain array model of Postfix's semantics written
+ * here: merge_apply_headers() must give the model's list, and the
+ * merged script of one upstream applied must give its own requests
+ * applied.
+ */
+#define L_ROUNDS	4
+#define L_ORIG		40
+#define L_MODS		6000
+
+struct lent {
+	const char	*name;
+	const char	*value;
+	bool		 hidden;
+};
+
+/* l_apply - one request on the model: the array, n entries live only */
+static void
+l_apply(struct lent *l, size_t *n, const struct mod *m)
+{
+	size_t	 i, k, at;
+
+	switch (m->kind) {
+	case MOD_ADDHEADER:
+		l[(*n)++] = (struct lent){ m->name, m->value, false };
+		return;
+	case MOD_INSHEADER:
+		at = m->index < *n ? m->index : *n;
+		memmove(&l[at + 1], &l[at], (*n - at) * sizeof *l);
+		l[at] = (struct lent){ m->name, m->value, false };
+		(*n)++;
+		return;
+	case MOD_CHGHEADER:
+		k = m->index > 0 ? m->index : 1;
+		for (i = 0; i < *n; i++)
+			if (!l[i].hidden && strcasecmp(l[i].name, m->name) == 0
+			    && --k == 0)
+				break;
+		if (i == *n) {
+			if (*m->value != '\0')
+				l[(*n)++] = (struct lent){ m->name, m->value,
+				    false };
+		} else if (*m->value == '\0') {
+			memmove(&l[i], &l[i + 1], (*n - i - 1) * sizeof *l);
+			(*n)--;
+		} else {
+			l[i].name = m->name;
+			l[i].value = m->value;
+		}
+		return;
+	default:
+		cr_assert_fail("unexpected kind %d", (int)m->kind);
+	}
+}
+
+Test(merge, long_random_scripts_apply_like_a_plain_list, .timeout = 60)
+{
+	static const char *const names[] = {
+		"Subject", "X-A", "x-a", "Received", "To", "X-New",
+	};
+	struct merge_header	 in[L_ORIG + 1], *got, *mine;
+	struct merge_upstream	 up;
+	struct merge_result	 res;
+	struct lent		*l;
+	struct mod		*m;
+	char			(*vals)[24];
+	uint64_t		 s = 0x5eed;
+	size_t			 n, ngot, nmine, j, burst = 0;
+	uint32_t		 at = 0;
+
+	l = calloc(L_ORIG + 1 + L_MODS, sizeof *l);
+	m = calloc(L_MODS, sizeof *m);
+	vals = calloc(L_ORIG + L_MODS, sizeof *vals);
+	cr_assert(l != NULL && m != NULL && vals != NULL);
+	for (int round = 0; round < L_ROUNDS; round++) {
+		in[0] = hidden;
+		for (j = 0; j < L_ORIG; j++) {
+			snprintf(vals[j], sizeof vals[j], "o%zu", j);
+			in[j + 1] = (struct merge_header){
+			    (char *)names[rnd(&s, nitems(names))], vals[j] };
+		}
+		for (j = 0; j < L_MODS; j++) {
+			char	*v = vals[L_ORIG + j];
+			uint32_t r = rnd(&s, 100);
+
+			snprintf(v, sizeof vals[0], "r%dv%zu", round, j);
+			m[j] = (struct mod){ .name = (char *)names[rnd(&s,
+			    nitems(names))], .value = v };
+			if (burst > 0 || r < 2) {
+				/* 50 to 250 inserts in a row at one index. */
+				if (burst == 0) {
+					burst = 50 + rnd(&s, 200);
+					at = rnd(&s, (uint32_t)(L_ORIG + j + 2));
+				}
+				burst--;
+				m[j].kind = MOD_INSHEADER;
+				m[j].index = at;
+			} else if (r < 45) {
+				m[j].kind = MOD_INSHEADER;
+				m[j].index = rnd(&s, (uint32_t)(L_ORIG + j + 2));
+			} else if (r < 90) {
+				m[j].kind = MOD_CHGHEADER;
+				m[j].index = rnd(&s, 40);
+				if (rnd(&s, 3) == 0)
+					m[j].value = "";
+			} else {
+				m[j].kind = MOD_ADDHEADER;
+			}
+		}
+
+		/* The simulator against the model. */
+		n = 0;
+		l[n++] = (struct lent){ hidden.name, hidden.value, true };
+		for (j = 0; j < L_ORIG; j++)
+			l[n++] = (struct lent){ in[j + 1].name,
+			    in[j + 1].value, false };
+		for (j = 0; j < L_MODS; j++)
+			l_apply(l, &n, &m[j]);
+		merge_apply_headers(in, L_ORIG + 1, true, m, L_MODS, &mine,
+		    &nmine);
+		cr_assert_eq(nmine, n, "round %d: %zu headers, model %zu",
+		    round, nmine, n);
+		for (j = 0; j < n; j++) {
+			cr_assert_str_eq(mine[j].name, l[j].name,
+			    "round %d, header %zu", round, j);
+			cr_assert_str_eq(mine[j].value, l[j].value,
+			    "round %d, header %zu", round, j);
+		}
+
+		/* One upstream: its merged script does what it asked. */
+		up = (struct merge_upstream){ m, L_MODS };
+		cr_assert_eq(merge_mods(&in[1], L_ORIG, &up, 1, NULL, 0,
+		    &res), 0);
+		merge_apply_headers(in, L_ORIG + 1, true, res.ops, res.nops,
+		    &got, &ngot);
+		cr_assert_eq(ngot, nmine, "round %d", round);
+		for (j = 0; j < ngot; j++) {
+			cr_assert_str_eq(got[j].name, mine[j].name,
+			    "round %d, header %zu", round, j);
+			cr_assert_str_eq(got[j].value, mine[j].value,
+			    "round %d, header %zu", round, j);
+		}
+		merge_headers_free(got, ngot);
+		merge_headers_free(mine, nmine);
+		merge_result_fini(&res);
+	}
+	free(l);
+	free(m);
+	free(vals);
+}
