@@ -57,6 +57,8 @@ struct conf_upstream {
 	unsigned		 phase;		/* 1.., ordered phases */
 	unsigned		 failures;	/* in a row, then marked down */
 	double			 retry_after;	/* seconds down, then a probe */
+	/* Modification requests per message; one more fails it. */
+	unsigned		 max_mods;
 };
 
 struct conf {
@@ -71,6 +73,7 @@ struct conf {
 	enum on_failure		 on_failure;
 	unsigned		 failures;
 	double			 retry_after;
+	unsigned		 max_mods;	/* upstreams' default */
 	double			 shutdown_grace;	/* seconds */
 	/* MTA sessions served at once; 0: derived from the descriptor
 	 * limit and the number of upstreams (front.c). */
@@ -110,6 +113,7 @@ struct conf_errors {
 #define CONF_DEFAULT_FAILURES	3
 #define CONF_DEFAULT_RETRY	30.0
 #define CONF_DEFAULT_GRACE	30.0
+#define CONF_DEFAULT_MAX_MODS	100000
 
 /*
  * The MTAs' default timeouts that miltermux's own must stay under

@@ -64,6 +64,8 @@
 #define FAILURES_MAX		1000
 #define SESSIONS_MIN		1
 #define SESSIONS_MAX		1000000
+#define MAX_MODS_MIN		1
+#define MAX_MODS_MAX		10000000
 #define GROUP_BUF_MAX		(1024 * 1024)	/* getgrnam_r's buffer */
 #define MACROS_MAX		50	/* names per macro stage */
 #define UPSTREAM_NAME_MAX	64
@@ -93,12 +95,12 @@ static const char *const on_failure_names[ONFAIL_COUNT] = {
 /* The schema: known keys per object, in the order conf_dump writes them. */
 static const char *const top_keys[] = {
 	"listen", "threads", "timeouts", "on_failure", "macros", "replay",
-	"upstreams", "failures", "retry_after", "shutdown_grace", "socket_mode",
-	"socket_group", "max_sessions", NULL
+	"upstreams", "failures", "retry_after", "max_modifications",
+	"shutdown_grace", "socket_mode", "socket_group", "max_sessions", NULL
 };
 static const char *const upstream_keys[] = {
 	"name", "address", "enabled", "phase", "on_failure", "failures",
-	"retry_after", "timeouts", NULL
+	"retry_after", "max_modifications", "timeouts", NULL
 };
 static const char *const replay_keys[] = {
 	"memory", "directory", NULL
@@ -924,6 +926,26 @@ want_failures(struct ctx *x, json_t *v, const char *path, unsigned *out)
 }
 
 /*
+ * want_max_mods - modification requests per upstream and message,
+ * MAX_MODS_MIN..MAX_MODS_MAX
+ */
+static bool
+want_max_mods(struct ctx *x, json_t *v, const char *path, unsigned *out)
+{
+	if (!want_type(x, v, path, JSON_INTEGER, "an integer"))
+		return false;
+	if (json_integer_value(v) < MAX_MODS_MIN ||
+	    json_integer_value(v) > MAX_MODS_MAX) {
+		bad_value(x, path, "%" JSON_INTEGER_FORMAT " is out of range "
+		    "%d..%d", json_integer_value(v), MAX_MODS_MIN,
+		    MAX_MODS_MAX);
+		return false;
+	}
+	*out = (unsigned)json_integer_value(v);
+	return true;
+}
+
+/*
  * want_mode - permission bits as a string of octal digits, as chmod(1)
  * takes them: a JSON number would be read as decimal, so 0660 (or 660)
  * would silently mean something else.
@@ -1210,6 +1232,7 @@ parse_upstream(struct ctx *x, json_t *v, size_t i)
 	u->phase = CONF_DEFAULT_PHASE;
 	u->failures = c->failures;
 	u->retry_after = c->retry_after;
+	u->max_mods = c->max_mods;
 	path = path_index("upstreams", i);
 	if (!want_type(x, v, path, JSON_OBJECT, "an object"))
 		goto out;
@@ -1277,6 +1300,11 @@ parse_upstream(struct ctx *x, json_t *v, size_t i)
 	if ((m = json_object_get(v, "retry_after")) != NULL) {
 		child = path_key(path, "retry_after");
 		want_seconds(x, m, child, &u->retry_after);
+		free(child);
+	}
+	if ((m = json_object_get(v, "max_modifications")) != NULL) {
+		child = path_key(path, "max_modifications");
+		want_max_mods(x, m, child, &u->max_mods);
 		free(child);
 	}
 	if ((m = json_object_get(v, "timeouts")) != NULL) {
@@ -1373,6 +1401,8 @@ parse_top(struct ctx *x, json_t *root)
 		want_failures(x, v, "failures", &c->failures);
 	if ((v = json_object_get(root, "retry_after")) != NULL)
 		want_seconds(x, v, "retry_after", &c->retry_after);
+	if ((v = json_object_get(root, "max_modifications")) != NULL)
+		want_max_mods(x, v, "max_modifications", &c->max_mods);
 	if ((v = json_object_get(root, "shutdown_grace")) != NULL)
 		want_grace(x, v, "shutdown_grace", &c->shutdown_grace);
 
@@ -1583,6 +1613,7 @@ conf_new(const char *name)
 	c->replay_dir = xstrdup(CONF_DEFAULT_REPLAY_DIR);
 	c->failures = CONF_DEFAULT_FAILURES;
 	c->retry_after = CONF_DEFAULT_RETRY;
+	c->max_mods = CONF_DEFAULT_MAX_MODS;
 	c->shutdown_grace = CONF_DEFAULT_GRACE;
 	/* Lists are never NULL, so users can walk them unconditionally. */
 	for (int s = 0; s < MACRO_STAGE_COUNT; s++)
@@ -2019,6 +2050,7 @@ conf_dump(const struct conf *c)
 		    u->on_failure)));
 		jset(o, "failures", json_integer(u->failures));
 		jset(o, "retry_after", dump_seconds(u->retry_after));
+		jset(o, "max_modifications", json_integer(u->max_mods));
 		jset(o, "timeouts", dump_timeouts(&u->timeouts));
 		jappend(ups, o);
 		p = timeouts_digits(&u->timeouts, p);
@@ -2028,6 +2060,7 @@ conf_dump(const struct conf *c)
 	jset(root, "upstreams", ups);
 	jset(root, "failures", json_integer(c->failures));
 	jset(root, "retry_after", dump_seconds(c->retry_after));
+	jset(root, "max_modifications", json_integer(c->max_mods));
 	jset(root, "shutdown_grace", dump_seconds(c->shutdown_grace));
 	/* Unset, these two have no value to write: the socket keeps what
 	 * the umask and the starting user give it. */

@@ -538,6 +538,10 @@ negotiate(struct fanout *fo)
 		fo->need_headers = true;
 	if (fo->need_headers)
 		no &= ~(uint32_t)MP_NOHDRS;
+	/* A change of a header that is not there adds it (PROTOCOL.md
+	 * 5.1), and the merged script says so with addheader. */
+	if ((act & MA_CHGHDRS) != 0)
+		act |= MA_ADDHDRS;
 	fo->actions = (act | MA_SETSYMLIST) & fo->mta_actions;
 	fo->proto = no & fo->mta_proto;
 	if ((fo->mta_proto & MP_SKIP) != 0)

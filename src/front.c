@@ -34,6 +34,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +85,17 @@
 #define FD_SPARE_DIV	16
 /* At most one log line about refused sessions per this many seconds. */
 #define REFUSE_LOG_EVERY	10.0
+
+/*
+ * While a large merged edit set is applied, the MTA hears progress
+ * every FRONT_PROGRESS_MODS modifications and at least every
+ * FRONT_PROGRESS_SECS seconds: each modification is a write that the
+ * MTA may be slow to read, and Sendmail's end-of-message budget and a
+ * Postfix that waits between two reads keep running (PROTOCOL.md 4.4).
+ * A progress packet is 5 bytes against the tens each request takes.
+ */
+#define FRONT_PROGRESS_MODS	10000
+#define FRONT_PROGRESS_SECS	1.0
 
 struct conn {
 	struct conf	*conf;
@@ -786,7 +798,18 @@ apply(SMFICTX *ctx, struct conn *c, const struct mod *m)
 
 	switch (m->kind) {
 	case MOD_ADDHEADER:
-		rc = smfi_addheader(ctx, m->name, m->value);
+		/* Without ADDHDRS (the MTA did not offer it) the append can
+		 * only come from a change of a header that was not there:
+		 * say it the same way.  An index no header reaches makes
+		 * Postfix append; Sendmail may instead change one of its
+		 * own default headers of that name, as it would have for
+		 * the upstream. */
+		if ((c->actions & SMFIF_ADDHDRS) == 0 &&
+		    (c->actions & SMFIF_CHGHDRS) != 0)
+			rc = smfi_chgheader(ctx, m->name, INT32_MAX,
+			    m->value);
+		else
+			rc = smfi_addheader(ctx, m->name, m->value);
 		break;
 	case MOD_INSHEADER:
 		rc = smfi_insheader(ctx, (int)m->index, m->name, m->value);
@@ -823,6 +846,45 @@ apply(SMFICTX *ctx, struct conn *c, const struct mod *m)
 	return rc == MI_SUCCESS ? 0 : -EIO;
 }
 
+/* seconds - CLOCK_MONOTONIC in seconds */
+static double
+seconds(void)
+{
+	struct timespec	 ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/*
+ * apply_all - the merged edit script through libmilter, in order, with
+ * progress to the MTA while it takes long; returns how many the MTA took
+ */
+static size_t
+apply_all(SMFICTX *ctx, struct conn *c, const struct merge_result *mods)
+{
+	double	 last = seconds(), t;
+	size_t	 applied = 0, since = 0;
+
+	for (size_t i = 0; i < mods->nops; i++) {
+		if (apply(ctx, c, &mods->ops[i]) == 0)
+			applied++;
+		else
+			log_warnx("%s: the MTA refused %s", c->id,
+			    codec_mod_kind_name(mods->ops[i].kind));
+		if (i + 1 == mods->nops)
+			break;
+		t = seconds();
+		if (++since >= FRONT_PROGRESS_MODS ||
+		    t - last >= FRONT_PROGRESS_SECS) {
+			smfi_progress(ctx);
+			since = 0;
+			last = t;
+		}
+	}
+	return applied;
+}
+
 static sfsistat
 front_eom(SMFICTX *ctx)
 {
@@ -843,16 +905,8 @@ front_eom(SMFICTX *ctx)
 	ev.progress_arg = ctx;
 	fanout_event(c->fo, &ev, &a);
 	if (a.mods != NULL &&
-	    (a.verdict == VERDICT_CONTINUE || a.verdict == VERDICT_ACCEPT)) {
-		for (size_t i = 0; i < a.mods->nops; i++) {
-			if (apply(ctx, c, &a.mods->ops[i]) == 0)
-				applied++;
-			else
-				log_warnx("%s: the MTA refused %s",
-				    c->id, codec_mod_kind_name(
-				    a.mods->ops[i].kind));
-		}
-	}
+	    (a.verdict == VERDICT_CONTINUE || a.verdict == VERDICT_ACCEPT))
+		applied = apply_all(ctx, c, a.mods);
 	fanout_message_done(c->fo, a.verdict, applied);
 	return answer(ctx, c, &a);
 }

@@ -56,6 +56,7 @@ struct upstream {
 	char			*connid;
 	struct conf_addr	 addr;
 	enum on_failure		 on_failure;
+	unsigned		 max_mods;	/* per message; more fails */
 	struct xchg_queue	 queue;
 	struct buf		 wbuf;
 	struct buf		 rbuf;
@@ -107,6 +108,7 @@ upstream_new(const struct conf_upstream *cfg, const char *connid,
 	up->addr = cfg->addr;
 	up->tcp = cfg->addr.sa.ss_family != AF_UNIX;
 	up->on_failure = cfg->on_failure;
+	up->max_mods = cfg->max_mods;
 	up->skip_stage = -1;
 	up->last_stage = -1;
 	TAILQ_INIT(&up->queue);
@@ -658,6 +660,15 @@ on_packet(struct upstream *up, char cmd, const uint8_t *data, size_t len)
 			    codec_mod_kind_name(r.mod.kind));
 			codec_reply_fini(&r);
 			return -EPROTO;
+		}
+		/* Each request costs memory here and time in the merge:
+		 * a filter that floods them has failed, and is stopped
+		 * before it costs more. */
+		if (x->nmods >= up->max_mods) {
+			set_why(up, "more than %u modifications "
+			    "(max_modifications)", up->max_mods);
+			codec_reply_fini(&r);
+			return -EMSGSIZE;
 		}
 		if (x->nmods == x->modcap) {
 			x->modcap = x->modcap == 0 ? 8 : x->modcap * 2;

@@ -160,6 +160,7 @@ read_reply(struct mta *m, bool at_eom, struct mta_result *r)
 		switch (cr.kind) {
 		case REPLY_PROGRESS:
 			r->progress++;
+			r->progress_after = r->nmods;
 			/* Progress restarts the MTA's timer. */
 			deadline = now() + m->timeout;
 			codec_reply_fini(&cr);

@@ -53,6 +53,7 @@ struct mta_result {
 	size_t		 nmods;
 	size_t		 modcap;
 	unsigned	 progress;	/* 'p' packets before the verdict */
+	size_t		 progress_after; /* mods before the last 'p' */
 };
 
 /*

@@ -216,6 +216,12 @@ ParameterizedTestParameters(conf, reports_each_error_kind_at_its_position)
 		  "0 is out of range 1..100" },
 		{ "conf_err_type_phase.json", ":2:79: upstreams[0].phase: ",
 		  "must be an integer, not a string" },
+		{ "conf_err_range_max_modifications.json",
+		  ":3:41: upstreams[0].max_modifications: ",
+		  "0 is out of range 1..10000000" },
+		{ "conf_err_type_max_modifications.json",
+		  ":2:24: max_modifications: ",
+		  "must be an integer, not a string" },
 		{ "conf_err_replay_memory.json", ":2:25: replay.memory: ",
 		  "-1 is out of range 0..1073741824 bytes" },
 		{ "conf_err_replay_directory.json", ":2:28: replay.directory: ",
@@ -483,6 +489,23 @@ Test(conf, upstream_timeouts_override_top_level_key_by_key)
 	conf_release(c);
 }
 
+Test(conf, max_modifications_defaults_at_top_level_and_per_upstream)
+{
+	struct conf	*c = load_ok("conf_minimal.json");
+
+	cr_assert_eq(c->max_mods, CONF_DEFAULT_MAX_MODS);
+	cr_assert_eq(c->upstreams[0].max_mods, CONF_DEFAULT_MAX_MODS);
+	conf_release(c);
+	c = parse_text("{ \"max_modifications\": 50, \"upstreams\": [\n"
+	    "  { \"name\": \"a\", \"address\": \"unix:/a.sock\" },\n"
+	    "  { \"name\": \"b\", \"address\": \"unix:/b.sock\",\n"
+	    "    \"max_modifications\": 10000000 } ] }", "max.json");
+	cr_assert_eq(c->max_mods, 50);
+	cr_assert_eq(c->upstreams[0].max_mods, 50, "inherits top level");
+	cr_assert_eq(c->upstreams[1].max_mods, 10000000);
+	conf_release(c);
+}
+
 Test(conf, disabled_upstream_is_not_counted_in_nenabled)
 {
 	struct conf	*c = load_ok("conf_full.json");
@@ -522,6 +545,9 @@ Test(conf, shipped_config_loads_cleanly)
 	cr_assert_eq(c->nphases, 2);
 	cr_assert_eq(c->replay_memory, 4194304);
 	cr_assert_str_eq(c->replay_dir, "/var/tmp");
+	cr_assert_eq(c->max_mods, 100000);
+	cr_assert_eq(c->upstreams[1].max_mods, 100);
+	cr_assert_eq(c->upstreams[2].max_mods, 100000);
 	conf_release(c);
 }
 
@@ -535,6 +561,7 @@ assert_same_conf(const struct conf *a, const struct conf *b)
 	cr_assert(memcmp(&a->timeouts, &b->timeouts, sizeof a->timeouts) == 0);
 	cr_assert_eq(a->on_failure, b->on_failure);
 	cr_assert_eq(a->max_sessions, b->max_sessions);
+	cr_assert_eq(a->max_mods, b->max_mods);
 	cr_assert_eq(a->replay_memory, b->replay_memory);
 	cr_assert_str_eq(a->replay_dir, b->replay_dir);
 	cr_assert_eq(a->nphases, b->nphases);
@@ -559,6 +586,7 @@ assert_same_conf(const struct conf *a, const struct conf *b)
 		cr_assert_eq(u->enabled, v->enabled);
 		cr_assert_eq(u->on_failure, v->on_failure);
 		cr_assert_eq(u->phase, v->phase);
+		cr_assert_eq(u->max_mods, v->max_mods);
 		cr_assert(memcmp(&u->timeouts, &v->timeouts,
 		    sizeof u->timeouts) == 0, "upstream %zu timeouts", i);
 	}

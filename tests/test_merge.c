@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -602,6 +603,126 @@ Test(merge, deleted_original_still_anchors_other_upstreams_insert)
 }
 
 /* Envelope, body, quarantine. */
+
+/*
+ * 200,000 inserts, 100,000 each from two upstreams at two places, and a
+ * change below them.  Expected script and list by hand: an upstream that
+ * inserts at one index again and again stacks its headers there in
+ * reverse, so the script gives each group in request order, the lower
+ * anchor's group (b's, before X-A#1) first; the change keeps its index,
+ * no X-A being inserted.  The merge used to take time quadratic in the
+ * inserts (15 s for these); it is O(n log n) now, which this test does
+ * not time, but its .timeout catches a quadratic merge (minutes).
+ */
+#define BIG	100000
+
+Test(merge, two_hundred_thousand_inserts_merge_exactly, .timeout = 20)
+{
+	static struct merge_header orig[] = {
+		{ "From", "a" }, { "To", "b" }, { "Subject", "s" },
+		{ "X-A", "x1" }, { "X-A", "x2" },
+	};
+	struct mod		*ma, *mb;
+	struct merge_upstream	 ups[2];
+	struct merge_result	 res;
+	struct merge_header	 in[6], *got;
+	char			(*va)[16], (*vb)[16];
+	size_t			 ngot, j, k;
+
+	ma = calloc(BIG + 1, sizeof *ma);
+	mb = calloc(BIG, sizeof *mb);
+	va = calloc(BIG, sizeof *va);
+	vb = calloc(BIG, sizeof *vb);
+	cr_assert(ma != NULL && mb != NULL && va != NULL && vb != NULL);
+	for (j = 0; j < BIG; j++) {
+		snprintf(va[j], sizeof va[j], "a%zu", j);
+		snprintf(vb[j], sizeof vb[j], "b%zu", j);
+		ma[j] = (struct mod)INS(1, "X-I", va[j]);
+		mb[j] = (struct mod)INS(4, "X-J", vb[j]);
+	}
+	ma[BIG] = (struct mod)CHG(2, "X-A", "changed");
+	ups[0] = (struct merge_upstream){ ma, BIG + 1 };
+	ups[1] = (struct merge_upstream){ mb, BIG };
+
+	cr_assert_eq(merge_mods(orig, nitems(orig), ups, 2, NULL, 0, &res),
+	    0);
+	cr_assert_eq(res.nconflicts, 0);
+	cr_assert_eq(res.nops, 2 * BIG + 1, "%zu ops", res.nops);
+	for (j = 0; j < BIG; j++) {
+		cr_assert_eq(res.ops[j].kind, MOD_INSHEADER, "op %zu", j);
+		cr_assert_eq(res.ops[j].index, 4, "op %zu", j);
+		cr_assert_str_eq(res.ops[j].name, "X-J");
+		cr_assert_str_eq(res.ops[j].value, vb[j]);
+		k = BIG + j;
+		cr_assert_eq(res.ops[k].kind, MOD_INSHEADER, "op %zu", k);
+		cr_assert_eq(res.ops[k].index, 1, "op %zu", k);
+		cr_assert_str_eq(res.ops[k].name, "X-I");
+		cr_assert_str_eq(res.ops[k].value, va[j]);
+	}
+	cr_assert_eq(res.ops[2 * BIG].kind, MOD_CHGHEADER);
+	cr_assert_eq(res.ops[2 * BIG].index, 2);
+	cr_assert_str_eq(res.ops[2 * BIG].name, "X-A");
+	cr_assert_str_eq(res.ops[2 * BIG].value, "changed");
+
+	/* Applied: Received, a99999..a0, From, To, Subject, b99999..b0,
+	 * X-A: x1, X-A: changed. */
+	in[0] = hidden;
+	memcpy(&in[1], orig, sizeof orig);
+	merge_apply_headers(in, 6, true, res.ops, res.nops, &got, &ngot);
+	cr_assert_eq(ngot, 2 * BIG + 6, "%zu headers", ngot);
+	k = 0;
+	cr_assert_str_eq(got[k++].value, hidden.value);
+	for (j = BIG; j-- > 0;)
+		cr_assert_str_eq(got[k++].value, va[j]);
+	cr_assert_str_eq(got[k++].name, "From");
+	cr_assert_str_eq(got[k++].name, "To");
+	cr_assert_str_eq(got[k++].name, "Subject");
+	for (j = BIG; j-- > 0;)
+		cr_assert_str_eq(got[k++].value, vb[j]);
+	cr_assert_str_eq(got[k].name, "X-A");
+	cr_assert_str_eq(got[k++].value, "x1");
+	cr_assert_str_eq(got[k].name, "X-A");
+	cr_assert_str_eq(got[k++].value, "changed");
+	merge_headers_free(got, ngot);
+	merge_result_fini(&res);
+	free(ma);
+	free(mb);
+	free(va);
+	free(vb);
+}
+
+/*
+ * 200,000 recipients added, each twice, by two upstreams: one addrcpt
+ * each, in first-seen order (the duplicate check was quadratic too).
+ */
+Test(merge, two_hundred_thousand_addrcpts_dedupe_exactly, .timeout = 20)
+{
+	struct mod		*m;
+	struct merge_upstream	 ups[2];
+	struct merge_result	 res;
+	char			(*v)[24];
+	size_t			 j;
+
+	m = calloc(BIG * 2, sizeof *m);
+	v = calloc(BIG * 2, sizeof *v);
+	cr_assert(m != NULL && v != NULL);
+	for (j = 0; j < 2 * BIG; j++) {
+		snprintf(v[j], sizeof v[j], "<r%zu@example.net>", j);
+		m[j] = (struct mod){ .kind = MOD_ADDRCPT, .name = v[j] };
+	}
+	/* b adds the same addresses. */
+	ups[0] = (struct merge_upstream){ m, 2 * BIG };
+	ups[1] = (struct merge_upstream){ m, 2 * BIG };
+	cr_assert_eq(merge_mods(NULL, 0, ups, 2, NULL, 0, &res), 0);
+	cr_assert_eq(res.nops, 2 * BIG, "%zu ops", res.nops);
+	for (j = 0; j < 2 * BIG; j++) {
+		cr_assert_eq(res.ops[j].kind, MOD_ADDRCPT);
+		cr_assert_str_eq(res.ops[j].name, v[j]);
+	}
+	merge_result_fini(&res);
+	free(m);
+	free(v);
+}
 
 Test(merge, two_sender_changes_first_wins_with_conflict)
 {
@@ -1440,4 +1561,158 @@ Test(merge, random_phases_compose_like_sequential_application,
 	}
 	cr_assert_gt(tops, 50, "the cases with headers above the hidden one "
 	    "must be exercised (%d)", tops);
+}
+
+/*
+ * Long scripts.  The small random tests above never fill the order
+ * labels merge.c gives list entries, so they never make it spread them
+ * again; these scripts do (bursts of inserts at one index), and are
+ * checked against a plain array model of Postfix's semantics written
+ * here: merge_apply_headers() must give the model's list, and the
+ * merged script of one upstream applied must give its own requests
+ * applied.
+ */
+#define L_ROUNDS	4
+#define L_ORIG		40
+#define L_MODS		6000
+
+struct lent {
+	const char	*name;
+	const char	*value;
+	bool		 hidden;
+};
+
+/* l_apply - one request on the model: the array, n entries live only */
+static void
+l_apply(struct lent *l, size_t *n, const struct mod *m)
+{
+	size_t	 i, k, at;
+
+	switch (m->kind) {
+	case MOD_ADDHEADER:
+		l[(*n)++] = (struct lent){ m->name, m->value, false };
+		return;
+	case MOD_INSHEADER:
+		at = m->index < *n ? m->index : *n;
+		memmove(&l[at + 1], &l[at], (*n - at) * sizeof *l);
+		l[at] = (struct lent){ m->name, m->value, false };
+		(*n)++;
+		return;
+	case MOD_CHGHEADER:
+		k = m->index > 0 ? m->index : 1;
+		for (i = 0; i < *n; i++)
+			if (!l[i].hidden && strcasecmp(l[i].name, m->name) == 0
+			    && --k == 0)
+				break;
+		if (i == *n) {
+			if (*m->value != '\0')
+				l[(*n)++] = (struct lent){ m->name, m->value,
+				    false };
+		} else if (*m->value == '\0') {
+			memmove(&l[i], &l[i + 1], (*n - i - 1) * sizeof *l);
+			(*n)--;
+		} else {
+			l[i].name = m->name;
+			l[i].value = m->value;
+		}
+		return;
+	default:
+		cr_assert_fail("unexpected kind %d", (int)m->kind);
+	}
+}
+
+Test(merge, long_random_scripts_apply_like_a_plain_list, .timeout = 60)
+{
+	static const char *const names[] = {
+		"Subject", "X-A", "x-a", "Received", "To", "X-New",
+	};
+	struct merge_header	 in[L_ORIG + 1], *got, *mine;
+	struct merge_upstream	 up;
+	struct merge_result	 res;
+	struct lent		*l;
+	struct mod		*m;
+	char			(*vals)[24];
+	uint64_t		 s = 0x5eed;
+	size_t			 n, ngot, nmine, j, burst = 0;
+	uint32_t		 at = 0;
+
+	l = calloc(L_ORIG + 1 + L_MODS, sizeof *l);
+	m = calloc(L_MODS, sizeof *m);
+	vals = calloc(L_ORIG + L_MODS, sizeof *vals);
+	cr_assert(l != NULL && m != NULL && vals != NULL);
+	for (int round = 0; round < L_ROUNDS; round++) {
+		in[0] = hidden;
+		for (j = 0; j < L_ORIG; j++) {
+			snprintf(vals[j], sizeof vals[j], "o%zu", j);
+			in[j + 1] = (struct merge_header){
+			    (char *)names[rnd(&s, nitems(names))], vals[j] };
+		}
+		for (j = 0; j < L_MODS; j++) {
+			char	*v = vals[L_ORIG + j];
+			uint32_t r = rnd(&s, 100);
+
+			snprintf(v, sizeof vals[0], "r%dv%zu", round, j);
+			m[j] = (struct mod){ .name = (char *)names[rnd(&s,
+			    nitems(names))], .value = v };
+			if (burst > 0 || r < 2) {
+				/* 50 to 250 inserts in a row at one index. */
+				if (burst == 0) {
+					burst = 50 + rnd(&s, 200);
+					at = rnd(&s, (uint32_t)(L_ORIG + j + 2));
+				}
+				burst--;
+				m[j].kind = MOD_INSHEADER;
+				m[j].index = at;
+			} else if (r < 45) {
+				m[j].kind = MOD_INSHEADER;
+				m[j].index = rnd(&s, (uint32_t)(L_ORIG + j + 2));
+			} else if (r < 90) {
+				m[j].kind = MOD_CHGHEADER;
+				m[j].index = rnd(&s, 40);
+				if (rnd(&s, 3) == 0)
+					m[j].value = "";
+			} else {
+				m[j].kind = MOD_ADDHEADER;
+			}
+		}
+
+		/* The simulator against the model. */
+		n = 0;
+		l[n++] = (struct lent){ hidden.name, hidden.value, true };
+		for (j = 0; j < L_ORIG; j++)
+			l[n++] = (struct lent){ in[j + 1].name,
+			    in[j + 1].value, false };
+		for (j = 0; j < L_MODS; j++)
+			l_apply(l, &n, &m[j]);
+		merge_apply_headers(in, L_ORIG + 1, true, m, L_MODS, &mine,
+		    &nmine);
+		cr_assert_eq(nmine, n, "round %d: %zu headers, model %zu",
+		    round, nmine, n);
+		for (j = 0; j < n; j++) {
+			cr_assert_str_eq(mine[j].name, l[j].name,
+			    "round %d, header %zu", round, j);
+			cr_assert_str_eq(mine[j].value, l[j].value,
+			    "round %d, header %zu", round, j);
+		}
+
+		/* One upstream: its merged script does what it asked. */
+		up = (struct merge_upstream){ m, L_MODS };
+		cr_assert_eq(merge_mods(&in[1], L_ORIG, &up, 1, NULL, 0,
+		    &res), 0);
+		merge_apply_headers(in, L_ORIG + 1, true, res.ops, res.nops,
+		    &got, &ngot);
+		cr_assert_eq(ngot, nmine, "round %d", round);
+		for (j = 0; j < ngot; j++) {
+			cr_assert_str_eq(got[j].name, mine[j].name,
+			    "round %d, header %zu", round, j);
+			cr_assert_str_eq(got[j].value, mine[j].value,
+			    "round %d, header %zu", round, j);
+		}
+		merge_headers_free(got, ngot);
+		merge_headers_free(mine, nmine);
+		merge_result_fini(&res);
+	}
+	free(l);
+	free(m);
+	free(vals);
 }

@@ -333,6 +333,36 @@ Test(postfix, headers_from_two_upstreams_and_rebased_edits,
 	passed = true;
 }
 
+Test(postfix, change_of_an_absent_header_adds_it, .timeout = 120,
+    .fini = fini)
+{
+	struct env	 e;
+	struct h_smtp	 s;
+	/* a negotiates CHGHDRS only and changes a header the message does
+	 * not have: Postfix would add it for a, so it must through
+	 * miltermux too. */
+	struct up	 ups[] = {
+		{ "a", { "--chgheader", "1:X-Absent:added by a change",
+		    NULL }, NULL },
+	};
+	char		*msg, *log;
+
+	start_proxy(&e, ups, 1, &s);
+	expect(&s, "MAIL FROM:<alice@example.org>", 250);
+	expect(&s, "RCPT TO:<bob@example.net>", 250);
+	data(&s, message, 250, NULL);
+	h_smtp_close(&s);
+	msg = delivered(1);
+	/* Appended: after the headers Postfix adds (Message-Id, Date). */
+	HAS(msg, "\nX-Absent: added by a change\n\n");
+	HAS(msg, "\nX-Dup: three\n");
+	log = env_wait_log(&e, "modification applied");
+	HAS(log, "merged continue; 1 modification applied");
+	HASNT(log, "refused");
+	free(log);
+	passed = true;
+}
+
 Test(postfix, recipients_sender_and_body_changes_are_delivered,
     .timeout = 120, .fini = fini)
 {

@@ -254,6 +254,32 @@ Test(proxy, same_name_header_edits_are_rebased, .timeout = 60)
 	    "  chgheader 2 X-Dup (delete)\n");
 }
 
+Test(proxy, change_of_an_absent_header_adds_it, .timeout = 60)
+{
+	struct env	 e;
+	/* a negotiates CHGHDRS only (testmilter asks for just what its
+	 * modifications need) and changes a header the message does not
+	 * have: the MTA adds it (PROTOCOL.md 5.1), so must the proxy. */
+	struct up	 ups[] = {
+		{ "a", { "--chgheader", "1:X-Absent:added by a change",
+		    NULL }, NULL },
+	};
+	char		*out, *al;
+	int		 code;
+
+	env_setup(&e, ups, 1, NULL, 0);
+	out = send_msg(&e, &code, "-r", "<bob@example.net>", NULL);
+	cr_assert_eq(code, 0, "%s", out);
+	al = h_read_file(e.up_log[0]);
+	HAS(al, "actions=0x10 ");
+	HAS(out, "modifications:\n"
+	    "  addheader X-Absent: added by a change\n");
+	HAS(env_wait_log(&e, "modifications applied"),
+	    "merged continue; 1 modification applied");
+	HASNT(env_mux_log(&e), "the MTA refused");
+	free(al);
+}
+
 Test(proxy, envelope_body_and_quarantine_changes_are_applied,
     .timeout = 60)
 {

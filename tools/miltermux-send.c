@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -764,6 +765,7 @@ run_load(void)
 		ups[i].address = (char *)opt.servers[i];
 		ups[i].enabled = true;
 		ups[i].on_failure = ONFAIL_TEMPFAIL;
+		ups[i].max_mods = UINT_MAX;
 		if (conf_parse_address(opt.servers[i], &ups[i].addr, why,
 		    sizeof why) != 0) {
 			fprintf(stderr, "miltermux-send: --server: %s\n", why);
@@ -858,6 +860,8 @@ main(int argc, char **argv)
 	memset(&cfg, 0, sizeof cfg);
 	cfg.name = (char *)opt.server;
 	cfg.on_failure = ONFAIL_TEMPFAIL;
+	/* It shows whatever the milter sends. */
+	cfg.max_mods = UINT_MAX;
 	if (conf_parse_address(opt.server, &cfg.addr, why, sizeof why) != 0) {
 		fprintf(stderr, "miltermux-send: --server: %s\n", why);
 		return EX_USAGE;

@@ -62,6 +62,9 @@
  *   --replbody TEXT                 smfi_replacebody; "\n" becomes CRLF
  *   --quarantine REASON             smfi_quarantine
  *   --tag                           add "X-Testmilter-NAME: seen"
+ *   --repeat N                      make the whole list above N times
+ *                                   over, in order (default 1), for
+ *                                   tests that need a large edit set
  *   Header VALUEs are sent verbatim after the colon (the MTA adds one
  *   space unless HDR_LEADSPC was negotiated); in them "\n" becomes LF
  *   (for folding) and "\t" TAB.  Everywhere escapes are decoded, "\\" is
@@ -305,6 +308,7 @@ static struct config {
 	struct strlist	 log_macros;
 	struct mod	*mods;
 	size_t		 nmods;
+	long		 repeat;		/* --repeat, default 1 */
 	char		*symlist[SMFIM_LAST + 1];
 	unsigned long	 want_actions;		/* SMFIF_* wanted */
 	unsigned long	 want_proto;		/* SMFIP_* wanted */
@@ -314,6 +318,7 @@ static struct config {
 } cfg = {
 	.name = "testmilter",
 	.log_fd = -1,
+	.repeat = 1,
 };
 
 /* Per-connection state, behind smfi_setpriv(). */
@@ -1053,12 +1058,14 @@ cb_eom(SMFICTX *ctx)
 	struct session	*s = session_get(ctx);
 	struct sbuf	 sb;
 	size_t		 i;
+	long		 r;
 
 	if (log_open_line(&sb, s, STAGE_EOM))
 		log_close_line(&sb, ctx, STAGE_EOM);
 	delay(ctx, s, STAGE_EOM);
-	for (i = 0; i < cfg.nmods; i++)
-		apply_mod(ctx, s, &cfg.mods[i]);
+	for (r = 0; r < cfg.repeat; r++)
+		for (i = 0; i < cfg.nmods; i++)
+			apply_mod(ctx, s, &cfg.mods[i]);
 	return answer(ctx, s, STAGE_EOM, cfg.verdict[STAGE_EOM]);
 }
 
@@ -1146,6 +1153,7 @@ static const char usage_text[] =
 "  --addrcpt ADDR    --addrcpt-par \"ADDR [ARGS]\"    --delrcpt ADDR\n"
 "  --chgfrom \"ADDR [ARGS]\"        --replbody TEXT (\"\\n\" becomes CRLF)\n"
 "  --quarantine REASON            --tag (adds X-Testmilter-NAME: seen)\n"
+"  --repeat N                     make them all N times over (default 1)\n"
 "  Header VALUEs are sent verbatim (\"\\n\" = LF for folding, \"\\t\" = TAB).\n"
 "\n"
 "Protocol options (requested only if the MTA offered them; the actions\n"
@@ -1184,6 +1192,7 @@ enum {
 	LONG_REPLBODY,
 	LONG_QUARANTINE,
 	LONG_TAG,
+	LONG_REPEAT,
 	LONG_NO,
 	LONG_NR,
 	LONG_LEADSPC,
@@ -1225,6 +1234,7 @@ static const struct option long_opts[] = {
 	{ "replbody",		required_argument,	NULL, LONG_REPLBODY },
 	{ "quarantine",		required_argument,	NULL, LONG_QUARANTINE },
 	{ "tag",		no_argument,		NULL, LONG_TAG },
+	{ "repeat",		required_argument,	NULL, LONG_REPEAT },
 	{ "no",			required_argument,	NULL, LONG_NO },
 	{ "nr",			required_argument,	NULL, LONG_NR },
 	{ "leadspc",		no_argument,		NULL, LONG_LEADSPC },
@@ -1687,6 +1697,10 @@ parse_args(int argc, char **argv)
 			/* The LONG_ mod options follow enum mod_kind's order. */
 			kind = (enum mod_kind)(c - LONG_ADDHEADER);
 			parse_mod(kind, optarg);
+			break;
+		case LONG_REPEAT:
+			if (!parse_num(optarg, 1, 10000000L, &cfg.repeat))
+				usage_error("--repeat: bad count '%s'", optarg);
 			break;
 		case LONG_NO:
 			st = parse_stage("no", optarg, ALLOW_PROTO, NULL);
