@@ -6,8 +6,12 @@
  * A stage costs as long as the slowest upstream, not the sum: the
  * caller's thread builds each upstream's packets, submits them to the
  * upstreams' pool loops, and waits on one latch with one deadline.  A
- * reject is decisive and returns at once; the late answers are drained
- * by the upstream queues before anything else is sent.  Header and body
+ * reject is decisive and returns at once; the exchanges still out are
+ * abandoned: their answers are read by the upstream queues and dropped,
+ * never merged into a later stage or message (exchange.h), and the next
+ * exchange of a still busy upstream gets its budget from the end of the
+ * abandoned one's.  While a stage waits, the MTA's socket is watched: an
+ * MTA that aborts or closes ends the wait at once.  Header and body
  * packets are pipelined (the answer is not waited for; a verdict given
  * there is kept and merged at the next stage that waits), with a bound
  * on what may be in flight per upstream.  An upstream that fails is
