@@ -123,6 +123,7 @@ fx_done(struct upstream_xchg *x)
 	struct fanout	*fo = f->owner;
 	struct slot	*s = &fo->slots[f->slot];
 	bool		 mine, wake, newly = false;
+	int		 err = x->error;	/* x may be gone after the unlock */
 
 	pthread_mutex_lock(&fo->lock);
 	s->inflight--;
@@ -167,7 +168,7 @@ fx_done(struct upstream_xchg *x)
 	if (wake)
 		pthread_cond_broadcast(&fo->cond);
 	if (newly)
-		health_failure(s->cfg, s->probe, x->error);
+		health_failure(s->cfg, s->probe, err);
 	if (mine)
 		exchange_free(f);
 }
