@@ -9,7 +9,9 @@
  * DATA command and does not answer an UNKNOWN one at all.  It runs next
  * to a libmilter testmilter, first through a real Postfix (tests/
  * harness.h, as in test_postfix.c), then driven stage by stage by the
- * raw MTA client (tests/mtaclient.h).
+ * raw MTA client (tests/mtaclient.h).  One more Postfix test checks the
+ * chroot example of miltermux(8): smtpd chrooted to the queue directory
+ * as Debian runs it, miltermux on a unix socket under that directory.
  *
  * The filter is missing only where libsendmail-pmilter-perl is not
  * installed; ./quickstart test installs it, so then the tests fail
@@ -20,12 +22,17 @@
  * statics below belong to that one test.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <criterion/criterion.h>
 
@@ -480,5 +487,191 @@ Test(pmilter_raw, stages_aborts_and_old_protocol, .timeout = 60,
 	}
 	HASNT(log, " data");
 	free(log);
+	passed = true;
+}
+
+/* ------------------------------------------------------------------ */
+/* The chroot of miltermux(8), MTA INTEGRATION, as written there. */
+
+/* rewrite - replace from with to in the file path, which must hold it;
+ * backdated as the harness does, so Postfix does not wait for it */
+static void
+rewrite(const char *path, const char *from, const char *to)
+{
+	char	*s = h_read_file(path), *p, *out;
+	struct timespec	 ts[2];
+
+	cr_assert_not_null(s, "cannot read %s", path);
+	p = strstr(s, from);
+	cr_assert_not_null(p, "\"%s\" not in %s", from, path);
+	*p = '\0';
+	out = h_xasprintf("%s%s%s", s, to, p + strlen(from));
+	cr_assert_eq(h_write_file(path, out), 0);
+	(void)clock_gettime(CLOCK_REALTIME, &ts[0]);
+	ts[0].tv_sec -= 60;
+	ts[1] = ts[0];
+	cr_assert_eq(utimensat(AT_FDCWD, path, ts, 0), 0);
+	free(out);
+	free(s);
+}
+
+/*
+ * smtpd_root - the root directory of the smtpd that logged the k-th
+ * (from 1) line holding needle, once it has; NULL if none did in time
+ */
+static char *
+smtpd_root(const char *needle, int k)
+{
+	double	 deadline = h_now() + REPLY_WAIT;
+	char	*log, *hit, *line, *link, buf[4096];
+	ssize_t	 n;
+	long	 pid = -1;
+
+	do {
+		log = h_postfix_log(&pf);
+		hit = log;
+		for (int i = 0; i < k && hit != NULL; i++)
+			if ((hit = strstr(hit, needle)) != NULL && i + 1 < k)
+				hit += strlen(needle);
+		if (hit != NULL) {
+			*hit = '\0';
+			line = strrchr(log, '\n');
+			line = strstr(line != NULL ? line : log,
+			    "postfix/smtpd[");
+			if (line != NULL)
+				pid = strtol(line + strlen("postfix/smtpd["),
+				    NULL, 10);
+		}
+		free(log);
+		if (hit != NULL)
+			break;
+		(void)nanosleep(&(struct timespec){ 0, 20000000 }, NULL);
+	} while (h_now() < deadline);
+	if (pid <= 0)
+		return NULL;
+	link = h_xasprintf("/proc/%ld/root", pid);
+	n = readlink(link, buf, sizeof buf - 1);
+	free(link);
+	if (n < 0)
+		return NULL;
+	buf[n] = '\0';
+	return h_xstrdup(buf);
+}
+
+/*
+ * smtpd chrooted to the queue directory, as Debian runs it, reaches
+ * miltermux on the unix socket under that directory, named relative to
+ * it in main.cf, with the socket_mode and socket_group of the example;
+ * smtpd runs as the postfix user, so the group is what lets it in.
+ */
+Test(pmilter_postfix, chrooted_smtpd_uses_the_socket_under_the_queue_dir,
+    .timeout = 120, .fini = fini)
+{
+	struct up	 ups[] = {
+		{ "pm", { NULL }, NULL },
+		{ "tm", { "--tag", NULL }, NULL },
+	};
+	struct group	*gr;
+	gid_t		 postfix_gid;
+	struct h_smtp	 s;
+	const char	*argv[6];
+	char		*dir, *sock, *cfg, *path, *reply = NULL, *root, *msg;
+	int		 rc, code = 0, rejects = 0;
+	bool		 chrooted = false;
+
+	/* Kept at once: the harness's own getgrnam() calls reuse gr. */
+	if ((gr = getgrnam("postfix")) == NULL)
+		cr_skip_test("no group postfix here");
+	postfix_gid = gr->gr_gid;
+	ups[0].args[0] = start_pmilter();
+	memset(&e, 0, sizeof e);
+	env_start_upstreams(&e, ups, NELEM(ups));
+	rc = h_postfix_start(&pf, NULL, NULL);
+	if (rc == -EPERM || rc == -ENOENT)
+		cr_skip_test("no private Postfix here: %s", strerror(-rc));
+	cr_assert_eq(rc, 0, "h_postfix_start: %s", strerror(-rc));
+
+	/* install -d -o ... -g postfix -m 0750 QUEUE/miltermux */
+	dir = h_xasprintf("%s/miltermux", pf.queue_dir);
+	cr_assert_eq(mkdir(dir, 0750), 0);
+	cr_assert_eq(chown(dir, (uid_t)-1, postfix_gid), 0);
+	cr_assert_eq(chmod(dir, 0750), 0);
+	sock = h_xasprintf("%s/miltermux.sock", dir);
+	e.conf = h_xasprintf("%s/miltermux-chroot.json", h_tmpdir());
+	e.mux_log = h_xasprintf("%s/miltermux.log", h_tmpdir());
+	e.mux_sock = sock;
+	cfg = h_xasprintf("{\n"
+	    "\"listen\": \"unix:%s\",\n"
+	    "\"socket_mode\": \"0660\",\n"
+	    "\"socket_group\": \"postfix\",\n"
+	    "\"upstreams\": [\n"
+	    "  { \"name\": \"pm\", \"address\": \"%s\" },\n"
+	    "  { \"name\": \"tm\", \"address\": \"unix:%s/tm.sock\" }\n"
+	    "] }\n", sock, ups[0].args[0] + strlen(EXTERNAL), h_tmpdir());
+	cr_assert_eq(h_write_file(e.conf, cfg), 0);
+	free(cfg);
+	argv[0] = BIN("miltermux");
+	argv[1] = "-f";
+	argv[2] = "-v";
+	argv[3] = "-c";
+	argv[4] = e.conf;
+	argv[5] = NULL;
+	e.mux = h_spawn(argv, e.mux_log);
+	cr_assert(e.mux > 0);
+	cr_assert_eq(h_wait_unix(sock, 10), 0, "miltermux did not come up");
+
+	/* main.cf and master.cf as on Debian, then a reload. */
+	path = h_xasprintf("%s/main.cf", pf.config_dir);
+	rewrite(path, "smtpd_milters = \n",
+	    "smtpd_milters = unix:miltermux/miltermux.sock\n");
+	free(path);
+	path = h_xasprintf("%s/master.cf", pf.config_dir);
+	rewrite(path, " inet n - n - - smtpd\n", " inet n - y - - smtpd\n");
+	free(path);
+	cr_assert_eq(kill(pf.master_pid, SIGHUP), 0);
+
+	/*
+	 * Until a chrooted smtpd answers through miltermux: smtpd processes
+	 * of the generation before the reload, not chrooted and without
+	 * the milter, may still take a connection or two.
+	 */
+	for (int tries = 0; tries < 50; tries++) {
+		rc = h_smtp_open(&s, "127.0.0.1", pf.smtpd_port, &reply);
+		free(reply);
+		reply = NULL;
+		if (rc == 220) {
+			(void)h_smtp_cmd(&s, "EHLO client.example.test", NULL);
+			code = h_smtp_cmd(&s, "MAIL FROM:<" PM_TEMPFAIL_FROM ">",
+			    &reply);
+			if (code == 451) {
+				cr_assert(strstr(reply, PM_FROM_REPLY) != NULL,
+				    "reply \"%s\"", reply);
+				root = smtpd_root("milter-reject: MAIL from",
+				    ++rejects);
+				cr_assert_not_null(root, "smtpd's root "
+				    "directory is unknown");
+				chrooted = strcmp(root, pf.queue_dir) == 0;
+				free(root);
+			}
+			free(reply);
+			reply = NULL;
+			if (chrooted)
+				break;
+		}
+		h_smtp_close(&s);
+		(void)nanosleep(&(struct timespec){ 0, 100000000 }, NULL);
+	}
+	cr_assert(chrooted, "no chrooted smtpd reached the milter (%d "
+	    "through the milter, last reply %d)", rejects, code);
+	expect(&s, "MAIL FROM:<alice@example.org>", 250, NULL);
+	expect(&s, "RCPT TO:<bob@example.net>", 250, NULL);
+	expect(&s, NULL, 250, NULL);
+	h_smtp_close(&s);
+	msg = delivered(1);
+	HAS(msg, "\nX-PMilter-pm: rcpts=1 body=15\n");
+	HAS(msg, "\nX-Testmilter-tm: seen\n");
+	HAS(msg, "\nSubject: [pm] original subject\n");
+	free(msg);
+	free(dir);
 	passed = true;
 }
