@@ -86,7 +86,7 @@ cat(const char *title, const char *path)
 static void
 fini(void)
 {
-	if (!passed) {
+	if (!passed || getenv("SHOW_TRANSCRIPTS") != NULL) {
 		cat("Sendmail chain's stderr", chain.log);
 		cat("Sendmail mux's stderr", mux.log);
 		cat("miltermux log", e.mux_log);
@@ -308,7 +308,7 @@ mask(const char *reply, bool greeting)
 	char	*r = h_xstrdup(reply != NULL ? reply : "(none)"), *p;
 
 	if (greeting && (p = strstr(r, "; ")) != NULL)
-		strcpy(p, "; DATE");
+		strcpy(p, "; DATE\n");
 	if ((p = strstr(r, " Message accepted")) != NULL && p - r >= 14)
 		memset(p - 14, 'Q', 14);
 	for (p = r; (p = strstr(p, "\r\n")) != NULL; )
@@ -596,7 +596,8 @@ Test(sendmail, reject_at_envfrom_multiline_then_next_sender_passes,
 
 	setup(ups, 2);
 	t = same(script, one_message);
-	HAS(t, "< 550-5.7.1 first line\n550 5.7.1 second line\n");
+	HAS(t, "< 550-5.7.1 <spammer@example.com>... first line\n"
+	    "550 5.7.1 second line\n");
 	HAS(t, "X-Env-From: alice@example.org\n");
 	HAS(t, "\nX-Testmilter-a: seen\n");
 	free(t);
@@ -642,7 +643,7 @@ Test(sendmail, one_recipient_refused_the_other_delivered, .timeout = 90,
 
 	setup(ups, 2);
 	t = same(script, one_message);
-	HAS(t, "550 5.1.1 no such user here");
+	HAS(t, "< 550 5.1.1 <nobody@example.net>... no such user here\n");
 	HAS(t, "> RCPT TO:<later@example.net>\n< 4");
 	HAS(t, "X-Env-Rcpt: bob@example.net\nFrom:");
 	free(t);
