@@ -52,7 +52,7 @@
 #include "harness.h"
 
 #define HOSTNAME	"test.example.org"
-#define FILTER_T	"F=T, T=C:10s;S:10s;R:10s;E:5m"
+#define FILTER_T	"T=C:10s;S:10s;R:10s;E:5m"
 
 /* One private Sendmail daemon. */
 struct sm {
@@ -274,14 +274,20 @@ setup(const struct up *ups, size_t n)
 	env_start_upstreams(&e, ups, n);
 	env_start_mux(&e, ups, n, NULL, 0);
 	for (size_t i = 0; i < n; i++) {
+		const char	*json = ups[i].json != NULL ? ups[i].json : "";
+		/* Sendmail's F= for the upstream's on_failure: T, R or none */
+		const char	*flag = strstr(json, "\"accept\"") != NULL ?
+				    "F=, " : strstr(json, "\"reject\"") != NULL ?
+				    "F=R, " : "F=T, ";
+
 		tmp = h_xasprintf("%sINPUT_MAIL_FILTER(`%s', "
-		    "`S=unix:%s/%s.sock, " FILTER_T "')dnl\n", filters,
-		    ups[i].name, h_tmpdir(), ups[i].name);
+		    "`S=unix:%s/%s.sock, %s" FILTER_T "')dnl\n", filters,
+		    ups[i].name, h_tmpdir(), ups[i].name, flag);
 		free(filters);
 		filters = tmp;
 	}
 	sm_start(&chain, filters);
-	one = h_xasprintf("INPUT_MAIL_FILTER(`miltermux', `S=%s, " FILTER_T
+	one = h_xasprintf("INPUT_MAIL_FILTER(`miltermux', `S=%s, F=T, " FILTER_T
 	    "')dnl\n", e.mux_spec);
 	sm_start(&mux, one);
 	free(one);
@@ -884,6 +890,257 @@ Test(sendmail, inserts_at_one_place_keep_config_order, .timeout = 90,
 	/* Swapped back, the mux transcript is the chain's. */
 	p = strstr(m, "X-A: from a\nX-B: from b\n");
 	memcpy(p, "X-B: from b\nX-A: from a\n", 24);
+	cr_assert_str_eq(c, m);
+	free(c);
+	free(m);
+	passed = true;
+}
+
+Test(sendmail, unknown_command_rejected_with_text, .timeout = 90,
+    .fini = fini)
+{
+	static const char *const script[] = {
+		"EHLO client.example.test",
+		"XYZZY magic",
+		"MAIL FROM:<alice@example.org>",
+		"RCPT TO:<bob@example.net>",
+		"DATA",
+		NULL
+	};
+	struct up	 ups[] = {
+		{ "a", { "--tag", NULL }, NULL },
+		{ "b", { "--verdict", "unknown=reject", "--reply",
+		    "unknown=554 5.5.1 no magic here", NULL }, NULL },
+	};
+	char		*t;
+
+	setup(ups, 2);
+	t = same(script, one_message);
+	HAS(t, "> XYZZY magic\n< 554 5.5.1 no magic here\n");
+	HAS(t, "\nX-Testmilter-a: seen\n");
+	free(t);
+	passed = true;
+}
+
+Test(sendmail, discard_at_envfrom_drops_the_message, .timeout = 90,
+    .fini = fini)
+{
+	struct up	 ups[] = {
+		{ "a", { "--tag", NULL }, NULL },
+		{ "b", { "--verdict", "envfrom=discard", NULL }, NULL },
+	};
+	char		*t;
+
+	setup(ups, 2);
+	t = same(plain, one_message);
+	HAS(t, "> DATA\n< 250 ");
+	HASNT(t, "== delivered");
+	free(t);
+	passed = true;
+}
+
+Test(sendmail, discard_at_envrcpt_drops_the_message, .timeout = 90,
+    .fini = fini)
+{
+	struct up	 ups[] = {
+		{ "a", { "--tag", NULL }, NULL },
+		{ "b", { "--verdict", "envrcpt=discard", NULL }, NULL },
+	};
+	char		*t;
+
+	setup(ups, 2);
+	t = same(plain, one_message);
+	HAS(t, "> DATA\n< 250 ");
+	HASNT(t, "== delivered");
+	free(t);
+	passed = true;
+}
+
+Test(sendmail, reject_at_envrcpt_default_text_tempfail_at_eom_with_text,
+    .timeout = 90, .fini = fini)
+{
+	static const char *const script[] = {
+		"EHLO client.example.test",
+		"MAIL FROM:<alice@example.org>",
+		"RCPT TO:<nobody@example.net>",
+		"RCPT TO:<bob@example.net>",
+		"DATA",
+		NULL
+	};
+	struct up	 ups[] = {
+		{ "a", { "--reject-rcpt", "nobody@example.net", NULL }, NULL },
+		{ "b", { "--verdict", "eom=tempfail", "--reply",
+		    "eom=452 4.3.1 queue full, come back later", NULL },
+		    NULL },
+	};
+	char		*t;
+
+	setup(ups, 2);
+	t = same(script, one_message);
+	HAS(t, "> RCPT TO:<nobody@example.net>\n< 5");
+	HAS(t, "> DATA\n< 452 4.3.1 queue full, come back later\n");
+	HASNT(t, "== delivered");
+	free(t);
+	passed = true;
+}
+
+/* A body of many of libmilter's 64 KiB chunks, with changes around it. */
+Test(sendmail, large_body_with_header_changes, .timeout = 90,
+    .fini = fini)
+{
+	struct up	 ups[] = {
+		{ "a", { "--addheader", "X-Big:yes", NULL }, NULL },
+		{ "b", { "--chgheader", "1:Subject:big one", "--delay",
+		    "body=5", NULL }, NULL },
+	};
+	const char	*msgs[2] = { NULL, NULL };
+	char		*big, *p, *t, *body;
+	size_t		 lines = 5000;
+
+	big = h_xmalloc(sizeof message + lines * 64);
+	p = big + sprintf(big, "%s", message);
+	for (size_t i = 0; i < lines; i++)
+		p += sprintf(p, "line %05zu of a large body, padded to some "
+		    "length: ..........\n", i);
+	msgs[0] = big;
+	setup(ups, 2);
+	t = same(plain, msgs);
+	HAS(t, "\nSubject: big one\n");
+	HAS(t, "\nX-Big: yes\n");
+	body = strstr(big, "\n\n");
+	cr_assert_not_null(body);
+	HAS(t, body);
+	free(t);
+	free(big);
+	passed = true;
+}
+
+Test(sendmail, recipient_with_esmtp_args_and_sender_with_args,
+    .timeout = 90, .fini = fini)
+{
+	struct up	 ups[] = {
+		{ "a", { "--addrcpt-par", "<dsn@example.org> NOTIFY=NEVER",
+		    NULL }, NULL },
+		{ "b", { "--chgfrom", "<srs@example.org> BODY=8BITMIME",
+		    NULL }, NULL },
+	};
+	char		*t;
+
+	setup(ups, 2);
+	t = same(plain, one_message);
+	HAS(t, "X-Env-From: srs@example.org\n");
+	HAS(t, "X-Env-Rcpt: dsn@example.org\n");
+	free(t);
+	passed = true;
+}
+
+/*
+ * An upstream that is down: Sendmail's F=T and miltermux's on_failure
+ * tempfail both answer a temporary failure; F= (none) and on_failure
+ * accept both go on without it.
+ */
+Test(sendmail, upstream_down_tempfails, .timeout = 90, .fini = fini)
+{
+	struct up	 ups[] = {
+		{ "a", { "--tag", NULL }, NULL },
+		{ "down", { NULL }, "\"on_failure\": \"tempfail\"" },
+	};
+	char		*t;
+
+	setup(ups, 2);
+	t = same(plain, one_message);
+	HASNT(t, "< 250 2.1.0");
+	HAS(t, "> MAIL FROM:<alice@example.org>\n< 4");
+	HASNT(t, "== delivered");
+	free(t);
+	passed = true;
+}
+
+Test(sendmail, upstream_down_is_skipped_on_accept, .timeout = 90,
+    .fini = fini)
+{
+	struct up	 ups[] = {
+		{ "a", { "--tag", NULL }, NULL },
+		{ "down", { NULL }, "\"on_failure\": \"accept\"" },
+	};
+	char		*t;
+
+	setup(ups, 2);
+	t = same(plain, one_message);
+	HAS(t, "\nX-Testmilter-a: seen\n");
+	free(t);
+	passed = true;
+}
+
+/* swap - in s, replace the first a by b (same length) */
+static void
+swap(char *s, const char *a, const char *b)
+{
+	char	*p = strstr(s, a);
+
+	cr_assert_not_null(p, "\"%s\" not in:\n%s", a, s);
+	cr_assert_eq(strlen(a), strlen(b));
+	memcpy(p, b, strlen(b));
+}
+
+/*
+ * Two milters reject at once.  Sendmail's chain asks them in turn, so
+ * the first listed gives the text; miltermux asks both at once and
+ * answers with the first reject that arrives (README, "answered as soon
+ * as it arrives, without waiting for the others").  Here a is slow, so
+ * the texts differ and nothing else does.
+ */
+Test(sendmail, two_rejects_the_first_to_arrive_gives_the_text,
+    .timeout = 90, .fini = fini)
+{
+	struct up	 ups[] = {
+		{ "a", { "--delay", "envfrom=300", "--verdict",
+		    "envfrom=reject", "--reply",
+		    "envfrom=550 5.7.1 slow policy AAA", NULL }, NULL },
+		{ "b", { "--verdict", "envfrom=reject", "--reply",
+		    "envfrom=550 5.7.1 fast policy BBB", NULL }, NULL },
+	};
+	char		*c, *m;
+
+	setup(ups, 2);
+	c = session(&chain, plain, one_message);
+	m = session(&mux, plain, one_message);
+	last_chain = h_xstrdup(c);
+	last_mux = h_xstrdup(m);
+	HAS(c, "... slow policy AAA\n");
+	HAS(m, "... fast policy BBB\n");
+	swap(m, "fast policy BBB", "slow policy AAA");
+	cr_assert_str_eq(c, m);
+	free(c);
+	free(m);
+	passed = true;
+}
+
+/*
+ * Two milters change the same header.  Sendmail's chain applies both,
+ * so the last listed wins; miltermux documents that the first listed
+ * wins (README, "one header changed by two upstreams: the one listed
+ * first wins").  Everything else is the same.
+ */
+Test(sendmail, one_header_changed_twice_the_first_listed_wins,
+    .timeout = 90, .fini = fini)
+{
+	struct up	 ups[] = {
+		{ "a", { "--chgheader", "1:Subject:changed by a", NULL },
+		    NULL },
+		{ "b", { "--chgheader", "1:Subject:changed by b", NULL },
+		    NULL },
+	};
+	char		*c, *m;
+
+	setup(ups, 2);
+	c = session(&chain, plain, one_message);
+	m = session(&mux, plain, one_message);
+	last_chain = h_xstrdup(c);
+	last_mux = h_xstrdup(m);
+	HAS(c, "\nSubject: changed by b\n");
+	HAS(m, "\nSubject: changed by a\n");
+	swap(m, "Subject: changed by a", "Subject: changed by b");
 	cr_assert_str_eq(c, m);
 	free(c);
 	free(m);
