@@ -435,7 +435,7 @@ static char *
 session(struct sm *sm, const char *const script[], const char *const msgs[])
 {
 	struct h_smtp	 s;
-	char		*t = h_xstrdup(""), *reply = NULL, *m, code[8];
+	char		*t = h_xstrdup(""), *reply = NULL, *m;
 	size_t		 k = 0;
 	int		 rc;
 
@@ -455,7 +455,6 @@ session(struct sm *sm, const char *const script[], const char *const msgs[])
 			rc = h_smtp_cmd(&s, script[i], &reply);
 		cr_assert(rc > 0, "Sendmail %s: %s: %s", sm->name, script[i],
 		    strerror(-rc));
-		snprintf(code, sizeof code, "%d", rc);
 		m = mask(reply, false);
 		append(&t, "> ", script[i]);
 		append(&t, "\n< ", m);
@@ -1087,14 +1086,14 @@ swap(char *s, const char *a, const char *b)
  * Two milters reject at once.  Sendmail's chain asks them in turn, so
  * the first listed gives the text; miltermux asks both at once and
  * answers with the first reject that arrives (README, "answered as soon
- * as it arrives, without waiting for the others").  Here a is slow, so
- * the texts differ and nothing else does.
+ * as it arrives, without waiting for the others").  Here a takes a second,
+ * so the texts differ and nothing else does.
  */
 Test(sendmail, two_rejects_the_first_to_arrive_gives_the_text,
     .timeout = 90, .fini = fini)
 {
 	struct up	 ups[] = {
-		{ "a", { "--delay", "envfrom=300", "--verdict",
+		{ "a", { "--delay", "envfrom=1000", "--verdict",
 		    "envfrom=reject", "--reply",
 		    "envfrom=550 5.7.1 slow policy AAA", NULL }, NULL },
 		{ "b", { "--verdict", "envfrom=reject", "--reply",
