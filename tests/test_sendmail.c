@@ -29,6 +29,11 @@
  * daemon that does not come up is reported with its stderr, where -bD
  * prints configuration errors.
  *
+ * Every test starts its own daemons (some 0.2 s): the test milters'
+ * modifications hold for every message, so a configuration is a test.
+ * The program mailer sees the envelope addresses but not their ESMTP
+ * arguments.
+ *
  * Skipped where it cannot run: not root (unshare, Sendmail as root),
  * no m4.
  *
@@ -113,7 +118,7 @@ unpack_or_skip(void)
 	int		 rc, st = 0;
 
 	if (geteuid() != 0)
-		cr_skip_test("Sendmail runs as root in a private UTS namespace");
+		cr_skip_test("Sendmail runs as root, in a UTS namespace");
 	rc = h_run(m4, 10, NULL, &st);
 	if (rc == -ENOENT)
 		cr_skip_test("m4 is not installed (apt-get install m4)");
@@ -186,7 +191,9 @@ sm_start(struct sm *sm, const char *filters)
 	    "define(`confDELIVERY_MODE', `interactive')dnl\n"
 	    "define(`confTO_IDENT', `0')dnl\n"
 	    "define(`confAUTH_MECHANISMS', `')dnl\n"
-	    "define(`confDONT_BLAME_SENDMAIL', `GroupWritableDirPathSafe,TrustStickyBit')dnl\n"
+	    /* The milter sockets are under /tmp, sticky and world-writable. */
+	    "define(`confDONT_BLAME_SENDMAIL',\n"
+	    "    `GroupWritableDirPathSafe,TrustStickyBit')dnl\n"
 	    "FEATURE(`nocanonify')dnl\n"
 	    "FEATURE(`accept_unresolvable_domains')dnl\n"
 	    "FEATURE(`no_default_msa')dnl\n"
@@ -275,10 +282,13 @@ setup(const struct up *ups, size_t n)
 	env_start_mux(&e, ups, n, NULL, 0);
 	for (size_t i = 0; i < n; i++) {
 		const char	*json = ups[i].json != NULL ? ups[i].json : "";
+		const char	*flag = "F=T, ";
+
 		/* Sendmail's F= for the upstream's on_failure: T, R or none */
-		const char	*flag = strstr(json, "\"accept\"") != NULL ?
-				    "F=, " : strstr(json, "\"reject\"") != NULL ?
-				    "F=R, " : "F=T, ";
+		if (strstr(json, "\"accept\"") != NULL)
+			flag = "F=, ";
+		else if (strstr(json, "\"reject\"") != NULL)
+			flag = "F=R, ";
 
 		tmp = h_xasprintf("%sINPUT_MAIL_FILTER(`%s', "
 		    "`S=unix:%s/%s.sock, %s" FILTER_T "')dnl\n", filters,
