@@ -393,3 +393,66 @@ Test(negotiate, nr_reply_at_header_is_caught, .timeout = 60)
 {
 	check_nr_reply("header", false);
 }
+
+/*
+ * check_unoffered - a peer asks for the lowest protocol bit (not a
+ * no-reply one) that miltermux did not offer it, miltermux having been
+ * offered mta_proto by the MTA; why is the line that refuses it, or
+ * NULL when it is tolerated
+ */
+static void
+check_unoffered(uint32_t mta_proto, const char *why)
+{
+	struct env		 e;
+	struct up		 ups[] = {
+		{ "good", { "--addheader", "X-Good:yes", NULL },
+		    upstream_json },
+		{ "bad", { BADMILTER, "--mode", "optneg-proto", NULL },
+		    upstream_json },
+	};
+	struct mta		 m;
+	struct mta_result	 r;
+	char			*log, *badlog;
+
+	env_setup(&e, ups, 2, NULL, 0);
+	cr_assert_eq(mta_open(&m, e.mux_spec, 30), 0);
+	cr_assert_eq(mta_negotiate(&m, MA_ALL, mta_proto), 0);
+	cr_assert_eq(m.proto & ~mta_proto, 0, "asked the MTA for 0x%x, "
+	    "offered 0x%x", m.proto, mta_proto);
+	VEQ(stage(mta_connect(&m, "client.example", "192.0.2.1", &r), &r,
+	    "connect"), why != NULL ? VERDICT_TEMPFAIL : VERDICT_CONTINUE);
+	mta_close(&m);
+	badlog = h_read_file(e.up_log[1]);
+	cr_assert(badlog != NULL && strstr(badlog, "session 1: fired") !=
+	    NULL, "bad never asked");
+	free(badlog);
+	if (why != NULL) {
+		log = env_wait_log(&e, "upstream bad:");
+		cr_assert_eq(count(log, "upstream bad:"), 1, "%s", log);
+		HAS(log, why);
+	} else {
+		log = env_wait_log(&e, "2 of 2 upstreams live");
+		HAS(log, "upstream bad: asked for protocol bits 0x800, which "
+		    "were not offered: tolerated");
+		HASNT(log, "on_failure");
+	}
+	free(log);
+	env_stop(&e, STOP_GRACE);
+}
+
+/* RCPT_REJ when the MTA has none: tolerated as Postfix does (dropped:
+ * no rejected recipient will come).  Before, it was refused. */
+Test(negotiate, unoffered_rcpt_rej_is_tolerated, .timeout = 60)
+{
+	check_unoffered(MP_ALL_V6 & ~MP_RCPT_REJ, NULL);
+}
+
+/* HDR_LEADSPC when the MTA has none: refused, with one line that says
+ * why (the header bytes it expects cannot be restored). */
+Test(negotiate, unoffered_leadspc_is_refused_with_a_reason, .timeout = 60)
+{
+	check_unoffered(MP_ALL_V6 & ~MP_HDR_LEADSPC, "upstream bad: "
+	    "negotiate: option negotiation: asked for protocol bits "
+	    "0x100000, which were not offered (header values with their "
+	    "leading space, which the MTA does not send): refused");
+}
