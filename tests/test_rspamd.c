@@ -347,6 +347,8 @@ count(const char *hay, const char *needle)
 	return n;
 }
 
+/* start_opendkim - a signer for example.org; its milter spec (as in
+ * test_postfix.c, where a missing OpenDKIM skips instead) */
 static char *
 start_opendkim(void)
 {
@@ -471,8 +473,7 @@ static const char msg_clean[] =
 
 /*
  * All the cases, one SMTP session each; signed says whether OpenDKIM
- * is in phase 2 (and the test milter "tag" in phase 1).  Returns the
- * number of messages delivered.
+ * is in phase 2 (and the test milter "tag" in phase 1).
  */
 static void
 run_cases(bool signed_)
