@@ -82,6 +82,10 @@ struct fanout_event {
 	void			*macro_arg;
 	fanout_progress_fn	*progress;
 	void			*progress_arg;
+	/* envrcpt: a recipient the MTA already rejected (SMFIP_RCPT_REJ,
+	 * macro {rcpt_mailer} "error").  Only upstreams that asked for
+	 * RCPT_REJ see it, and the answer is always continue. */
+	bool			 rejected;
 };
 
 /* The merged answer to one event. */
@@ -134,6 +138,13 @@ void	fanout_close(struct fanout *);
  * caller's.
  */
 void	fanout_watch_mta(struct fanout *, int fd);
+
+/*
+ * The protocol bits offered to each upstream when the MTA offered
+ * mta_proto: every step and no-reply bit, SKIP, and HDR_LEADSPC and
+ * RCPT_REJ if the MTA has them.
+ */
+uint32_t	fanout_offer(uint32_t mta_proto);
 
 /* How many upstreams are still usable (not failed, not finished). */
 size_t	fanout_live(const struct fanout *);

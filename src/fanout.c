@@ -514,7 +514,7 @@ negotiate(struct fanout *fo)
 {
 	uint32_t	 no = MP_NOHDRS | MP_NOEOH | MP_NOBODY | MP_NOUNKNOWN;
 	uint32_t	 act = 0;
-	bool		 leadspc = false;
+	bool		 leadspc = false, rcpt_rej = false;
 	size_t		 live = 0;
 
 	for (size_t i = 0; i < fo->n; i++) {
@@ -529,6 +529,8 @@ negotiate(struct fanout *fo)
 		no &= p;
 		if ((p & MP_HDR_LEADSPC) != 0)
 			leadspc = true;
+		if ((p & MP_RCPT_REJ) != 0)
+			rcpt_rej = true;
 		if ((upstream_actions(s->up) & (MA_ADDHDRS | MA_CHGHDRS)) != 0)
 			fo->need_headers = true;
 	}
@@ -550,6 +552,16 @@ negotiate(struct fanout *fo)
 		fo->proto |= MP_HDR_LEADSPC;
 		fo->leadspc = true;
 	}
+	/* Rejected recipients go to the upstreams that asked for them
+	 * (fanout_event); the others never see them. */
+	if (rcpt_rej && (fo->mta_proto & MP_RCPT_REJ) != 0)
+		fo->proto |= MP_RCPT_REJ;
+	/* The no-reply bits the upstreams asked for are not passed on to
+	 * the MTA for the envelope stages: an upstream that fails there,
+	 * or a later phase, must still be answered for, and the answer
+	 * costs no upstream round trip (upstream.c sends and completes
+	 * at once).  Headers, end of headers and body are asked of the
+	 * MTA without reply by front.c in any case. */
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
 
@@ -595,6 +607,31 @@ report_alive(struct fanout *fo)
 		if (ok && fo->slots[i].probe != 0)
 			health_alive(fo->slots[i].cfg, fo->slots[i].probe);
 	}
+}
+
+/*
+ * fanout_offer - the protocol bits offered to every upstream, as an MTA
+ * would (PROTOCOL.md 2.6)
+ *
+ * Any step can be left out (MP_ALL_NO): that is emulated per upstream.
+ * Any reply can go unread (MP_ALL_NR): Postfix and Sendmail offer them,
+ * and a filter such as rspamd asks for all of them whatever it is
+ * offered; a libmilter filter that negotiated NR must answer NOREPLY,
+ * which libmilter turns into silence.  The residual risk is a filter
+ * that negotiates NR and replies all the same: the protocol has no
+ * sequence numbers, so such a reply is caught (upstream.c, stray_why)
+ * only when it arrives before the next command is written; one that
+ * comes later is taken for the answer to that command, exactly as
+ * Postfix would take it.  SKIP is emulated per upstream.  HDR_LEADSPC
+ * and RCPT_REJ only when the MTA has them: header bytes as the MTA
+ * sends them cannot be restored, and recipients the MTA rejected are
+ * only ever seen if it sends them.  No MDS bits: packets stay 64 KiB.
+ */
+uint32_t
+fanout_offer(uint32_t mta_proto)
+{
+	return MP_ALL_NO | MP_ALL_NR | MP_SKIP |
+	    (mta_proto & (MP_HDR_LEADSPC | MP_RCPT_REJ));
 }
 
 struct fanout *
@@ -660,17 +697,7 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 		}
 		f = fx_new(fo, i, XCHG_OPEN, STAGE_CONNECT);
 		f->x.offer_actions = mta_actions & MA_ALL;
-		/* We can leave out any step: that is emulated per
-		 * upstream.  We do not offer to go without replies
-		 * (MP_ALL_NR): a reply to a command sent without one
-		 * would be taken for the answer to the next command, as
-		 * the protocol has no sequence numbers, so a filter
-		 * that replies anyway could not be caught in time.
-		 * libmilter fakes the missing NR bits for its filters by
-		 * sending continue (PROTOCOL.md 2.5); a filter that asks
-		 * for them all the same is refused at negotiation. */
-		f->x.offer_proto = MP_ALL_NO | MP_SKIP |
-		    (mta_proto & MP_HDR_LEADSPC);
+		f->x.offer_proto = fanout_offer(mta_proto);
 		submit(fo, f, true, t + s->cfg->timeouts.connect);
 	}
 	fo_wait_all(fo, NULL, NULL);
@@ -851,6 +878,9 @@ fo_scatter(struct fanout *fo, const struct fanout_event *ev, bool waited,
 		if (phase != 0 && s->cfg->phase != phase)
 			continue;
 		if (slot_failed(fo, s))
+			continue;
+		if (ev->rejected &&
+		    (upstream_proto(s->up) & MP_RCPT_REJ) == 0)
 			continue;
 		f = fx_new(fo, i, XCHG_STAGE, ev->stage);
 		put_macros(&f->x.macros, s, ev);
@@ -1209,6 +1239,17 @@ fanout_event(struct fanout *fo, const struct fanout_event *ev,
 	if (fo->mta_gone != NULL) {
 		fo_release_cur(fo);
 		gave_up(fo, ev, ans);
+		return;
+	}
+	if (ev->rejected) {
+		/* The MTA rejected it already: what the upstreams that
+		 * asked to see it say changes nothing, for the MTA
+		 * (Postfix ignores it; Sendmail would act on a discard or
+		 * a 421) nor for the message. */
+		log_debug("%s: rejected recipient %s shown to the upstreams "
+		    "that asked for it", fo->connid,
+		    ev->argc > 0 ? ev->argv[0] : "");
+		fo_release_cur(fo);
 		return;
 	}
 	v = fo_settle(fo, ev, 0, ans);

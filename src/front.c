@@ -712,13 +712,26 @@ front_envfrom(SMFICTX *ctx, char **argv)
 	return run(ctx, &ev);
 }
 
+/*
+ * front_envrcpt - a recipient; with SMFIP_RCPT_REJ asked of the MTA
+ * (some upstream wanted it), also one the MTA rejected itself, which
+ * it marks with {rcpt_mailer} "error": fanout_event shows that one only
+ * to the upstreams that asked, and answers continue, as the MTA
+ * ignores what a filter says of it (Postfix) or should not act on it.
+ */
 static sfsistat
 front_envrcpt(SMFICTX *ctx, char **argv)
 {
+	struct conn		*c = conn_of(ctx);
 	struct fanout_event	 ev = { .stage = STAGE_ENVRCPT,
 				    .argv = (const char *const *)argv,
 				    .argc = count_args(argv) };
+	const char		*mailer;
 
+	if (c != NULL && (c->proto & MP_RCPT_REJ) != 0 &&
+	    (mailer = smfi_getsymval(ctx, "{rcpt_mailer}")) != NULL &&
+	    strcmp(mailer, "error") == 0)
+		ev.rejected = true;
 	return run(ctx, &ev);
 }
 

@@ -550,6 +550,14 @@ stray_why(struct upstream *up)
 	return set_why(up, "data after the final reply to %s", last);
 }
 
+/*
+ * Protocol bits an upstream may ask for without their being offered,
+ * as Postfix allows (milter8.c takes the mask as it comes): what can be
+ * honoured anyway.  The others (HDR_LEADSPC without the MTA's, and bits
+ * of no known meaning) are refused with one log line.
+ */
+#define OPTNEG_TOLERATED	(MP_ALL_NO | MP_ALL_NR | MP_SKIP | MP_RCPT_REJ)
+
 /* on_optneg - check and record the filter's option reply */
 static int
 on_optneg(struct upstream *up, struct upstream_xchg *x, char cmd,
@@ -575,9 +583,13 @@ on_optneg(struct upstream *up, struct upstream_xchg *x, char cmd,
 	else if ((extra = o.actions & ~x->offer_actions) != 0)
 		set_why(up, "option negotiation: asked for actions 0x%x, "
 		    "which were not offered", extra);
-	else if ((extra = o.protocol & ~MP_INTERNAL & ~x->offer_proto) != 0)
+	else if ((extra = o.protocol & ~MP_INTERNAL & ~x->offer_proto &
+	    ~OPTNEG_TOLERATED) != 0)
 		set_why(up, "option negotiation: asked for protocol bits "
-		    "0x%x, which were not offered", extra);
+		    "0x%x, which were not offered (%s): refused", extra,
+		    (extra & ~MP_ALL_V6) != 0 ? "bits of no known meaning" :
+		    "header values with their leading space, which the MTA "
+		    "does not send");
 	else
 		rc = 0;
 	if (rc != 0) {
@@ -587,6 +599,16 @@ on_optneg(struct upstream *up, struct upstream_xchg *x, char cmd,
 	up->version = o.version;
 	up->actions = o.actions;
 	up->proto = o.protocol & ~MP_INTERNAL;
+	/* Like Postfix, which takes the filter's protocol mask as it
+	 * comes: steps left out and replies not sent are honoured
+	 * whatever was offered (today all are), and RCPT_REJ without the
+	 * MTA's is dropped, as no rejected recipient will come. */
+	if ((extra = up->proto & ~x->offer_proto) != 0) {
+		log_debug("%s: upstream %s: asked for protocol bits 0x%x, "
+		    "which were not offered: tolerated", up->connid,
+		    up->name, extra);
+		up->proto &= ~(uint32_t)(extra & MP_RCPT_REJ);
+	}
 	/* Older filters know fewer commands (PROTOCOL.md 1.6 rule 7). */
 	if (up->version <= 2)
 		up->proto |= MP_NOUNKNOWN;

@@ -253,28 +253,18 @@ ParameterizedTestParameters(hostile, protocol_errors_fail_only_that_upstream)
 		  "undeclared-action" }, "reject", "", 1, "eom: ",
 		  "modification (addheader) it did not negotiate",
 		  "eom: reject", "", 0 },
-		/* miltermux offers no SMFIP_NR_* bits: a reply to a command
-		 * sent without one could not be told from the answer to
-		 * the next (no sequence numbers), so asking for one is
-		 * where such a filter is caught. */
-		{ "nr_reply_connect", { "--mode", "nr-reply", "--stage",
-		  "connect" }, "tempfail", "", 2, "negotiate: ", "asked for "
-		  "protocol bits 0x1000, which were not offered",
-		  "connect 127.0.0.1: tempfail", "", 0 },
-		{ "nr_reply_envrcpt", { "--mode", "nr-reply", "--stage",
-		  "envrcpt" }, "reject", "", 1, "negotiate: ", "asked for "
-		  "protocol bits 0x8000, which were not offered",
-		  "connect 127.0.0.1: reject", "", 0 },
-		{ "nr_reply_header", { "--mode", "nr-reply", "--stage",
-		  "header" }, "accept", "", 0, "negotiate: ", "asked for "
-		  "protocol bits 0x80, which were not offered", "", "", 0 },
+		/* A filter that negotiated SMFIP_NR_* and replies all the
+		 * same (badmilter --mode nr-reply) is caught only when its
+		 * reply comes before the next command: test_negotiate pins
+		 * that with an MTA that takes its time. */
 		{ "optneg_actions", { "--mode", "optneg-actions" },
 		  "tempfail", "", 2, "negotiate: ", "asked for actions "
 		  "0x200, which were not offered", "connect 127.0.0.1: "
 		  "tempfail", "", 0 },
 		{ "optneg_proto", { "--mode", "optneg-proto" }, "reject", "",
-		  1, "negotiate: ", "asked for protocol bits 0x800, which "
-		  "were not offered", "connect 127.0.0.1: reject", "", 0 },
+		  1, "negotiate: ", "protocol bits 0x200000, which were not "
+		  "offered (bits of no known meaning)", "connect 127.0.0.1: "
+		  "reject", "", 0 },
 		{ "optneg_version_1", { "--mode", "optneg-version",
 		  "--version", "1" }, "accept", "", 0, "negotiate: ",
 		  "unsupported protocol version 1", "", "", 0 },

@@ -37,6 +37,13 @@
  *     reply-text        answer 'y' with --text (then the connection
  *                       goes on as after a reject)
  *     extra-reply       answer continue twice, in one write
+ *     rspamd-like       negotiate as rspamd's milter mode does: every
+ *                       SMFIP_NR_* bit (protocol 0xff080), whatever it
+ *                       is offered; answer nothing before end of
+ *                       message, then add the header X-Spam: no and
+ *                       accept
+ *     rspamd-reject     the same, but reject at end of message with
+ *                       --text (default "554 5.7.1 Gtube pattern")
  *   --stage STAGE       negotiate connect helo envfrom envrcpt data header
  *                       eoh body eom unknown (default envfrom; eom for
  *                       undeclared-action; optneg-* ignore it).  A stage
@@ -109,6 +116,8 @@ enum mode {
 	MODE_CLOSE,
 	MODE_REPLY_TEXT,
 	MODE_EXTRA_REPLY,
+	MODE_RSPAMD_LIKE,
+	MODE_RSPAMD_REJECT,
 	MODE_COUNT
 };
 
@@ -128,6 +137,8 @@ static const char *const mode_names[MODE_COUNT] = {
 	[MODE_CLOSE]		= "close",
 	[MODE_REPLY_TEXT]	= "reply-text",
 	[MODE_EXTRA_REPLY]	= "extra-reply",
+	[MODE_RSPAMD_LIKE]	= "rspamd-like",
+	[MODE_RSPAMD_REJECT]	= "rspamd-reject",
 };
 
 /* The stages --stage names: the command that starts each, its NR bit. */
@@ -324,6 +335,10 @@ parse_args(int argc, char **argv)
 		    "negotiate");
 	if (opt.mode == MODE_OPTNEG_VERSION && !opt.has_version)
 		usage_error("optneg-version needs --version");
+	if (opt.mode == MODE_RSPAMD_REJECT && !opt.has_text) {
+		opt.text = unescape("554 5.7.1 Gtube pattern", &opt.textlen);
+		opt.has_text = true;
+	}
 	if (opt.mode == MODE_GARBAGE && !opt.has_text) {
 		opt.text = unescape("this is not a milter reply\\r\\n",
 		    &opt.textlen);
@@ -490,11 +505,17 @@ optneg(struct session *s, const uint8_t *data, size_t len)
 		case MODE_OPTNEG_VERSION:
 			version = (uint32_t)opt.version;
 			break;
+		case MODE_RSPAMD_LIKE:
+		case MODE_RSPAMD_REJECT:
+			proto = MP_ALL_NR;
+			break;
 		default:
 			break;
 		}
 		/* Asking for what breaks the rules is the first lie. */
 		if (opt.mode == MODE_NR_REPLY ||
+		    opt.mode == MODE_RSPAMD_LIKE ||
+		    opt.mode == MODE_RSPAMD_REJECT ||
 		    (opt.mode >= MODE_OPTNEG_ACTIONS &&
 		    opt.mode <= MODE_OPTNEG_VERSION))
 			note(s->index, "fired");
@@ -509,6 +530,32 @@ optneg(struct session *s, const uint8_t *data, size_t len)
 	else
 		send_all(s->fd, &good);
 	buf_fini(&good);
+}
+
+/*
+ * rspamd_like - rspamd's milter mode: it negotiated no reply for every
+ * stage, so only end of message is answered: a header and accept, or
+ * a reject with --text
+ */
+static void
+rspamd_like(struct session *s, char cmd)
+{
+	struct buf	 out = BUF_INIT;
+	static const char hdr[] = "X-Spam\0no";
+
+	if (cmd != MC_BODYEOB)
+		return;
+	if (opt.mode == MODE_RSPAMD_REJECT) {
+		codec_put_packet(&out, MR_REPLYCODE, opt.text,
+		    opt.textlen + 1);
+		note(s->index, "rejected");
+	} else {
+		codec_put_packet(&out, MR_ADDHEADER, hdr, sizeof hdr);
+		codec_put_packet(&out, MR_ACCEPT, NULL, 0);
+		note(s->index, "accepted");
+	}
+	send_all(s->fd, &out);
+	buf_fini(&out);
 }
 
 /* command - one command from the proxy */
@@ -530,6 +577,11 @@ command(struct session *s, char cmd, const uint8_t *data, size_t len)
 		return;		/* no reply */
 	default:
 		break;
+	}
+	if (s->bad && (opt.mode == MODE_RSPAMD_LIKE ||
+	    opt.mode == MODE_RSPAMD_REJECT)) {
+		rspamd_like(s, cmd);
+		return;
 	}
 	for (st = stages; st->name != NULL; st++)
 		if (st->cmd == cmd)

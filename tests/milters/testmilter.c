@@ -80,6 +80,10 @@
  *                             callback then returns SMFIS_NOREPLY (its
  *                             verdict is lost).  Repeatable.
  *   --leadspc                 request SMFIP_HDR_LEADSPC
+ *   --rcpt-rej                request SMFIP_RCPT_REJ: envrcpt is also
+ *                             called for recipients the MTA rejected
+ *                             (with {rcpt_mailer} "error"; log it with
+ *                             --log-macros)
  *   --symlist STAGE="NAMES"   smfi_setsymlist for connect helo envfrom
  *                             envrcpt data eoh eom, if the MTA offered
  *                             SMFIF_SETSYMLIST.  Once per stage.
@@ -1163,6 +1167,7 @@ static const char usage_text[] =
 "  --nr STAGE                SMFIP_NR_* for the same; the callback returns\n"
 "                            NOREPLY\n"
 "  --leadspc                 SMFIP_HDR_LEADSPC\n"
+"  --rcpt-rej                SMFIP_RCPT_REJ: see recipients the MTA rejected\n"
 "  --symlist STAGE=\"NAMES\"   smfi_setsymlist (connect helo envfrom envrcpt\n"
 "                            data eoh eom)\n"
 "\n"
@@ -1196,6 +1201,7 @@ enum {
 	LONG_NO,
 	LONG_NR,
 	LONG_LEADSPC,
+	LONG_RCPT_REJ,
 	LONG_SYMLIST,
 	LONG_LOG,
 	LONG_LOG_MACROS
@@ -1238,6 +1244,7 @@ static const struct option long_opts[] = {
 	{ "no",			required_argument,	NULL, LONG_NO },
 	{ "nr",			required_argument,	NULL, LONG_NR },
 	{ "leadspc",		no_argument,		NULL, LONG_LEADSPC },
+	{ "rcpt-rej",		no_argument,		NULL, LONG_RCPT_REJ },
 	{ "symlist",		required_argument,	NULL, LONG_SYMLIST },
 	{ "log",		required_argument,	NULL, LONG_LOG },
 	{ "log-macros",		required_argument,	NULL, LONG_LOG_MACROS },
@@ -1712,6 +1719,9 @@ parse_args(int argc, char **argv)
 			break;
 		case LONG_LEADSPC:
 			cfg.want_proto |= SMFIP_HDR_LEADSPC;
+			break;
+		case LONG_RCPT_REJ:
+			cfg.want_proto |= SMFIP_RCPT_REJ;
 			break;
 		case LONG_SYMLIST:
 			parse_symlist(optarg);
