@@ -328,9 +328,9 @@ probe(struct env *e)
 		    "\n  %s\nrspamd 3.4 answers the negotiation with every "
 		    "SMFIP_NR_* bit set, whatever it is offered; a miltermux "
 		    "that does not offer the NR bits to its upstreams cannot "
-		    "use it.  This test is EXPECTED TO FAIL until branch "
-		    "'negotiate' (offer SMFIP_NR_* upstream, answer for "
-		    "upstreams that do not reply) is merged.", line);
+		    "use it.  This test needs branch 'negotiate' (offer "
+		    "SMFIP_NR_* upstream): it is expected to fail on a tree "
+		    "without it, and a regression on one with it.", line);
 	}
 	cr_assert_fail("MAIL through miltermux got %d: %s\nmiltermux log:"
 	    "\n%s", code, reply != NULL ? reply : strerror(-code), log);
