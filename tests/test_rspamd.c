@@ -39,7 +39,9 @@
 #include "fixture.h"
 #include "harness.h"
 
+#ifndef RSPAMD
 #define RSPAMD		"/usr/bin/rspamd"
+#endif
 
 /* The GTUBE-like patterns of rspamd's message.c: reject, add header,
  * rewrite subject.  The last two need enable_test_patterns. */
