@@ -89,7 +89,7 @@ log_line(const struct sess *s, enum rp_stage st, unsigned idx,
 	    rp_stage_names[st], idx, rp_verdict_names[p->verdict],
 	    p->delay_ms);
 	if (n > 0 && (size_t)n < sizeof line)
-		(void)write(cfg.log_fd, line, (size_t)n);
+		(void)!write(cfg.log_fd, line, (size_t)n);
 }
 
 /* answer - the planned delay, then the planned verdict and its text */
