@@ -4,8 +4,12 @@
  * its own polling thread: GET /metrics, /healthz and /status.
  *
  * The socket is bound before the daemon forks (so that a port in use is
- * an error at start), the thread started after it.
+ * an error at start), the thread started after it.  Requests are
+ * answered from the counters alone: no lock a session holds is taken,
+ * so a stuck session cannot stall a scrape.
  */
+/* SO_REUSEPORT is Linux's (and the BSDs'), not POSIX's. */
+#define _DEFAULT_SOURCE
 #include <sys/types.h>
 #include <sys/socket.h>
 
@@ -95,7 +99,11 @@ metrics_http_open(const struct conf *c)
 		return 0;
 	if ((fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
 		return -errno;
+	/* SO_REUSEPORT: a new instance started while the old one drains
+	 * (a restart) can bind the same port; both answer until the old
+	 * one exits, its /healthz saying 503. */
 	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
 	if (bind(fd, sa, c->metrics_addr.salen) != 0 ||
 	    listen(fd, 16) != 0) {
 		err = errno;

@@ -420,3 +420,80 @@ Test(metrics, postfix_counts_exactly_the_messages_sent, .timeout = 120,
 	passed = true;
 	env_stop(&e, 5);
 }
+
+/* write_conf - e's configuration with metrics on port and the named
+ * upstreams (each on its fixture socket), then a reload */
+static void
+reload_with(struct env *e, int port, const char *ups_json)
+{
+	char	*cfg = h_xasprintf("{ \"listen\": \"%s\", \"threads\": 2, "
+		    "\"metrics\": { \"listen\": \"inet:%d@127.0.0.1\" }, "
+		    "\"upstreams\": [ %s ] }\n", e->mux_spec, port, ups_json);
+
+	cr_assert_eq(h_write_file(e->conf, cfg), 0);
+	free(cfg);
+	cr_assert_eq(h_kill(e->mux, SIGUSR1), 0);
+}
+
+/*
+ * An upstream that does not answer in time fails with reason
+ * "timeout" and votes "failed" for the message; a reload that drops it
+ * drops its series, and one that brings it back shows its counters as
+ * they were (kept by name).
+ */
+Test(metrics, timeout_reason_and_upstreams_kept_by_name_across_reloads,
+    .timeout = 60)
+{
+	struct env	 e;
+	struct up	 ups[] = {
+		{ "a", { NULL }, NULL },
+		{ "slow", { "--delay", "eom=1500", NULL },
+		    "\"on_failure\": \"accept\", \"timeouts\": "
+		    "{ \"content\": 0.3 }" },
+	};
+	const char	*rc1[] = { "<bob@example.net>" };
+	const enum verdict w1[] = { VERDICT_CONTINUE };
+	const char	*fail = "miltermux_upstream_failures_total{"
+			    "upstream=\"slow\",reason=\"timeout\"}";
+	char		*body, *a, *slow;
+	struct mta	 m;
+	int		 port, code;
+
+	port = start(&e, ups, 2, 0);
+	open_session(&e, &m);
+	cr_assert_eq(message(&m, "<alice@example.org>", rc1, 1, w1),
+	    VERDICT_CONTINUE);
+	mta_quit(&m);
+	mta_close(&m);
+	body = scrape_until(port, "miltermux_sessions_open", 0);
+	COUNT(body, fail, 1);
+	COUNT(body, "miltermux_upstream_verdicts_total{upstream=\"slow\","
+	    "verdict=\"failed\"}", 1);
+	COUNT(body, "miltermux_upstream_verdicts_total{upstream=\"a\","
+	    "verdict=\"continue\"}", 1);
+	COUNT(body, "miltermux_messages_total{verdict=\"continue\"}", 1);
+	free(body);
+
+	a = h_xasprintf("{ \"name\": \"a\", \"address\": \"unix:%s/a.sock\" }",
+	    h_tmpdir());
+	slow = h_xasprintf("%s, { \"name\": \"slow\", \"address\": "
+	    "\"unix:%s/slow.sock\" }", a, h_tmpdir());
+	reload_with(&e, port, a);
+	free(env_wait_log(&e, "configuration reloaded"));
+	body = get(port, "/metrics", &code);
+	cr_assert_eq(code, 200);
+	HASNT(body, "upstream=\"slow\"");
+	COUNT(body, "miltermux_upstream_up{upstream=\"a\"}", 1);
+	free(body);
+	/* Back again: the same figures. */
+	cr_assert_eq(h_write_file(e.mux_log, ""), 0);
+	reload_with(&e, port, slow);
+	free(env_wait_log(&e, "configuration reloaded"));
+	body = get(port, "/metrics", &code);
+	COUNT(body, fail, 1);
+	COUNT(body, "miltermux_upstream_up{upstream=\"slow\"}", 1);
+	free(body);
+	free(a);
+	free(slow);
+	env_stop(&e, 5);
+}
