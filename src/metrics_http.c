@@ -119,7 +119,8 @@ metrics_http_start(void)
 {
 	if (http_fd < 0)
 		return 0;
-	http_daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD,
+	http_daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD |
+	    MHD_USE_AUTO,
 	    0, NULL, NULL, handle, NULL,
 	    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)http_fd,
 	    MHD_OPTION_CONNECTION_LIMIT, (unsigned)32,
