@@ -13,8 +13,8 @@
  * are rendered.
  *
  * Concurrency: every function is thread-safe.  The counters are C11
- * atomics (relaxed: figures, not synchronisation); the upstream table
- * is guarded by a mutex held only to find or add an entry.
+ * atomics (relaxed: figures, not synchronisation); upstreams are found
+ * by name without a lock, and a mutex is taken only to add one.
  * Ownership: metrics_render and metrics_status return a string the
  * caller frees.
  */

@@ -47,15 +47,23 @@ static const char *const reason_names[METRICS_REASON_COUNT] = {
 	[METRICS_LOCAL]		= "local",
 };
 
+/* The upstream entries: an immutable array, replaced (copy and one
+ * more) when a name is added, so that the hot path looks a name up
+ * without a lock.  Replaced arrays are kept, never freed, as the
+ * entries are: one per name ever configured. */
+struct mtab {
+	size_t			 n;
+	struct mup		*v[];
+};
+
 static atomic_uint	 sessions_open;
 static atomic_ulong	 sessions_total;
 static atomic_bool	 draining;
 static atomic_ulong	 messages[VERDICT_COUNT];
 static struct hist	 stages[NSTAGES];
-/* ups_lock protects ups and nups (the entries' counters are atomic). */
+/* ups_lock serialises additions to ups; readers take none. */
 static pthread_mutex_t	 ups_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct mup	**ups;
-static size_t		 nups;
+static _Atomic(struct mtab *) ups;
 
 const char *
 metrics_reason_name(enum metrics_reason r)
@@ -83,21 +91,39 @@ message_name(int v)
 	    proto_verdict_name((enum verdict)v);
 }
 
+/* find - name's entry in t, or NULL */
+static struct mup *
+find(const struct mtab *t, const char *name)
+{
+	for (size_t i = 0; t != NULL && i < t->n; i++)
+		if (strcmp(t->v[i]->name, name) == 0)
+			return t->v[i];
+	return NULL;
+}
+
 /* mup_get - name's entry, added on first use */
 static struct mup *
 mup_get(const char *name)
 {
-	struct mup	*m = NULL;
+	struct mtab	*t = atomic_load_explicit(&ups, memory_order_acquire);
+	struct mtab	*nt;
+	struct mup	*m;
 
+	if ((m = find(t, name)) != NULL)
+		return m;
 	pthread_mutex_lock(&ups_lock);
-	for (size_t i = 0; i < nups && m == NULL; i++)
-		if (strcmp(ups[i]->name, name) == 0)
-			m = ups[i];
-	if (m == NULL) {
+	t = atomic_load_explicit(&ups, memory_order_acquire);
+	if ((m = find(t, name)) == NULL) {
+		size_t	 n = t != NULL ? t->n : 0;
+
 		m = xcalloc(1, sizeof *m);
 		m->name = xstrdup(name);
-		ups = xreallocarray(ups, nups + 1, sizeof *ups);
-		ups[nups++] = m;
+		nt = xmalloc(sizeof *nt + (n + 1) * sizeof nt->v[0]);
+		nt->n = n + 1;
+		for (size_t i = 0; i < n; i++)
+			nt->v[i] = t->v[i];
+		nt->v[n] = m;
+		atomic_store_explicit(&ups, nt, memory_order_release);
 	}
 	pthread_mutex_unlock(&ups_lock);
 	return m;

@@ -21,6 +21,7 @@
 #include "codec.h"
 #include "fixture.h"
 #include "harness.h"
+#include "metrics.h"
 #include "mtaclient.h"
 
 static struct h_postfix	pf;
@@ -496,4 +497,35 @@ Test(metrics, timeout_reason_and_upstreams_kept_by_name_across_reloads,
 	free(a);
 	free(slow);
 	env_stop(&e, 5);
+}
+
+/* The reasons of upstream.c's failures, as its fail() calls give them. */
+Test(metrics, failure_reasons_are_classified)
+{
+	static const struct {
+		int			 err;
+		const char		*why;
+		enum metrics_reason	 want;
+	} cases[] = {
+		{ -ETIMEDOUT, "no answer in time", METRICS_TIMEOUT },
+		{ -ECONNREFUSED, "connect", METRICS_CONNECT },
+		{ -ENOENT, "connect", METRICS_CONNECT },
+		{ -EMFILE, "connect", METRICS_LOCAL },
+		{ -ENOMEM, "read", METRICS_LOCAL },
+		{ 0, "connection closed before the reply", METRICS_CLOSED },
+		{ 0, "connection closed inside a reply", METRICS_CLOSED },
+		{ -EPIPE, "connection closed while a command was written",
+		    METRICS_CLOSED },
+		{ -ECONNRESET, "read", METRICS_CLOSED },
+		{ -EPROTO, "reply 'x' is not a known command",
+		    METRICS_PROTOCOL },
+		{ -EMSGSIZE, "packet too large", METRICS_PROTOCOL },
+	};
+
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+		cr_assert_eq(metrics_reason_of(cases[i].err, cases[i].why),
+		    cases[i].want, "%s (%d): got %s, want %s", cases[i].why,
+		    cases[i].err, metrics_reason_name(metrics_reason_of(
+		    cases[i].err, cases[i].why)),
+		    metrics_reason_name(cases[i].want));
 }
