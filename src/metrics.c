@@ -14,6 +14,7 @@
 
 #include "conf.h"
 #include "health.h"
+#include "log.h"
 #include "metrics.h"
 #include "xalloc.h"
 
@@ -249,7 +250,7 @@ metrics_render(void)
 	struct mup	*m;
 
 	if (f == NULL)
-		abort();
+		fatalx("out of memory (metrics)");
 	head(f, "miltermux_sessions_open", "gauge",
 	    "MTA sessions open now.");
 	fprintf(f, "miltermux_sessions_open %u\n",
@@ -411,6 +412,6 @@ metrics_status(void)
 	s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	json_decref(root);
 	if (s == NULL)
-		abort();
+		fatalx("out of memory (status)");
 	return s;
 }

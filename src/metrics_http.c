@@ -24,6 +24,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "metrics_http.h"
+#include "xalloc.h"
 
 #if MHD_VERSION < 0x00097002
 typedef int mhd_result;
@@ -43,6 +44,10 @@ reply(struct MHD_Connection *conn, unsigned status, const char *type,
 
 	r = MHD_create_response_from_buffer(strlen(body), body,
 	    MHD_RESPMEM_MUST_FREE);
+	if (r == NULL) {
+		free(body);
+		return MHD_NO;
+	}
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
 	rc = MHD_queue_response(conn, status, r);
 	MHD_destroy_response(r);
@@ -63,7 +68,7 @@ handle(void *cls, struct MHD_Connection *conn, const char *url,
 	(void)upload;
 	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
 		return reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain",
-		    strdup("only GET and HEAD\n"));
+		    xstrdup("only GET and HEAD\n"));
 	/* First call: headers only; answer on the second. */
 	if (*state == NULL) {
 		*state = &seen;
@@ -79,14 +84,14 @@ handle(void *cls, struct MHD_Connection *conn, const char *url,
 		ok = metrics_healthy(&why);
 		return reply(conn, ok ? MHD_HTTP_OK :
 		    MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain",
-		    strdup(ok ? "ok\n" : strcmp(why, "draining") == 0 ?
+		    xstrdup(ok ? "ok\n" : strcmp(why, "draining") == 0 ?
 		    "draining\n" : "every upstream is down\n"));
 	}
 	if (strcmp(url, "/status") == 0)
 		return reply(conn, MHD_HTTP_OK, "application/json",
 		    metrics_status());
 	return reply(conn, MHD_HTTP_NOT_FOUND, "text/plain",
-	    strdup("not found: try /metrics, /healthz or /status\n"));
+	    xstrdup("not found: try /metrics, /healthz or /status\n"));
 }
 
 int
