@@ -8,6 +8,11 @@
  */
 #include <criterion/criterion.h>
 
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -15,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -528,4 +534,43 @@ Test(metrics, failure_reasons_are_classified)
 		    cases[i].err, metrics_reason_name(metrics_reason_of(
 		    cases[i].err, cases[i].why)),
 		    metrics_reason_name(cases[i].want));
+}
+
+/* A metrics port that another program holds: the start fails with
+ * EX_UNAVAILABLE and says why. */
+Test(metrics, port_held_by_another_program_fails_the_start, .timeout = 30)
+{
+	struct sockaddr_in	 sin = { .sin_family = AF_INET };
+	socklen_t		 len = sizeof sin;
+	char			*conf, *text, *out = NULL;
+	const char		*argv[6];
+	int			 fd, st = 0;
+
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	cr_assert(fd >= 0);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&sin, sizeof sin), 0);
+	cr_assert_eq(listen(fd, 1), 0);
+	cr_assert_eq(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
+	conf = h_xasprintf("%s/held.json", h_tmpdir());
+	text = h_xasprintf("{ \"listen\": \"unix:%s/held.sock\", "
+	    "\"metrics\": { \"listen\": \"inet:%d@127.0.0.1\" }, "
+	    "\"upstreams\": [ { \"name\": \"a\", \"address\": "
+	    "\"unix:%s/a.sock\" } ] }", h_tmpdir(), ntohs(sin.sin_port),
+	    h_tmpdir());
+	cr_assert_eq(h_write_file(conf, text), 0);
+	argv[0] = BIN("miltermux");
+	argv[1] = "-f";
+	argv[2] = "-c";
+	argv[3] = conf;
+	argv[4] = NULL;
+	cr_assert_eq(h_run(argv, 20, &out, &st), 0);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 69,
+	    "exit status %d: %s", st, out);
+	HAS(out, "cannot listen for metrics on \"inet:");
+	HAS(out, "Address already in use");
+	close(fd);
+	free(out);
+	free(text);
+	free(conf);
 }
