@@ -90,6 +90,10 @@ struct conf {
 	size_t			 replay_memory;
 	char			*replay_dir;
 	unsigned		 nphases;	/* distinct enabled phases */
+	/* The HTTP listener of metrics and health (metrics.h), inet or
+	 * inet6 as written, resolved in metrics_addr; NULL: off. */
+	char			*metrics_listen;
+	struct conf_addr	 metrics_addr;
 	/* Settings that are valid but may not work with the MTA's
 	 * defaults, one line each, in the form of the errors with
 	 * "warning: " before the message; in file order. */

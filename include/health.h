@@ -85,6 +85,17 @@ void		health_failure(const struct conf_upstream *cfg,
 void		health_alive(const struct conf_upstream *cfg,
 		    uint64_t probe);
 
+/* What the breaker thinks of one upstream, for metrics.h. */
+struct health_info {
+	bool		 up;		/* false: down or being probed */
+	const char	*state;		/* "up", "down", "probing" (static) */
+	unsigned	 fails;		/* failures in a row */
+	double		 retry_in;	/* down: seconds until a probe */
+};
+
+/* The state of the upstream named name; never seen: up. */
+void		health_get(const char *name, struct health_info *);
+
 /* Forgets every upstream (tests). */
 void		health_reset(void);
 

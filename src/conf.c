@@ -96,7 +96,8 @@ static const char *const on_failure_names[ONFAIL_COUNT] = {
 static const char *const top_keys[] = {
 	"listen", "threads", "timeouts", "on_failure", "macros", "replay",
 	"upstreams", "failures", "retry_after", "max_modifications",
-	"shutdown_grace", "socket_mode", "socket_group", "max_sessions", NULL
+	"shutdown_grace", "socket_mode", "socket_group", "max_sessions",
+	"metrics", NULL
 };
 static const char *const upstream_keys[] = {
 	"name", "address", "enabled", "phase", "on_failure", "failures",
@@ -104,6 +105,9 @@ static const char *const upstream_keys[] = {
 };
 static const char *const replay_keys[] = {
 	"memory", "directory", NULL
+};
+static const char *const metrics_keys[] = {
+	"listen", NULL
 };
 static const char *const timeout_keys[] = {
 	"connect", "command", "content", NULL
@@ -1215,6 +1219,39 @@ parse_replay(struct ctx *x, json_t *v)
 	}
 }
 
+/* parse_metrics - the HTTP listener of metrics and health: TCP only */
+static void
+parse_metrics(struct ctx *x, json_t *v)
+{
+	struct conf	*c = x->c;
+	json_t		*m;
+	const char	*s;
+	char		*q;
+
+	if (!want_type(x, v, "metrics", JSON_OBJECT, "an object"))
+		return;
+	check_keys(x, v, "metrics", metrics_keys);
+	if ((m = json_object_get(v, "listen")) == NULL) {
+		bad_value(x, "metrics", "has no \"listen\"; say where to "
+		    "serve, e.g. \"inet:9899@127.0.0.1\", or remove "
+		    "\"metrics\" to turn it off");
+		return;
+	}
+	if ((s = want_string(x, m, "metrics.listen")) == NULL ||
+	    !check_address(x, "metrics.listen", s, &c->metrics_addr, true))
+		return;
+	if (c->metrics_addr.sa.ss_family != AF_INET &&
+	    c->metrics_addr.sa.ss_family != AF_INET6) {
+		q = quote(s, QUOTE_MAX);
+		bad_value(x, "metrics.listen", "%s: HTTP is served on TCP "
+		    "only: use inet:PORT@HOST or inet6:PORT@HOST", q);
+		free(q);
+		return;
+	}
+	free(c->metrics_listen);
+	c->metrics_listen = xstrdup(s);
+}
+
 /* parse_upstream - fill c->upstreams[i] from v */
 static void
 parse_upstream(struct ctx *x, json_t *v, size_t i)
@@ -1410,6 +1447,8 @@ parse_top(struct ctx *x, json_t *root)
 		parse_macros(x, v);
 	if ((v = json_object_get(root, "replay")) != NULL)
 		parse_replay(x, v);
+	if ((v = json_object_get(root, "metrics")) != NULL)
+		parse_metrics(x, v);
 	parse_upstreams(x, json_object_get(root, "upstreams"));
 	count_phases(c);
 }
@@ -1575,6 +1614,7 @@ conf_free(struct conf *c)
 	free(c->path); c->path = NULL;
 	free(c->listen); c->listen = NULL;
 	free(c->replay_dir); c->replay_dir = NULL;
+	free(c->metrics_listen); c->metrics_listen = NULL;
 	free(c->socket_group); c->socket_group = NULL;
 	for (size_t i = 0; i < c->nwarnings; i++) {
 		free(c->warnings[i]); c->warnings[i] = NULL;
@@ -2038,6 +2078,11 @@ conf_dump(const struct conf *c)
 	jset(o, "memory", json_integer((json_int_t)c->replay_memory));
 	jset(o, "directory", json_string(c->replay_dir));
 	jset(root, "replay", o);
+	if (c->metrics_listen != NULL) {
+		o = jnew(json_object());
+		jset(o, "listen", json_string(c->metrics_listen));
+		jset(root, "metrics", o);
+	}
 	ups = jnew(json_array());
 	for (size_t i = 0; i < c->nupstreams; i++) {
 		u = &c->upstreams[i];

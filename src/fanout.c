@@ -49,6 +49,7 @@
 #include "log.h"
 #include "merge.h"
 #include "message.h"
+#include "metrics.h"
 #include "spool.h"
 #include "upstream.h"
 #include "xalloc.h"
@@ -1184,8 +1185,8 @@ gave_up(struct fanout *fo, const struct fanout_event *ev,
 		    fo->connid, proto_stage_name(ev->stage), fo->mta_gone);
 }
 
-void
-fanout_event(struct fanout *fo, const struct fanout_event *ev,
+static void
+event(struct fanout *fo, const struct fanout_event *ev,
     struct fanout_answer *ans)
 {
 	enum verdict		 v;
@@ -1269,6 +1270,17 @@ fanout_event(struct fanout *fo, const struct fanout_event *ev,
 	fanout_message_done(fo, v, 0);
 }
 
+/* fanout_event - event(), timed for metrics.h's stage histogram */
+void
+fanout_event(struct fanout *fo, const struct fanout_event *ev,
+    struct fanout_answer *ans)
+{
+	double	 start = fo_mono();
+
+	event(fo, ev, ans);
+	metrics_stage(ev->stage, fo_mono() - start);
+}
+
 void
 fanout_abort(struct fanout *fo)
 {
@@ -1316,9 +1328,12 @@ fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 		    s->down ? "down" : s->failed ? "failed" :
 		    v == VERDICT_NONE ? "-" : proto_verdict_name(v),
 		    s->msg_seconds * 1000);
+		metrics_upstream_verdict(s->cfg->name, s->down ?
+		    METRICS_UV_DOWN : s->failed ? METRICS_UV_FAILED : (int)v);
 	}
 	pthread_mutex_unlock(&fo->lock);
 	report_ok(fo);
+	metrics_message(merged);
 	message_describe(&fo->msg, &line, merged, napplied);
 	buf_add_u8(&line, '\0');
 	log_info("%s: message (%s): %s", message_name(&fo->msg, fo->connid),

@@ -47,6 +47,7 @@
 #include "fanout.h"
 #include "front.h"
 #include "log.h"
+#include "metrics.h"
 #include "netio.h"
 #include "xalloc.h"
 
@@ -525,6 +526,7 @@ session_begin(SMFICTX *ctx)
 	    atomic_fetch_add(&conn_counter, 1) + 1);
 	c->conf = conf_acquire();
 	smfi_setpriv(ctx, c);
+	metrics_session_begin();
 	return c;
 }
 
@@ -953,6 +955,7 @@ front_close(SMFICTX *ctx)
 		atomic_fetch_sub(&front_admitted, 1);
 	conf_release(c->conf);
 	free(c);
+	metrics_session_end();
 	session_end();
 	return SMFIS_CONTINUE;
 }
@@ -1047,6 +1050,7 @@ void
 front_drain(front_idle_fn *idle)
 {
 	front_idle = idle;
+	metrics_set_draining();
 	atomic_store(&front_draining, true);
 }
 

@@ -230,6 +230,34 @@ health_reset(void)
 	pthread_mutex_unlock(&health_lock);
 }
 
+static const char *const state_names[HSTATE_COUNT] = {
+	[HSTATE_UP]	 = "up",
+	[HSTATE_DOWN]	 = "down",
+	[HSTATE_PROBING] = "probing",
+};
+
+void
+health_get(const char *name, struct health_info *hi)
+{
+	struct entry	*e = NULL;
+
+	memset(hi, 0, sizeof *hi);
+	hi->up = true;
+	hi->state = state_names[HSTATE_UP];
+	pthread_mutex_lock(&health_lock);
+	for (size_t i = 0; i < ntable; i++)
+		if (strcmp(table[i].name, name) == 0)
+			e = &table[i];
+	if (e != NULL) {
+		hi->up = e->state == HSTATE_UP;
+		hi->state = state_names[e->state];
+		hi->fails = e->fails;
+		if (e->state == HSTATE_DOWN && e->until > mono())
+			hi->retry_in = e->until - mono();
+	}
+	pthread_mutex_unlock(&health_lock);
+}
+
 const char *
 health_use_name(enum health_use u)
 {

@@ -68,6 +68,7 @@
 #include "conf.h"
 #include "front.h"
 #include "log.h"
+#include "metrics_http.h"
 #include "pool.h"
 #include "xalloc.h"
 
@@ -126,6 +127,11 @@ usage(FILE *f)
 "      --dump-config      print the effective configuration as JSON\n"
 "  -V, --version          print the version and exit\n"
 "  -h, --help             print this help and exit\n"
+"\n"
+"Metrics and health: with \"metrics\": { \"listen\": \"inet:9899@127.0.0.1\" }\n"
+"in the configuration, HTTP GET /metrics (Prometheus text format),\n"
+"/healthz (200 serving, 503 draining or every upstream down) and /status\n"
+"(JSON) are served there; off by default.\n"
 "\n"
 "Signals: SIGUSR1 reloads the configuration; SIGTERM, SIGHUP and SIGINT\n"
 "stop accepting and let open sessions finish (up to shutdown_grace);\n"
@@ -268,6 +274,11 @@ reload(void)
 		return;
 	}
 	old = conf_acquire();
+	if ((old->metrics_listen == NULL) != (c->metrics_listen == NULL) ||
+	    (c->metrics_listen != NULL &&
+	    strcmp(old->metrics_listen, c->metrics_listen) != 0))
+		log_warnx("reload: \"metrics\" takes effect only after a "
+		    "restart");
 	if (strcmp(old->listen, c->listen) != 0 ||
 	    old->threads != c->threads || old->socket_mode != c->socket_mode ||
 	    (old->socket_group == NULL) != (c->socket_group == NULL) ||
@@ -810,6 +821,11 @@ main(int argc, char **argv)
 		return EX_UNAVAILABLE;
 	}
 	socket_setup(c);
+	if ((rc = metrics_http_open(c)) != 0) {
+		log_warnc(rc, "cannot listen for metrics on \"%s\"",
+		    c->metrics_listen);
+		return EX_UNAVAILABLE;
+	}
 	if (opts.user != NULL)
 		id = lookup_user(opts.user);
 	if (!opts.foreground)
@@ -835,6 +851,14 @@ main(int argc, char **argv)
 		log_warnc(rc, "cannot start libmilter's thread");
 		return EX_OSERR;
 	}
+	if ((rc = metrics_http_start()) != 0) {
+		log_warnc(rc, "cannot serve metrics on \"%s\"",
+		    c->metrics_listen);
+		return EX_OSERR;
+	}
+	if (c->metrics_listen != NULL)
+		log_info("serving metrics, health and status over HTTP on %s",
+		    c->metrics_listen);
 	signals_take(&set);
 	log_info("miltermux %s listening on %s with %u threads and %zu "
 	    "upstreams, at most %u sessions at once (descriptor limit %lu)",
@@ -842,6 +866,7 @@ main(int argc, char **argv)
 	conf_release(c);
 
 	serve();
+	metrics_http_stop();
 	log_info("miltermux stopping");
 	if (opts.pidfile != NULL)
 		pidfile_remove(opts.pidfile, pidfd);

@@ -26,6 +26,7 @@
 #include "codec.h"
 #include "health.h"
 #include "log.h"
+#include "metrics.h"
 #include "netio.h"
 #include "upstream.h"
 #include "xalloc.h"
@@ -244,6 +245,7 @@ fail(struct upstream *up, int err, const char *why)
 		    conf_on_failure_name(up->on_failure));
 		up->failed = true;
 		up->fail_err = err != 0 ? err : -EPROTO;
+		metrics_upstream_failure(up->name, err, why);
 	}
 	close_fd(up);
 	buf_reset(&up->wbuf);

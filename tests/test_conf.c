@@ -228,6 +228,16 @@ ParameterizedTestParameters(conf, reports_each_error_kind_at_its_position)
 		  "\"var/tmp\" is not an absolute path" },
 		{ "conf_err_replay_unknown.json", ":2:15: replay.dir: ",
 		  "unknown key; expected one of memory, directory" },
+		{ "conf_err_metrics_unix.json", ":2:26: metrics.listen: ",
+		  "HTTP is served on TCP only: use inet:PORT@HOST" },
+		{ "conf_err_metrics_port.json", ":2:26: metrics.listen: ",
+		  "port 99999 is out of range 1..65535" },
+		{ "conf_err_metrics_unknown.json", ":2:49: metrics.port: ",
+		  "unknown key; expected one of listen" },
+		{ "conf_err_metrics_no_listen.json", ":2:14: metrics: ",
+		  "has no \"listen\"" },
+		{ "conf_err_metrics_type.json", ":2:14: metrics: ",
+		  "must be an object, not a string" },
 		/* Columns count characters: two of the bytes before are é, à. */
 		{ "conf_err_utf8_column.json", ":2:80: upstreams[0].on_failure: ",
 		  "\"x\" is not one of" },
@@ -548,6 +558,9 @@ Test(conf, shipped_config_loads_cleanly)
 	cr_assert_eq(c->max_mods, 100000);
 	cr_assert_eq(c->upstreams[1].max_mods, 100);
 	cr_assert_eq(c->upstreams[2].max_mods, 100000);
+	/* Metrics on, on loopback only (miltermux.json(5), EXAMPLES). */
+	cr_assert_str_eq(c->metrics_listen, "inet:9899@127.0.0.1");
+	assert_inet(&c->metrics_addr, "127.0.0.1", 9899);
 	conf_release(c);
 }
 
@@ -564,6 +577,9 @@ assert_same_conf(const struct conf *a, const struct conf *b)
 	cr_assert_eq(a->max_mods, b->max_mods);
 	cr_assert_eq(a->replay_memory, b->replay_memory);
 	cr_assert_str_eq(a->replay_dir, b->replay_dir);
+	cr_assert_eq(a->metrics_listen == NULL, b->metrics_listen == NULL);
+	if (a->metrics_listen != NULL)
+		cr_assert_str_eq(a->metrics_listen, b->metrics_listen);
 	cr_assert_eq(a->nphases, b->nphases);
 	for (int s = 0; s < MACRO_STAGE_COUNT; s++) {
 		cr_assert_eq(a->nmacros[s], b->nmacros[s]);
@@ -825,4 +841,20 @@ Test(conf, address_errors_survive_a_null_errbuf)
 	struct conf_addr	 a;
 
 	cr_assert_eq(conf_parse_address("tcp:1@x", &a, NULL, 0), -EINVAL);
+}
+
+Test(conf, metrics_off_by_default_and_inet6_accepted)
+{
+	struct conf	*c = parse_text("{ \"upstreams\": [ { \"name\": \"a\", "
+	    "\"address\": \"inet:8891@127.0.0.1\" } ] }", "min");
+
+	cr_assert_null(c->metrics_listen);
+	conf_release(c);
+	c = parse_text("{ \"metrics\": { \"listen\": \"inet6:9899@[::1]\" }, "
+	    "\"upstreams\": [ { \"name\": \"a\", "
+	    "\"address\": \"inet:8891@127.0.0.1\" } ] }", "v6");
+	cr_assert_str_eq(c->metrics_listen, "inet6:9899@[::1]");
+	cr_assert_eq(c->metrics_addr.sa.ss_family, AF_INET6);
+	round_trip(c);
+	conf_release(c);
 }
