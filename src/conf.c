@@ -2231,9 +2231,9 @@ check_listen_unix(struct ctx *x, const char *key, const struct conf_addr *a)
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd != -1 && connect(fd, (const struct sockaddr *)&a->sa,
 	    a->salen) == 0)
-		warn_value(x, key, "\"%s\" is in use: something accepts on it "
-		    "(a running miltermux?); starting would take it over",
-		    su->sun_path);
+		warn_value(x, key, "warning: \"%s\" is in use: something "
+		    "accepts on it (a running miltermux?); starting would "
+		    "take it over", su->sun_path);
 	if (fd != -1)
 		close(fd);
 }
@@ -2257,8 +2257,9 @@ check_listen_inet(struct ctx *x, const char *key, const char *spec,
 		err = errno;
 	close(fd);
 	if (err == EADDRINUSE)
-		warn_value(x, key, "\"%s\" is in use (a running miltermux?): "
-		    "a new instance cannot listen there beside it", spec);
+		warn_value(x, key, "warning: \"%s\" is in use (a running "
+		    "miltermux?): a new instance cannot listen there beside "
+		    "it", spec);
 	else if (err != 0)
 		bad_value(x, key, "\"%s\": cannot listen there: %s", spec,
 		    ERRNO_TEXT(err, eb));

@@ -779,7 +779,7 @@ main(int argc, char **argv)
 
 		rc = conf_check_start(c, opts.listen != NULL, &errs, &warns);
 		for (size_t i = 0; i < warns.n; i++)
-			fprintf(stderr, "warning: %s\n", warns.v[i]);
+			fprintf(stderr, "%s\n", warns.v[i]);
 		for (size_t i = 0; i < errs.n; i++)
 			fprintf(stderr, "%s\n", errs.v[i]);
 		conf_errors_fini(&errs);
