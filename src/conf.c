@@ -2269,13 +2269,15 @@ int
 conf_check_start(const struct conf *c, bool listen_from_cli,
     struct conf_errors *errs, struct conf_errors *warns)
 {
-	struct ctx		 x = { .name = c->path != NULL ? c->path : "-" };
+	struct ctx		 x = { .name = c->path };
 	struct conf_addr	 a;
 	const char		*key = listen_from_cli ? "--listen" : "listen";
 	char			*text = NULL, eb[256];
 	size_t			 len = 0;
 	int			 rc;
 
+	if (x.name == NULL)
+		x.name = "-";
 	if (c->path != NULL && read_file(c->path, &text, &len) == 0)
 		index_build(&x.ix, text, len);
 	check_replay_dir(&x, c->replay_dir);

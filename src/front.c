@@ -515,9 +515,10 @@ run(SMFICTX *ctx, struct fanout_event *ev)
 static void
 make_instance(void)
 {
-	static const char	 digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
-	uint64_t		 v = ((uint64_t)(time(NULL) - 1577836800) << 12) |
-				    ((uint64_t)getpid() & 0xfff);
+	static const char	 digits[] =
+				    "0123456789abcdefghijklmnopqrstuvwxyz";
+	uint64_t		 v = ((uint64_t)(time(NULL) - 1577836800) <<
+				    12) | ((uint64_t)getpid() & 0xfff);
 	char			 tmp[sizeof instance];
 	size_t			 n = 0;
 

@@ -775,7 +775,8 @@ main(int argc, char **argv)
 		return EX_OK;
 	}
 	if (opts.check) {
-		struct conf_errors	 errs = { NULL, 0 }, warns = { NULL, 0 };
+		struct conf_errors	 errs = { NULL, 0 };
+		struct conf_errors	 warns = { NULL, 0 };
 
 		rc = conf_check_start(c, opts.listen != NULL, &errs, &warns);
 		for (size_t i = 0; i < warns.n; i++)
