@@ -853,8 +853,9 @@ main(int argc, char **argv)
 	}
 	signals_take(&set);
 	log_info("miltermux %s listening on %s with %u threads and %zu "
-	    "upstreams, at most %u sessions at once (descriptor limit %lu)",
-	    PACKAGE_VERSION, c->listen, c->threads, c->nenabled, cap, nofile);
+	    "upstreams, at most %u sessions at once (descriptor limit %lu); "
+	    "session ids %s.conn-N", PACKAGE_VERSION, c->listen, c->threads,
+	    c->nenabled, cap, nofile, front_instance());
 	conf_release(c);
 
 	serve();

@@ -308,6 +308,43 @@ Test(declog, json_records_have_the_same_facts, .timeout = 150,
 	passed = true;
 }
 
+/* instance - the tag of the last start logged in log */
+static char *
+instance(const char *log)
+{
+	const char	*p, *last = NULL;
+	static const char key[] = "; session ids ";
+
+	for (p = log; (p = strstr(p, key)) != NULL; p++)
+		last = p + strlen(key);
+	cr_assert_not_null(last, "no start-up line in:\n%s", log);
+	return strndup(last, strcspn(last, "."));
+}
+
+Test(declog, session_ids_differ_across_restarts, .timeout = 60)
+{
+	static struct up ups[] = { { "a", { NULL }, NULL } };
+	struct env	 e;
+	char		*log, *one, *two;
+
+	env_setup(&e, ups, 1, NULL, 0);
+	log = env_wait_log(&e, "; session ids ");
+	one = instance(log);
+	free(log);
+	env_stop(&e, 1.0);
+	cr_assert_eq(unlink(e.mux_log), 0);
+	/* A restart within the same second, as a supervisor's. */
+	env_setup(&e, ups, 1, NULL, 0);
+	log = env_wait_log(&e, "; session ids ");
+	two = instance(log);
+	free(log);
+	env_stop(&e, 1.0);
+	cr_assert(strlen(one) >= 6, "tag \"%s\"", one);
+	cr_assert_str_neq(one, two);
+	free(one);
+	free(two);
+}
+
 /* check - run miltermux -n on text; its exit status and output */
 static int
 check(const char *text, char **out)
