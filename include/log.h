@@ -38,6 +38,8 @@ void	log_set_trace(unsigned mask);
  * "ts", "level" and "msg"; log_record adds its own fields to that.
  */
 void	log_set_json(bool on);
+/* Text lines on stderr start with a UTC timestamp (the daemon's -f). */
+void	log_set_timestamps(bool on);
 bool	log_get_json(void);
 struct json_t;
 /* One record: fmt is the text line; fields (not consumed, may be NULL)

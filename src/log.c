@@ -24,6 +24,7 @@ atomic_uint		 log_trace_mask;
 static atomic_int	 log_verbose;
 static atomic_bool	 log_foreground = true;
 static atomic_bool	 log_json;
+static atomic_bool	 log_stamps;
 /* log_lock protects log_sink, log_sink_arg and writes to stderr. */
 static pthread_mutex_t	 log_lock = PTHREAD_MUTEX_INITIALIZER;
 static log_sink_fn	*log_sink;
@@ -47,6 +48,12 @@ int
 log_get_verbose(void)
 {
 	return atomic_load(&log_verbose);
+}
+
+void
+log_set_timestamps(bool on)
+{
+	atomic_store(&log_stamps, on);
 }
 
 void
@@ -118,7 +125,7 @@ put(int pri, const char *line, bool json)
 	if (log_sink != NULL)
 		log_sink(log_sink_arg, pri, line);
 	else if (atomic_load(&log_foreground)) {
-		if (json)
+		if (json || !atomic_load(&log_stamps))
 			fprintf(stderr, "%s\n", line);
 		else {
 			stamp(ts, sizeof ts);

@@ -792,6 +792,7 @@ main(int argc, char **argv)
 		return EX_OK;
 	}
 	log_init("miltermux", opts.foreground);
+	log_set_timestamps(true);
 	log_set_json(c->log_json);
 	log_set_verbose(opts.verbose);
 	if (opts.verbose >= 2)
