@@ -78,6 +78,8 @@ struct conf {
 	/* MTA sessions served at once; 0: derived from the descriptor
 	 * limit and the number of upstreams (front.c). */
 	unsigned		 max_sessions;
+	/* "log_format": "json": every log line one JSON object. */
+	bool			 log_json;
 	/* Extra macro names to request, per macro stage; NULL-terminated. */
 	char			**macros[MACRO_STAGE_COUNT];
 	size_t			 nmacros[MACRO_STAGE_COUNT];
@@ -136,6 +138,15 @@ struct conf_errors {
  * make a file invalid: they are in (*out)->warnings.
  */
 int	conf_load(const char *path, struct conf **out, struct conf_errors *);
+/*
+ * The checks of -n beyond the file: the replay directory takes a file,
+ * the listen address can be bound (unix: its directory is writable and
+ * the path free or a socket); listen_from_cli: --listen gave it.  Each
+ * problem is an error "FILE:LINE:COL: key: reason" (0 or -EINVAL); an
+ * address some running process holds is a warning.
+ */
+int	conf_check_start(const struct conf *, bool listen_from_cli,
+	    struct conf_errors *errs, struct conf_errors *warns);
 /* As conf_load, on text in memory; name is used in messages. */
 int	conf_parse(const char *text, size_t len, const char *name,
 	    struct conf **out, struct conf_errors *);

@@ -128,6 +128,10 @@ void	fanout_abort(struct fanout *);
  * fanout_event() and fanout_abort() call it for transactions that end
  * earlier.  A no-op outside a transaction.
  */
+/* What the MTA took of the merged edit script, counted by kind: for the
+ * decision log, before fanout_message_done. */
+void	fanout_message_applied(struct fanout *,
+	    const size_t kinds[MOD_KIND_COUNT]);
 void	fanout_message_done(struct fanout *, enum verdict merged,
 	    size_t napplied);
 /* Sends QUIT to every upstream and frees the fanout when they are done;

@@ -26,6 +26,8 @@
 int	front_init(const char *listen);
 /* The pool that serves upstream sockets; set before front_run(). */
 void	front_set_pool(struct pool *);
+/* This start's tag: session ids are TAG.conn-N, unique across restarts. */
+const char *front_instance(void);
 /*
  * The descriptor budget that the session cap is derived from: limit,
  * the process's RLIMIT_NOFILE, and base, the descriptors it holds

@@ -33,6 +33,21 @@ void	log_init(const char *ident, bool foreground);
 void	log_set_verbose(int);
 int	log_get_verbose(void);
 void	log_set_trace(unsigned mask);
+/*
+ * JSON lines ("log_format": "json"): every line becomes one object with
+ * "ts", "level" and "msg"; log_record adds its own fields to that.
+ */
+void	log_set_json(bool on);
+/* Text lines on stderr start with a UTC timestamp (the daemon's -f). */
+void	log_set_timestamps(bool on);
+bool	log_get_json(void);
+struct json_t;
+/* One record: fmt is the text line; fields (not consumed, may be NULL)
+ * the same facts as JSON keys, used in JSON mode. */
+void	log_record(int priority, struct json_t *fields, const char *fmt, ...)
+	    __attribute__((format(printf, 3, 4)));
+/* A JSON string of s (NULL: ""), bytes that are not UTF-8 as '?'. */
+struct json_t	*log_jstr(const char *s);
 /* Route every line to fn (tests); NULL restores the default. */
 void	log_set_sink(log_sink_fn *fn, void *arg);
 

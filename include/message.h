@@ -57,6 +57,8 @@ struct message {
 	const char		*decider;	/* of the merged verdict */
 	const char		*end_why;	/* why the MTA gave up */
 	enum stage		 end_stage;	/* ... at which stage */
+	/* What the MTA took of the merged edit script, by kind. */
+	size_t			 applied[MOD_KIND_COUNT];
 };
 
 void	message_init(struct message *, size_t replay_memory,
@@ -82,6 +84,14 @@ const char *message_name(const struct message *, const char *fallback);
  * aborted.
  */
 void	message_describe(const struct message *, struct buf *line,
+	    enum verdict merged, size_t napplied);
+/*
+ * The same facts as message_describe as JSON fields added to o: "merged",
+ * "decider", "aborted", "modifications" {kind: count}, "sender",
+ * "recipients" [{"address", "verdict", "decider"}].
+ */
+struct json_t;
+void	message_json(const struct message *, struct json_t *o,
 	    enum verdict merged, size_t napplied);
 /* Appends formatted text to a line being built (no NUL). */
 void	message_put(struct buf *, const char *fmt, ...)

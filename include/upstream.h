@@ -84,6 +84,9 @@ struct upstream_xchg {
  */
 struct upstream	*upstream_new(const struct conf_upstream *cfg,
 		    const char *connid, struct pool_loop *loop);
+/* The MTA's queue id of the message now under way (NULL: none), which
+ * the upstream's failure line names; callable from any thread. */
+void	upstream_set_queueid(struct upstream *, const char *qid);
 /* Clears and initialises an exchange for reuse. */
 void		 upstream_xchg_init(struct upstream_xchg *, enum xchg_kind,
 		    enum stage);

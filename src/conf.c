@@ -30,6 +30,7 @@
  */
 #include <sys/types.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 #include <netinet/in.h>
@@ -97,7 +98,7 @@ static const char *const top_keys[] = {
 	"listen", "threads", "timeouts", "on_failure", "macros", "replay",
 	"upstreams", "failures", "retry_after", "max_modifications",
 	"shutdown_grace", "socket_mode", "socket_group", "max_sessions",
-	"metrics", NULL
+	"metrics", "log_format", NULL
 };
 static const char *const upstream_keys[] = {
 	"name", "address", "enabled", "phase", "on_failure", "failures",
@@ -787,7 +788,10 @@ in_list(const char *s, const char *const *list)
 	return false;
 }
 
-/* check_keys - report every key of obj that is not in known */
+static const char *want_string(struct ctx *, json_t *, const char *);
+
+/* check_keys - report every key of obj that is not in known; "comment"
+ * is allowed everywhere, as a string */
 static void
 check_keys(struct ctx *x, json_t *obj, const char *path,
     const char *const *known)
@@ -807,6 +811,13 @@ check_keys(struct ctx *x, json_t *obj, const char *path,
 	json_object_foreach(obj, key, m) {
 		if (in_list(key, known))
 			continue;
+		/* Every object may say what it is for. */
+		if (strcmp(key, "comment") == 0) {
+			child = path_key(path, key);
+			want_string(x, m, child);
+			free(child);
+			continue;
+		}
 		child = path_key(path, key);
 		report(x, at_key(x, child), child, "unknown key; expected one of %s",
 		    (const char *)buf_head(&names));
@@ -1427,6 +1438,17 @@ parse_top(struct ctx *x, json_t *root)
 			    SESSIONS_MIN, SESSIONS_MAX);
 		else
 			c->max_sessions = (unsigned)json_integer_value(v);
+	}
+
+	if ((v = json_object_get(root, "log_format")) != NULL &&
+	    (s = want_string(x, v, "log_format")) != NULL) {
+		if (strcmp(s, "text") == 0)
+			c->log_json = false;
+		else if (strcmp(s, "json") == 0)
+			c->log_json = true;
+		else
+			bad_value(x, "log_format", "\"%s\" is not a log "
+			    "format; expected text or json", s);
 	}
 
 	/* Upstreams inherit these, so they come first. */
@@ -2118,6 +2140,7 @@ conf_dump(const struct conf *c)
 	/* Unset, it is derived at start from the descriptor limit. */
 	if (c->max_sessions != 0)
 		jset(root, "max_sessions", json_integer(c->max_sessions));
+	jset(root, "log_format", json_string(c->log_json ? "json" : "text"));
 	s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
 	    JSON_REAL_PRECISION(p));
 	json_decref(root);
@@ -2177,4 +2200,147 @@ const char *
 conf_on_failure_name(enum on_failure f)
 {
 	return (unsigned)f < ONFAIL_COUNT ? on_failure_names[f] : "?";
+}
+
+/*
+ * Start checks (-n): what the daemon needs from the system at start,
+ * reported against the key that asks for it.
+ */
+
+/* check_replay_dir - the directory exists and a file can be made there */
+static void
+check_replay_dir(struct ctx *x, const char *dir)
+{
+	struct stat	 st;
+	char		*tmp, eb[256];
+	int		 fd;
+
+	if (stat(dir, &st) == -1) {
+		bad_value(x, "replay.directory", "\"%s\": %s", dir,
+		    ERRNO_TEXT(errno, eb));
+		return;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		bad_value(x, "replay.directory", "\"%s\" is not a directory",
+		    dir);
+		return;
+	}
+	tmp = xasprintf("%s/.miltermux-check-XXXXXX", dir);
+	if ((fd = mkstemp(tmp)) == -1)
+		bad_value(x, "replay.directory", "\"%s\": cannot create a file "
+		    "there: %s", dir, ERRNO_TEXT(errno, eb));
+	else {
+		close(fd);
+		unlink(tmp);
+	}
+	free(tmp);
+}
+
+/* check_listen_unix - the socket's directory is there and writable,
+ * and the path is free or a socket nobody answers on */
+static void
+check_listen_unix(struct ctx *x, const char *key, const struct conf_addr *a)
+{
+	const struct sockaddr_un *su = (const void *)&a->sa;
+	char		 dir[sizeof su->sun_path], *slash, eb[256];
+	struct stat	 st;
+	int		 fd;
+
+	snprintf(dir, sizeof dir, "%s", su->sun_path);
+	if ((slash = strrchr(dir, '/')) != NULL)
+		*slash = '\0';
+	if (dir[0] == '\0')
+		snprintf(dir, sizeof dir, "/");
+	if (stat(dir, &st) == -1) {
+		bad_value(x, key, "the socket's directory \"%s\": %s", dir,
+		    ERRNO_TEXT(errno, eb));
+		return;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		bad_value(x, key, "\"%s\" is not a directory", dir);
+		return;
+	}
+	if (access(dir, W_OK | X_OK) == -1) {
+		bad_value(x, key, "cannot create the socket in \"%s\": %s",
+		    dir, ERRNO_TEXT(errno, eb));
+		return;
+	}
+	if (lstat(su->sun_path, &st) == -1)
+		return;
+	if (!S_ISSOCK(st.st_mode)) {
+		bad_value(x, key, "\"%s\" exists and is not a socket",
+		    su->sun_path);
+		return;
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd != -1 && connect(fd, (const struct sockaddr *)&a->sa,
+	    a->salen) == 0)
+		warn_value(x, key, "warning: \"%s\" is in use: something "
+		    "accepts on it (a running miltermux?); starting would "
+		    "take it over", su->sun_path);
+	if (fd != -1)
+		close(fd);
+}
+
+/* check_listen_inet - a test socket binds to the address */
+static void
+check_listen_inet(struct ctx *x, const char *key, const char *spec,
+    const struct conf_addr *a)
+{
+	char	 eb[256];
+	int	 fd, one = 1, err = 0;
+
+	if ((fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC,
+	    0)) == -1) {
+		bad_value(x, key, "\"%s\": cannot make a socket: %s", spec,
+		    ERRNO_TEXT(errno, eb));
+		return;
+	}
+	(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (bind(fd, (const struct sockaddr *)&a->sa, a->salen) == -1)
+		err = errno;
+	close(fd);
+	if (err == EADDRINUSE)
+		warn_value(x, key, "warning: \"%s\" is in use (a running "
+		    "miltermux?): a new instance cannot listen there beside "
+		    "it", spec);
+	else if (err != 0)
+		bad_value(x, key, "\"%s\": cannot listen there: %s", spec,
+		    ERRNO_TEXT(err, eb));
+}
+
+int
+conf_check_start(const struct conf *c, bool listen_from_cli,
+    struct conf_errors *errs, struct conf_errors *warns)
+{
+	struct ctx		 x = { .name = c->path };
+	struct conf_addr	 a;
+	const char		*key = listen_from_cli ? "--listen" : "listen";
+	char			*text = NULL, eb[256];
+	size_t			 len = 0;
+	int			 rc;
+
+	if (x.name == NULL)
+		x.name = "-";
+	if (c->path != NULL && read_file(c->path, &text, &len) == 0)
+		index_build(&x.ix, text, len);
+	check_replay_dir(&x, c->replay_dir);
+	if (addr_parse(c->listen, &a, eb, sizeof eb) != 0)
+		bad_value(&x, key, "\"%s\": %s", c->listen, eb);
+	else if (a.sa.ss_family == AF_UNIX)
+		check_listen_unix(&x, key, &a);
+	else
+		check_listen_inet(&x, key, c->listen, &a);
+	rc = x.nerrs == 0 ? 0 : -EINVAL;
+	for (size_t i = 0; i < x.nwarns; i++) {
+		if (warns != NULL)
+			errors_add(warns, x.warns[i].text);
+		else
+			free(x.warns[i].text);
+	}
+	free(x.warns);
+	flush_errors(&x, errs);
+	pindex_fini(&x.ix);
+	free(text);
+	return rc;
 }

@@ -38,6 +38,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <syslog.h>
+
+#include <jansson.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -110,6 +113,9 @@ fanout_unref(struct fanout *fo)
 	free(fo->phases);
 	free(fo->slots);
 	free(fo->connid);
+	free(fo->client_name);
+	free(fo->client_addr);
+	free(fo->helo);
 	conf_release(fo->conf);
 	pthread_cond_destroy(&fo->cond);
 	pthread_mutex_destroy(&fo->lock);
@@ -965,6 +971,8 @@ message_reset(struct fanout *fo, const char *sender)
 		message_begin(&fo->msg, sender);
 	else
 		message_clear(&fo->msg);
+	for (size_t i = 0; i < fo->n; i++)
+		upstream_set_queueid(fo->slots[i].up, NULL);
 	pthread_mutex_lock(&fo->lock);
 	fo->msg.seq++;
 	for (size_t i = 0; i < fo->n; i++) {
@@ -1202,9 +1210,26 @@ event(struct fanout *fo, const struct fanout_event *ev,
 			fanout_abort(fo);
 		message_reset(fo, ev->argc > 0 ? ev->argv[0] : "");
 	}
+	if (ev->stage == STAGE_CONNECT) {
+		free(fo->client_name);
+		free(fo->client_addr);
+		fo->client_name = xstrdup(ev->argc > 0 && ev->argv[0] != NULL ?
+		    ev->argv[0] : "unknown");
+		fo->client_addr = xstrdup(ev->argc > 1 && ev->argv[1] != NULL ?
+		    ev->argv[1] : "");
+	}
+	if (ev->stage == STAGE_HELO) {
+		free(fo->helo);
+		fo->helo = xstrdup(ev->argc > 0 && ev->argv[0] != NULL ?
+		    ev->argv[0] : "");
+	}
 	if (is_tx_stage(ev->stage) && ev->macro != NULL &&
-	    (qid = ev->macro(ev->macro_arg, "i")) != NULL)
+	    (qid = ev->macro(ev->macro_arg, "i")) != NULL &&
+	    (fo->msg.queueid == NULL || strcmp(fo->msg.queueid, qid) != 0)) {
 		message_set_queueid(&fo->msg, qid);
+		for (size_t i = 0; i < fo->n; i++)
+			upstream_set_queueid(fo->slots[i].up, qid);
+	}
 	if (ev->stage == STAGE_HEADER && fo->need_headers)
 		message_note_header(&fo->msg, ev->name, ev->value);
 	if (ev->stage == STAGE_BODY && fo->nphases > 1 && fo->msg.spool_err == 0 &&
@@ -1312,32 +1337,70 @@ report_ok(struct fanout *fo)
  * upstream's verdict and time, the merged verdict and who decided it
  */
 void
+fanout_message_applied(struct fanout *fo, const size_t kinds[MOD_KIND_COUNT])
+{
+	memcpy(fo->msg.applied, kinds, sizeof fo->msg.applied);
+}
+
+/* client_json - the session's own fields of a decision log record */
+static json_t *
+client_json(const struct fanout *fo, const char *event)
+{
+	json_t	*o = json_object();
+
+	json_object_set_new(o, "event", json_string(event));
+	json_object_set_new(o, "session", log_jstr(fo->connid));
+	json_object_set_new(o, "client_name", log_jstr(fo->client_name));
+	json_object_set_new(o, "client_addr", log_jstr(fo->client_addr));
+	if (fo->helo != NULL)
+		json_object_set_new(o, "helo", log_jstr(fo->helo));
+	return o;
+}
+
+void
 fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 {
 	struct buf	 line = BUF_INIT;
+	json_t		*o, *ups;
 
 	if (!fo->msg.active)
 		return;
+	fo->nmessages++;
+	o = client_json(fo, "message");
+	json_object_set_new(o, "queue_id", fo->msg.queueid != NULL ?
+	    log_jstr(fo->msg.queueid) : json_null());
+	ups = json_array();
 	message_put(&line, "upstreams");
 	pthread_mutex_lock(&fo->lock);
 	for (size_t i = 0; i < fo->n; i++) {
 		const struct slot *s = &fo->slots[i];
 		enum verdict	 v = merge_verdict(s->msg_verdict, s->deferred);
+		const char	*vs = s->down ? "down" : s->failed ? "failed" :
+				    v == VERDICT_NONE ? "-" :
+				    proto_verdict_name(v);
 
-		message_put(&line, " %s=%s/%.0fms", s->cfg->name,
-		    s->down ? "down" : s->failed ? "failed" :
-		    v == VERDICT_NONE ? "-" : proto_verdict_name(v),
+		message_put(&line, " %s=%s/%.0fms", s->cfg->name, vs,
 		    s->msg_seconds * 1000);
 		metrics_upstream_verdict(s->cfg->name, s->down ?
 		    METRICS_UV_DOWN : s->failed ? METRICS_UV_FAILED : (int)v);
+		json_array_append_new(ups, json_pack("{s:o, s:s, s:f}",
+		    "name", log_jstr(s->cfg->name), "verdict", vs, "ms",
+		    s->msg_seconds * 1000));
 	}
 	pthread_mutex_unlock(&fo->lock);
+	json_object_set_new(o, "upstreams", ups);
 	report_ok(fo);
 	metrics_message(merged);
 	message_describe(&fo->msg, &line, merged, napplied);
+	message_json(&fo->msg, o, merged, napplied);
+	message_put(&line, "; client %s[%s]", fo->client_name != NULL ?
+	    fo->client_name : "unknown", fo->client_addr != NULL ?
+	    fo->client_addr : "");
 	buf_add_u8(&line, '\0');
-	log_info("%s: message (%s): %s", message_name(&fo->msg, fo->connid),
-	    fo->connid, (const char *)buf_head(&line));
+	log_record(LOG_INFO, o, "%s: message (%s): %s",
+	    message_name(&fo->msg, fo->connid), fo->connid,
+	    (const char *)buf_head(&line));
+	json_decref(o);
 	buf_fini(&line);
 	message_reset(fo, NULL);
 }
@@ -1355,6 +1418,16 @@ fanout_close(struct fanout *fo)
 		return;
 	if (fo->msg.active)
 		fanout_message_done(fo, VERDICT_NONE, 0);
+	if (fo->nmessages == 0) {
+		json_t	*o = client_json(fo, "session");
+
+		log_record(LOG_INFO, o, "%s: session without a message: "
+		    "client %s[%s]%s%s", fo->connid, fo->client_name != NULL ?
+		    fo->client_name : "unknown", fo->client_addr != NULL ?
+		    fo->client_addr : "", fo->helo != NULL ? "; helo " : "",
+		    fo->helo != NULL ? fo->helo : "");
+		json_decref(o);
+	}
 	report_ok(fo);
 	for (size_t i = 0; i < fo->n; i++) {
 		struct exchange	*f = fx_new(fo, i, XCHG_CLOSE, STAGE_QUIT);

@@ -102,6 +102,11 @@ struct fanout {
 	/* The current message; its seq is (L), the rest the caller's. */
 	struct message		 msg;
 	char			*text;		/* answer text copy */
+	/* The session, for the decision log (the caller's). */
+	char			*client_name;	/* connect: host name */
+	char			*client_addr;	/* connect: address */
+	char			*helo;
+	unsigned long		 nmessages;	/* that reached their end */
 };
 
 /* Seconds on CLOCK_MONOTONIC. */

@@ -40,6 +40,7 @@
 #include <string.h>
 #include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <libmilter/mfapi.h>
 
@@ -126,6 +127,8 @@ static struct pool	*front_pool;
 static struct sockaddr_storage	 front_lname;
 static socklen_t		 front_lnamelen;
 static atomic_ulong	 conn_counter;
+static pthread_once_t	 instance_once = PTHREAD_ONCE_INIT;
+static char		 instance[16];
 /* Sessions between negotiate and close; main waits for them to end. */
 static atomic_uint	 front_sessions;
 /* Sessions admitted under the cap, between negotiate and close. */
@@ -505,6 +508,38 @@ run(SMFICTX *ctx, struct fanout_event *ev)
 }
 
 /*
+ * make_instance - this start's tag, which prefixes every session id so
+ * that ids stay unique across restarts (and between an old instance
+ * draining and its successor): base 36 of the seconds since 2020 and
+ * 12 bits of the process id
+ */
+static void
+make_instance(void)
+{
+	static const char	 digits[] =
+				    "0123456789abcdefghijklmnopqrstuvwxyz";
+	uint64_t		 v = ((uint64_t)(time(NULL) - 1577836800) <<
+				    12) | ((uint64_t)getpid() & 0xfff);
+	char			 tmp[sizeof instance];
+	size_t			 n = 0;
+
+	do {
+		tmp[n++] = digits[v % 36];
+		v /= 36;
+	} while (v != 0 && n < sizeof tmp - 1);
+	for (size_t i = 0; i < n; i++)
+		instance[i] = tmp[n - 1 - i];
+	instance[n] = '\0';
+}
+
+const char *
+front_instance(void)
+{
+	pthread_once(&instance_once, make_instance);
+	return instance;
+}
+
+/*
  * session_begin - a new session, or NULL when stopping
  *
  * Count first, then look at the flag: front_drain() sets the flag, then
@@ -522,7 +557,7 @@ session_begin(SMFICTX *ctx)
 		return NULL;
 	}
 	c = xcalloc(1, sizeof *c);
-	snprintf(c->id, sizeof c->id, "conn-%lu",
+	snprintf(c->id, sizeof c->id, "%s.conn-%lu", front_instance(),
 	    atomic_fetch_add(&conn_counter, 1) + 1);
 	c->conf = conf_acquire();
 	smfi_setpriv(ctx, c);
@@ -876,14 +911,18 @@ seconds(void)
  * progress to the MTA while it takes long; returns how many the MTA took
  */
 static size_t
-apply_all(SMFICTX *ctx, struct conn *c, const struct merge_result *mods)
+apply_all(SMFICTX *ctx, struct conn *c, const struct merge_result *mods,
+    size_t kinds[MOD_KIND_COUNT])
 {
 	double	 last = seconds(), t;
 	size_t	 applied = 0, since = 0;
 
 	for (size_t i = 0; i < mods->nops; i++) {
-		if (apply(ctx, c, &mods->ops[i]) == 0)
+		if (apply(ctx, c, &mods->ops[i]) == 0) {
 			applied++;
+			if (mods->ops[i].kind < MOD_KIND_COUNT)
+				kinds[mods->ops[i].kind]++;
+		}
 		else
 			log_warnx("%s: the MTA refused %s", c->id,
 			    codec_mod_kind_name(mods->ops[i].kind));
@@ -906,7 +945,7 @@ front_eom(SMFICTX *ctx)
 	struct conn		*c = conn_of(ctx);
 	struct fanout_event	 ev = { .stage = STAGE_EOM };
 	struct fanout_answer	 a;
-	size_t			 applied = 0;
+	size_t			 applied = 0, kinds[MOD_KIND_COUNT] = { 0 };
 
 	if (c != NULL && c->refused)
 		return refusal(c);
@@ -921,7 +960,8 @@ front_eom(SMFICTX *ctx)
 	fanout_event(c->fo, &ev, &a);
 	if (a.mods != NULL &&
 	    (a.verdict == VERDICT_CONTINUE || a.verdict == VERDICT_ACCEPT))
-		applied = apply_all(ctx, c, a.mods);
+		applied = apply_all(ctx, c, a.mods, kinds);
+	fanout_message_applied(c->fo, kinds);
 	fanout_message_done(c->fo, a.verdict, applied);
 	return answer(ctx, c, &a);
 }

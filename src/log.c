@@ -12,6 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
+#include <time.h>
+
+#include <jansson.h>
 
 #include "log.h"
 
@@ -20,6 +23,8 @@
 atomic_uint		 log_trace_mask;
 static atomic_int	 log_verbose;
 static atomic_bool	 log_foreground = true;
+static atomic_bool	 log_json;
+static atomic_bool	 log_stamps;
 /* log_lock protects log_sink, log_sink_arg and writes to stderr. */
 static pthread_mutex_t	 log_lock = PTHREAD_MUTEX_INITIALIZER;
 static log_sink_fn	*log_sink;
@@ -46,6 +51,24 @@ log_get_verbose(void)
 }
 
 void
+log_set_timestamps(bool on)
+{
+	atomic_store(&log_stamps, on);
+}
+
+void
+log_set_json(bool on)
+{
+	atomic_store(&log_json, on);
+}
+
+bool
+log_get_json(void)
+{
+	return atomic_load(&log_json);
+}
+
+void
 log_set_trace(unsigned mask)
 {
 	atomic_store(&log_trace_mask, mask);
@@ -60,33 +83,152 @@ log_set_sink(log_sink_fn *fn, void *arg)
 	pthread_mutex_unlock(&log_lock);
 }
 
-/* emit - format one line, replacing control bytes, and write it once */
-static void
-emit(int pri, int code, const char *fmt, va_list ap)
+/* level_name - a syslog priority as a word for the JSON "level" */
+static const char *
+level_name(int pri)
 {
-	char		 line[LINE_MAX_LEN], ebuf[256];
-	size_t		 len;
-	int		 saved = errno;
+	switch (pri) {
+	case LOG_CRIT:
+		return "crit";
+	case LOG_ERR:
+		return "err";
+	case LOG_WARNING:
+		return "warning";
+	case LOG_INFO:
+		return "info";
+	default:
+		return "debug";
+	}
+}
 
-	vsnprintf(line, sizeof line, fmt, ap);
+/* stamp - the time now as 2026-12-04T14:09:24.123Z */
+static void
+stamp(char *out, size_t size)
+{
+	struct timespec	 ts;
+	struct tm	 tm;
+	char		 s[32];
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	strftime(s, sizeof s, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(out, size, "%s.%03ldZ", s, ts.tv_nsec / 1000000L);
+}
+
+/* put - one finished line to the sink, stderr (timestamped) or syslog */
+static void
+put(int pri, const char *line, bool json)
+{
+	char	 ts[48];
+
+	pthread_mutex_lock(&log_lock);
+	if (log_sink != NULL)
+		log_sink(log_sink_arg, pri, line);
+	else if (atomic_load(&log_foreground)) {
+		if (json || !atomic_load(&log_stamps))
+			fprintf(stderr, "%s\n", line);
+		else {
+			stamp(ts, sizeof ts);
+			fprintf(stderr, "%s %s\n", ts, line);
+		}
+	} else
+		syslog(pri, "%s", line);
+	pthread_mutex_unlock(&log_lock);
+}
+
+/*
+ * put_record - in JSON mode the object fields (or a new one) with "ts",
+ * "level" and "msg" added, as one line; otherwise the text line
+ */
+static void
+put_record(int pri, const char *line, json_t *fields)
+{
+	json_t	*o;
+	char	*s, ts[48];
+
+	if (!atomic_load(&log_json)) {
+		put(pri, line, false);
+		return;
+	}
+	o = fields != NULL ? json_incref(fields) : json_object();
+	stamp(ts, sizeof ts);
+	json_object_set_new(o, "ts", json_string(ts));
+	json_object_set_new(o, "level", json_string(level_name(pri)));
+	json_object_set_new(o, "msg", json_string(line));
+	s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(o);
+	if (s == NULL) {
+		put(pri, line, false);
+		return;
+	}
+	put(pri, s, true);
+	free(s);
+}
+
+/* format - one line, control bytes replaced, strerror(code) appended */
+static void
+format(char *line, size_t size, int code, const char *fmt, va_list ap)
+{
+	char	 ebuf[256];
+	size_t	 len;
+
+	vsnprintf(line, size, fmt, ap);
 	if (code != 0) {
 		if (strerror_r(code, ebuf, sizeof ebuf) != 0)
 			snprintf(ebuf, sizeof ebuf, "error %d", code);
 		len = strlen(line);
-		snprintf(line + len, sizeof line - len, ": %s", ebuf);
+		snprintf(line + len, size - len, ": %s", ebuf);
 	}
 	/* A peer's text may reach a log line; never let it split one. */
 	for (char *p = line; *p != '\0'; p++)
 		if ((unsigned char)*p < 0x20 || *p == 0x7f)
 			*p = '?';
-	pthread_mutex_lock(&log_lock);
-	if (log_sink != NULL)
-		log_sink(log_sink_arg, pri, line);
-	else if (atomic_load(&log_foreground))
-		fprintf(stderr, "%s\n", line);
-	else
-		syslog(pri, "%s", line);
-	pthread_mutex_unlock(&log_lock);
+}
+
+/* emit - format one line and write it once */
+static void
+emit(int pri, int code, const char *fmt, va_list ap)
+{
+	char		 line[LINE_MAX_LEN];
+	int		 saved = errno;
+
+	format(line, sizeof line, code, fmt, ap);
+	put_record(pri, line, NULL);
+	errno = saved;
+}
+
+json_t *
+log_jstr(const char *s)
+{
+	json_t	*j;
+	char	*c;
+
+	if (s == NULL)
+		s = "";
+	if ((j = json_string(s)) != NULL)
+		return j;
+	c = strdup(s);
+	if (c == NULL)
+		return json_string("");
+	for (char *p = c; *p != '\0'; p++)
+		if ((unsigned char)*p >= 0x80)
+			*p = '?';
+	j = json_string(c);
+	free(c);
+	return j;
+}
+
+void
+log_record(int pri, struct json_t *fields, const char *fmt, ...)
+{
+	char		 line[LINE_MAX_LEN];
+	int		 saved = errno;
+	va_list		 ap;
+
+	va_start(ap, fmt);
+	format(line, sizeof line, 0, fmt, ap);
+	va_end(ap);
+	put_record(pri, line, fields);
 	errno = saved;
 }
 

@@ -123,7 +123,9 @@ usage(FILE *f)
 "  -u, --user USER[:GROUP] drop privileges after opening the socket\n"
 "  -v, --verbose          log debug lines; twice: also trace every\n"
 "                         stage of every upstream\n"
-"  -n, --check-config     check the configuration and exit\n"
+"  -n, --check-config     check the configuration and what starting needs\n"
+"                         (replay directory writable, listen address\n"
+"                         free, upstream addresses resolvable); exit\n"
 "      --dump-config      print the effective configuration as JSON\n"
 "  -V, --version          print the version and exit\n"
 "  -h, --help             print this help and exit\n"
@@ -292,6 +294,7 @@ reload(void)
 		    "descriptor limit with %zu upstream%s; serving at most "
 		    "%u sessions at once", c->max_sessions, c->nenabled,
 		    c->nenabled == 1 ? "" : "s", front_session_cap(c));
+	log_set_json(c->log_json);
 	conf_publish(c);
 	log_info("configuration reloaded; new connections use it");
 }
@@ -783,11 +786,25 @@ main(int argc, char **argv)
 		return EX_OK;
 	}
 	if (opts.check) {
-		printf("config OK\n");
+		struct conf_errors	 errs = { NULL, 0 };
+		struct conf_errors	 warns = { NULL, 0 };
+
+		rc = conf_check_start(c, opts.listen != NULL, &errs, &warns);
+		for (size_t i = 0; i < warns.n; i++)
+			fprintf(stderr, "%s\n", warns.v[i]);
+		for (size_t i = 0; i < errs.n; i++)
+			fprintf(stderr, "%s\n", errs.v[i]);
+		conf_errors_fini(&errs);
+		conf_errors_fini(&warns);
 		conf_release(c);
+		if (rc != 0)
+			return EX_CONFIG;
+		printf("config OK\n");
 		return EX_OK;
 	}
 	log_init("miltermux", opts.foreground);
+	log_set_timestamps(true);
+	log_set_json(c->log_json);
 	log_set_verbose(opts.verbose);
 	if (opts.verbose >= 2)
 		log_set_trace(~0u);
@@ -861,8 +878,9 @@ main(int argc, char **argv)
 		    c->metrics_listen);
 	signals_take(&set);
 	log_info("miltermux %s listening on %s with %u threads and %zu "
-	    "upstreams, at most %u sessions at once (descriptor limit %lu)",
-	    PACKAGE_VERSION, c->listen, c->threads, c->nenabled, cap, nofile);
+	    "upstreams, at most %u sessions at once (descriptor limit %lu); "
+	    "session ids %s.conn-N", PACKAGE_VERSION, c->listen, c->threads,
+	    c->nenabled, cap, nofile, front_instance());
 	conf_release(c);
 
 	serve();

@@ -7,6 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
+#include "codec.h"
+#include "log.h"
 #include "message.h"
 #include "xalloc.h"
 
@@ -40,6 +44,7 @@ message_clear(struct message *m)
 	m->spool_err = 0;
 	m->decider = NULL;
 	m->end_why = NULL;
+	memset(m->applied, 0, sizeof m->applied);
 	m->active = false;
 }
 
@@ -142,8 +147,23 @@ message_describe(const struct message *m, struct buf *line,
 		message_put(line, "; merged %s%s%s", merged == VERDICT_NONE ?
 		    "aborted" : proto_verdict_name(merged), by ? " by " : "",
 		    by ? m->decider : "");
-	message_put(line, "; %zu modification%s applied; from %s; rcpts",
-	    napplied, napplied == 1 ? "" : "s",
+	message_put(line, "; %zu modification%s applied", napplied,
+	    napplied == 1 ? "" : "s");
+	if (napplied > 0) {
+		const char	*sep = " (";
+
+		for (int k = 0; k < MOD_KIND_COUNT; k++) {
+			if (m->applied[k] == 0)
+				continue;
+			message_put(line, "%s%s=%zu", sep,
+			    codec_mod_kind_name((enum mod_kind)k),
+			    m->applied[k]);
+			sep = ", ";
+		}
+		if (sep[0] == ',')
+			message_put(line, ")");
+	}
+	message_put(line, "; from %s; rcpts",
 	    m->sender != NULL ? m->sender : "");
 	if (m->nrcpts == 0)
 		message_put(line, " none");
@@ -154,4 +174,40 @@ message_describe(const struct message *m, struct buf *line,
 		    proto_verdict_name(r->verdict), r->by != NULL ? " by " : "",
 		    r->by != NULL ? r->by : "", i + 1 < m->nrcpts ? "," : "");
 	}
+}
+
+void
+message_json(const struct message *m, json_t *o, enum verdict merged,
+    size_t napplied)
+{
+	bool	 by = m->decider != NULL && merged != VERDICT_CONTINUE &&
+		    merged != VERDICT_ACCEPT && merged != VERDICT_NONE;
+	json_t	*mods = json_object(), *rcpts = json_array();
+
+	json_object_set_new(o, "merged", json_string(merged == VERDICT_NONE ?
+	    "aborted" : proto_verdict_name(merged)));
+	json_object_set_new(o, "decider", by ? log_jstr(m->decider) :
+	    json_null());
+	if (merged == VERDICT_NONE && m->end_why != NULL)
+		json_object_set_new(o, "aborted", json_pack("{s:s, s:s}",
+		    "why", m->end_why, "stage",
+		    proto_stage_name(m->end_stage)));
+	json_object_set_new(o, "modifications_applied",
+	    json_integer((json_int_t)napplied));
+	for (int k = 0; k < MOD_KIND_COUNT; k++)
+		if (m->applied[k] != 0)
+			json_object_set_new(mods,
+			    codec_mod_kind_name((enum mod_kind)k),
+			    json_integer((json_int_t)m->applied[k]));
+	json_object_set_new(o, "modifications", mods);
+	json_object_set_new(o, "sender", log_jstr(m->sender));
+	for (size_t i = 0; i < m->nrcpts; i++) {
+		const struct message_rcpt *r = &m->rcpts[i];
+
+		json_array_append_new(rcpts, json_pack("{s:o, s:s, s:o}",
+		    "address", log_jstr(r->addr), "verdict",
+		    proto_verdict_name(r->verdict), "decider",
+		    r->by != NULL ? log_jstr(r->by) : json_null()));
+	}
+	json_object_set_new(o, "recipients", rcpts);
 }

@@ -15,13 +15,17 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <syslog.h>
 #include <unistd.h>
+
+#include <jansson.h>
 
 #include "codec.h"
 #include "health.h"
@@ -55,6 +59,10 @@ struct upstream {
 	struct pool_loop	*loop;
 	char			*name;
 	char			*connid;
+	/* The MTA's queue id of the current message, for failure lines:
+	 * set from the MTA's thread, read on the loop's. */
+	pthread_mutex_t		 qlock;
+	char			 qid[64];	/* (qlock) "" if none */
 	struct conf_addr	 addr;
 	enum on_failure		 on_failure;
 	unsigned		 max_mods;	/* per message; more fails */
@@ -106,6 +114,7 @@ upstream_new(const struct conf_upstream *cfg, const char *connid,
 	up->loop = loop;
 	up->name = xstrdup(cfg->name);
 	up->connid = xstrdup(connid);
+	pthread_mutex_init(&up->qlock, NULL);
 	up->addr = cfg->addr;
 	up->tcp = cfg->addr.sa.ss_family != AF_UNIX;
 	up->on_failure = cfg->on_failure;
@@ -221,6 +230,51 @@ close_fd(struct upstream *up)
 	up->connecting = false;
 }
 
+void
+upstream_set_queueid(struct upstream *up, const char *qid)
+{
+	pthread_mutex_lock(&up->qlock);
+	snprintf(up->qid, sizeof up->qid, "%s", qid != NULL ? qid : "");
+	pthread_mutex_unlock(&up->qlock);
+}
+
+/*
+ * log_failure - the one line of an upstream's failure: "QID: conn-N:
+ * upstream X: stage: why; applying on_failure=..." (no "QID: " before
+ * the MTA gave one), or the same as JSON fields
+ */
+static void
+log_failure(struct upstream *up, const char *stage, const char *why,
+    int err)
+{
+	char	 qid[64], pre[80] = "";
+	json_t	*o;
+
+	pthread_mutex_lock(&up->qlock);
+	memcpy(qid, up->qid, sizeof qid);
+	pthread_mutex_unlock(&up->qlock);
+	if (qid[0] != '\0')
+		snprintf(pre, sizeof pre, "%s: ", qid);
+	o = json_pack("{s:s, s:s, s:o, s:s, s:o, s:s}", "event",
+	    "upstream_failure", "session", up->connid, "upstream",
+	    log_jstr(up->name), "stage", stage, "reason", log_jstr(why),
+	    "on_failure",
+	    conf_on_failure_name(up->on_failure));
+	if (o != NULL && qid[0] != '\0')
+		json_object_set_new(o, "queue_id", log_jstr(qid));
+	if (o != NULL && err != 0)
+		json_object_set_new(o, "error", json_string(strerror(-err)));
+	if (o != NULL && health_local(err))
+		json_object_set_new(o, "local", json_true());
+	log_record(LOG_WARNING, o, "%s%s: upstream %s: %s: %s%s%s%s; "
+	    "applying on_failure=%s", pre, up->connid, up->name, stage, why,
+	    err != 0 ? ": " : "", err != 0 ? strerror(-err) : "",
+	    health_local(err) ? " (on miltermux's side: not counted "
+	    "against the upstream)" : "",
+	    conf_on_failure_name(up->on_failure));
+	json_decref(o);
+}
+
 /* fail - poison the upstream: close, log once, fail everything queued */
 static void
 fail(struct upstream *up, int err, const char *why)
@@ -237,12 +291,7 @@ fail(struct upstream *up, int err, const char *why)
 		else if (up->last_stage >= 0)
 			snprintf(stage, sizeof stage, "after %s",
 			    proto_stage_name(up->last_stage));
-		log_warnx("%s: upstream %s: %s: %s%s%s%s; applying "
-		    "on_failure=%s", up->connid, up->name, stage, why,
-		    err != 0 ? ": " : "", err != 0 ? strerror(-err) : "",
-		    health_local(err) ? " (on miltermux's side: not counted "
-		    "against the upstream)" : "",
-		    conf_on_failure_name(up->on_failure));
+		log_failure(up, stage, why, err);
 		up->failed = true;
 		up->fail_err = err != 0 ? err : -EPROTO;
 		metrics_upstream_failure(up->name, err, why);
@@ -928,6 +977,7 @@ destroy(struct upstream *up)
 	}
 	free(up->name);
 	free(up->connid);
+	pthread_mutex_destroy(&up->qlock);
 	free(up);
 }
 

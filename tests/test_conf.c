@@ -858,3 +858,32 @@ Test(conf, metrics_off_by_default_and_inet6_accepted)
 	round_trip(c);
 	conf_release(c);
 }
+
+Test(conf, log_format_and_comments)
+{
+	struct conf	*c;
+	char		*dump, *again;
+
+	c = parse_text("{ \"comment\": \"x\", \"log_format\": \"json\", "
+	    "\"replay\": { \"comment\": \"r\" }, \"upstreams\": [ { "
+	    "\"comment\": \"u\", \"name\": \"a\", \"address\": "
+	    "\"inet:1@127.0.0.1\", \"timeouts\": { \"comment\": \"t\" } } ] }",
+	    "lf");
+	cr_assert(c->log_json);
+	dump = conf_dump(c);
+	cr_assert_not_null(strstr(dump, "\"log_format\": \"json\""), "%s",
+	    dump);
+	conf_release(c);
+	/* The dump reads back the same. */
+	c = parse_text(dump, "dump");
+	cr_assert(c->log_json);
+	again = conf_dump(c);
+	cr_assert_str_eq(dump, again);
+	free(again);
+	free(dump);
+	conf_release(c);
+	c = parse_text("{ \"upstreams\": [ { \"name\": \"a\", \"address\": "
+	    "\"inet:1@127.0.0.1\" } ] }", "default");
+	cr_assert(!c->log_json);
+	conf_release(c);
+}

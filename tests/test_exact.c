@@ -141,7 +141,7 @@ Test(exact, late_rcpt_reject_refuses_that_recipient_only, .timeout = 60)
 	VEQ(rcpt(&m, "<good@example.net>"), VERDICT_CONTINUE);
 	content(&m);
 	VEQ(eom(&m), VERDICT_CONTINUE);
-	line = line_for(&e, "(conn-1): upstreams");
+	line = line_for(&e, "conn-1): upstreams");
 	HAS(line, "merged continue");
 	HAS(line, "from <alice@example.org>");
 	HAS(line, "<bad@example.net>=reject by fast");
@@ -256,7 +256,7 @@ Test(exact, busy_upstream_catches_up_without_failing, .timeout = 60)
 			tagged = true;
 	cr_assert(tagged, "the slow upstream's header is missing");
 	mta_result_fini(&r);
-	line = line_for(&e, "(conn-1): upstreams");
+	line = line_for(&e, "conn-1): upstreams");
 	HAS(line, "slow=continue");
 	free(line);
 	HASNT(env_mux_log(&e), "upstream slow:");

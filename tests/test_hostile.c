@@ -189,8 +189,8 @@ check_case(const struct hostile_case *tc)
 	cr_assert_eq(code, 0, "%s: second session:\n%s\nlog:\n%s", tc->name,
 	    out, env_mux_log(&e));
 	HAS(out, "addheader X-Good: yes");
-	log = env_wait_log(&e, "(conn-2): upstreams good=");
-	line = line_of(log, "(conn-2): upstreams good=");
+	log = env_wait_log(&e, "conn-2): upstreams good=");
+	line = line_of(log, "conn-2): upstreams good=");
 	HAS(line, "good=continue");
 	HASNT(line, "failed");
 	free(line);
@@ -428,7 +428,7 @@ Test(hostile, nr_asked_by_a_libmilter_filter_is_granted,
 	cr_assert_eq(code, 0, "%s\nlog:\n%s", out, env_mux_log(&e));
 	HAS(out, "addheader X-Good: yes");
 	HAS(out, "addheader X-Nr: yes");
-	log = env_wait_log(&e, "(conn-1): upstreams");
+	log = env_wait_log(&e, "conn-1): upstreams");
 	HAS(log, "nr=continue");
 	HASNT(log, "upstream nr:");
 	nl = h_read_file(e.up_log[1]);

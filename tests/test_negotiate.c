@@ -287,7 +287,7 @@ Test(negotiate, rejected_recipients_only_to_those_that_asked, .timeout = 60)
 	cr_assert_eq(mta_quit(&m), 0);
 	mta_close(&m);
 
-	log = env_wait_log(&e, "(conn-1): upstreams grey=");
+	log = env_wait_log(&e, "conn-1): upstreams grey=");
 	HASNT(log, "upstream grey:");
 	HASNT(log, "upstream plain:");
 	/* Neither message was refused for grey's word on nobody. */

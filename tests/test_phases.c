@@ -296,7 +296,7 @@ Test(phases, each_phase_has_its_own_budget, .timeout = 60)
 	out = send_file(&e, eml, &code);
 	cr_assert_eq(code, 0, "%s", out);
 	HAS(out, "X-Testmilter-second");
-	log = env_wait_log(&e, "(conn-1): upstreams");
+	log = env_wait_log(&e, "conn-1): upstreams");
 	HAS(log, "upstream first: eom: no answer in time");
 	HASNT(log, "upstream second:");
 	HAS(log, "second=continue");
@@ -305,7 +305,7 @@ Test(phases, each_phase_has_its_own_budget, .timeout = 60)
 	out = send_file(&e, eml, &code);
 	cr_assert_eq(code, 0, "%s", out);
 	HAS(out, "X-Testmilter-second");
-	log = env_wait_log(&e, "(conn-2): upstreams");
+	log = env_wait_log(&e, "conn-2): upstreams");
 	HASNT(log, "upstream second:");
 	env_stop(&e, 0.5);
 }
@@ -334,7 +334,7 @@ Test(phases, replay_is_bounded_by_the_content_timeout, .timeout = 90)
 	out = send_file(&e, eml, &code);
 	cr_assert_eq(code, 0, "%s", out);
 	HAS(out, "X-Testmilter-second");
-	log = env_wait_log(&e, "(conn-1): upstreams");
+	log = env_wait_log(&e, "conn-1): upstreams");
 	HASNT(log, "upstream second:");
 	env_stop(&e, 0.5);
 }
