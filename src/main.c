@@ -8,7 +8,7 @@
  * detach, write the pid, drop privileges, start the worker pool and
  * libmilter's thread, then wait for signals.
  *
- * Signals: SIGUSR1 reloads the config; SIGTERM, SIGHUP and SIGINT stop
+ * Signals: SIGHUP and SIGUSR1 reload the config; SIGTERM and SIGINT stop
  * gracefully: new MTA connections are refused, and open sessions get
  * up to shutdown_grace seconds to finish before the process exits (a
  * second stop signal ends the wait).  libmilter cannot do that itself:
@@ -67,6 +67,7 @@
 
 #include "conf.h"
 #include "front.h"
+#include "handover.h"
 #include "log.h"
 #include "pool.h"
 #include "xalloc.h"
@@ -127,9 +128,11 @@ usage(FILE *f)
 "  -V, --version          print the version and exit\n"
 "  -h, --help             print this help and exit\n"
 "\n"
-"Signals: SIGUSR1 reloads the configuration; SIGTERM, SIGHUP and SIGINT\n"
-"stop accepting and let open sessions finish (up to shutdown_grace);\n"
-"a second one stops at once.\n", DEFAULT_CONFIG);
+"Signals: SIGHUP and SIGUSR1 reload the configuration; SIGTERM and\n"
+"SIGINT stop accepting and let open sessions finish (up to\n"
+"shutdown_grace); a second one stops at once.  To restart or upgrade\n"
+"without refusing mail, start the new miltermux, then SIGTERM the old\n"
+"one (see miltermux(8), RESTARTING AND UPGRADING).\n", DEFAULT_CONFIG);
 }
 
 static void
@@ -255,7 +258,7 @@ load(bool to_log)
 	return c;
 }
 
-/* reload - SIGUSR1: publish the file's new contents, if valid */
+/* reload - SIGHUP or SIGUSR1: publish the file's new contents, if valid */
 static void
 reload(void)
 {
@@ -678,7 +681,72 @@ sig_name(int sig)
 static bool
 is_stop(int sig)
 {
-	return sig == SIGTERM || sig == SIGHUP || sig == SIGINT;
+	return sig == SIGTERM || sig == SIGINT;
+}
+
+static bool
+is_reload(int sig)
+{
+	return sig == SIGHUP || sig == SIGUSR1;
+}
+
+/*
+ * handover - after a stop signal, when a new miltermux listens on our
+ * inet address too (handover.c): it takes every new connection, so this
+ * one serves, not refuses, whatever was already queued here, and exits
+ * once nothing is queued, nothing accepted is still to begin and no
+ * session is open, or after the grace.  False when there is no such
+ * successor: then drain as usual.
+ */
+static bool
+handover(int sig, double grace)
+{
+	struct sockaddr_storage	 ss;
+	double			 deadline, gap_since = -1, now;
+	unsigned		 n;
+	bool			 pending;
+	int			 fd = front_listen_fd(), s;
+
+	if (fd < 0 || !front_listen_addr(&ss) || !handover_successor(&ss))
+		return false;
+	n = front_active();
+	log_info("received %s: a new miltermux listens on the same address "
+	    "and takes new connections; serving what was queued here, "
+	    "waiting up to %g s for %u open session%s", sig_name(sig), grace,
+	    n, n == 1 ? "" : "s");
+	deadline = mono() + grace;
+	for (;;) {
+		n = front_active();
+		pending = handover_pending(fd);
+		now = mono();
+		if (n == 0 && !pending)
+			break;
+		/* Accepted, never begun (the MTA left before its first
+		 * command): not worth the whole grace. */
+		if (n == 0 && pending && !handover_queued(fd)) {
+			if (gap_since < 0)
+				gap_since = now;
+			else if (now - gap_since > 5)
+				break;
+		} else
+			gap_since = -1;
+		if (atomic_load(&front_done) || now >= deadline)
+			break;
+		s = next_event(deadline - now < 0.05 ? deadline - now : 0.05);
+		if (is_stop(s)) {
+			log_info("received %s again: stopping at once",
+			    sig_name(s));
+			break;
+		}
+		if (is_reload(s))
+			log_info("reload ignored: stopping");
+	}
+	if (n > 0)
+		log_warnx("%u session%s still open; closing %s", n,
+		    n == 1 ? "" : "s", n == 1 ? "it" : "them");
+	else
+		log_info("all sessions ended; the new miltermux serves on");
+	return true;
 }
 
 /*
@@ -696,6 +764,8 @@ drain(int sig)
 	int		 s;
 
 	conf_release(c);
+	if (handover(sig, grace))
+		return;
 	front_drain(wake_main);
 	socket_unlink();
 	n = front_active();
@@ -713,7 +783,7 @@ drain(int sig)
 			    sig_name(s));
 			break;
 		}
-		if (s == SIGUSR1)
+		if (is_reload(s))
 			log_info("reload ignored: stopping");
 	}
 	if (n > 0)
@@ -731,7 +801,7 @@ serve(void)
 
 	for (;;) {
 		sig = next_event(-1);
-		if (sig == SIGUSR1)
+		if (is_reload(sig))
 			reload();
 		else if (is_stop(sig)) {
 			drain(sig);

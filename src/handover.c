@@ -1,0 +1,220 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * handover - restart and upgrade without refusing an MTA connection.
+ *
+ * The procedure (miltermux(8), RESTARTING AND UPGRADING): start the new
+ * miltermux on the same inet address, then send SIGTERM to the old one.
+ *
+ * 1. Both listen at once.  libmilter opens the listening socket itself
+ *    and offers no hook, so this file defines bind(): the executable's
+ *    symbol wins over libc's for libmilter's calls too.  While
+ *    handover_binding is set (around smfi_opensocket only) it sets
+ *    SO_REUSEPORT on an inet socket before the real bind, found with
+ *    dlsym(RTLD_NEXT).  The kernel only lets sockets of the same user
+ *    share a port this way.
+ *
+ * 2. The newest listener takes every new connection.  With SO_REUSEPORT
+ *    the kernel spreads connections over the group's listeners by hash;
+ *    a classic BPF program attached to the group (any member may attach
+ *    it; it belongs to the group) picks the listener by its index
+ *    instead.  Listeners are indexed in the order they started listening,
+ *    and one that leaves is replaced by the last one (Linux
+ *    net/core/sock_reuseport.c), so with the old and the new instance
+ *    the new one is index 1.  The program returns 1: with one listener
+ *    the index is out of range and the kernel falls back to its hash,
+ *    which has one choice.  So as soon as the new instance listens, the
+ *    old one gets no new connection, and its SIGTERM finds at most the
+ *    ones that were already queued.
+ *
+ * 3. The old instance drains without refusing: when SIGTERM finds
+ *    another listener on its address (handover_successor, from
+ *    /proc/net/tcp), sessions that still arrive are served, not
+ *    tempfailed, and the process exits only once its listener's queue
+ *    is empty, every connection libmilter accepted has begun its session
+ *    (accept() is wrapped here too, to count them) and every session
+ *    has ended.  Closing a listener resets the connections queued in it;
+ *    with nothing queued and nothing routed to it, nothing is reset.
+ *
+ * A unix socket is replaced by the new instance (libmilter removes the
+ * path and binds a new socket): a connection made in the instant between
+ * the removal and the new listen() is refused, so zero-downtime restarts
+ * are promised for inet listeners only.
+ */
+#define _GNU_SOURCE
+#include "config.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <linux/filter.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "handover.h"
+
+#ifndef SO_ATTACH_REUSEPORT_CBPF
+#define SO_ATTACH_REUSEPORT_CBPF	51
+#endif
+
+static atomic_bool	 handover_binding;
+static atomic_ulong	 handover_accepted;
+static atomic_ulong	 handover_begun;
+
+typedef int	 bind_fn(int, const struct sockaddr *, socklen_t);
+typedef int	 accept_fn(int, struct sockaddr *, socklen_t *);
+
+int
+bind(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	static bind_fn	*real;
+	int		 one = 1;
+
+	if (real == NULL)
+		real = (bind_fn *)dlsym(RTLD_NEXT, "bind");
+	if (real == NULL) {
+		errno = ENOSYS;
+		return -1;
+	}
+	if (atomic_load(&handover_binding) && sa != NULL &&
+	    (sa->sa_family == AF_INET || sa->sa_family == AF_INET6))
+		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one,
+		    sizeof one);
+	return real(fd, sa, len);
+}
+
+int
+accept(int fd, struct sockaddr *sa, socklen_t *len)
+{
+	static accept_fn	*real;
+	int			 rc;
+
+	if (real == NULL)
+		real = (accept_fn *)dlsym(RTLD_NEXT, "accept");
+	if (real == NULL) {
+		errno = ENOSYS;
+		return -1;
+	}
+	if ((rc = real(fd, sa, len)) >= 0)
+		atomic_fetch_add(&handover_accepted, 1);
+	return rc;
+}
+
+int
+handover_listener_fd(void)
+{
+	struct sockaddr_storage	 ss;
+	socklen_t		 len;
+	int			 v, fd;
+
+	for (fd = 0; fd < 1024; fd++) {
+		len = sizeof ss;
+		if (getsockname(fd, (struct sockaddr *)&ss, &len) == -1 ||
+		    (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+			continue;
+		len = sizeof v;
+		if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &len) == -1 ||
+		    v != SOCK_STREAM)
+			continue;
+		len = sizeof v;
+		if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &v, &len) == 0 &&
+		    v != 0)
+			return fd;
+	}
+	return -1;
+}
+
+void
+handover_binding_set(bool on)
+{
+	atomic_store(&handover_binding, on);
+}
+
+int
+handover_steer(int fd)
+{
+	struct sock_filter	 code[] = {
+		BPF_STMT(BPF_RET | BPF_K, 1),
+	};
+	struct sock_fprog	 prog = { .len = 1, .filter = code };
+
+	if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog,
+	    sizeof prog) != 0)
+		return -errno;
+	return 0;
+}
+
+/* local_hex - the local address as /proc/net/tcp{,6} prints it */
+static bool
+local_hex(const struct sockaddr_storage *ss, char *buf, size_t size)
+{
+	const struct sockaddr_in	*in = (const void *)ss;
+	const struct sockaddr_in6	*in6 = (const void *)ss;
+	uint32_t			 w[4];
+
+	if (ss->ss_family == AF_INET) {
+		snprintf(buf, size, "%08X:%04X", in->sin_addr.s_addr,
+		    ntohs(in->sin_port));
+		return true;
+	}
+	if (ss->ss_family == AF_INET6) {
+		memcpy(w, &in6->sin6_addr, sizeof w);
+		snprintf(buf, size, "%08X%08X%08X%08X:%04X", w[0], w[1], w[2],
+		    w[3], ntohs(in6->sin6_port));
+		return true;
+	}
+	return false;
+}
+
+int
+handover_listeners(const struct sockaddr_storage *ss)
+{
+	char	 want[64], line[512], local[64], st[8];
+	FILE	*f;
+	int	 n = 0;
+
+	if (!local_hex(ss, want, sizeof want))
+		return -1;
+	f = fopen(ss->ss_family == AF_INET ? "/proc/net/tcp" :
+	    "/proc/net/tcp6", "re");
+	if (f == NULL)
+		return -1;
+	while (fgets(line, sizeof line, f) != NULL)
+		if (sscanf(line, " %*s %63s %*s %7s", local, st) == 2 &&
+		    strcmp(st, "0A") == 0 && strcmp(local, want) == 0)
+			n++;
+	fclose(f);
+	return n;
+}
+
+bool
+handover_successor(const struct sockaddr_storage *ss)
+{
+	return handover_listeners(ss) >= 2;
+}
+
+void
+handover_begun_one(void)
+{
+	atomic_fetch_add(&handover_begun, 1);
+}
+
+bool
+handover_queued(int fd)
+{
+	struct pollfd	 p = { .fd = fd, .events = POLLIN };
+
+	return fd >= 0 && poll(&p, 1, 0) > 0 && (p.revents & POLLIN) != 0;
+}
+
+bool
+handover_pending(int fd)
+{
+	if (handover_queued(fd))
+		return true;
+	return atomic_load(&handover_accepted) > atomic_load(&handover_begun);
+}
