@@ -23,8 +23,8 @@ bool	handover_successor(const struct sockaddr_storage *ss);
 void	handover_begun_one(void);
 /* A connection waits in the listener's queue */
 bool	handover_queued(int fd);
-/* A connection waits in the listener's queue, or was accepted and has
- * not begun its session yet. */
+/* A connection waits in the listener's queue, or was accepted less than
+ * 2 s ago and has not begun its session yet. */
 bool	handover_pending(int fd);
 
 #endif

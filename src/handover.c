@@ -31,7 +31,8 @@
  *    /proc/net/tcp), sessions that still arrive are served, not
  *    tempfailed, and the process exits only once its listener's queue
  *    is empty, every connection libmilter accepted has begun its session
- *    (accept() is wrapped here too, to count them) and every session
+ *    (accept() is wrapped here too, to count them; one still silent 2 s
+ *    after the last accept is taken for a port probe) and every session
  *    has ended.  Closing a listener resets the connections queued in it;
  *    with nothing queued and nothing routed to it, nothing is reset.
  *
@@ -53,6 +54,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "handover.h"
@@ -64,6 +66,22 @@
 static atomic_bool	 handover_binding;
 static atomic_ulong	 handover_accepted;
 static atomic_ulong	 handover_begun;
+/* CLOCK_MONOTONIC milliseconds of the last accept */
+static atomic_llong	 handover_last_accept;
+
+/* A connection accepted this recently may not have begun its session
+ * yet; one accepted earlier that has not is a port probe, or an MTA
+ * that left before its first command. */
+#define HANDOVER_BEGIN_MS	2000
+
+static long long
+now_ms(void)
+{
+	struct timespec	 ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 typedef int	 bind_fn(int, const struct sockaddr *, socklen_t);
 typedef int	 accept_fn(int, struct sockaddr *, socklen_t *);
@@ -99,8 +117,10 @@ accept(int fd, struct sockaddr *sa, socklen_t *len)
 		errno = ENOSYS;
 		return -1;
 	}
-	if ((rc = real(fd, sa, len)) >= 0)
+	if ((rc = real(fd, sa, len)) >= 0) {
+		atomic_store(&handover_last_accept, now_ms());
 		atomic_fetch_add(&handover_accepted, 1);
+	}
 	return rc;
 }
 
@@ -216,5 +236,6 @@ handover_pending(int fd)
 {
 	if (handover_queued(fd))
 		return true;
-	return atomic_load(&handover_accepted) > atomic_load(&handover_begun);
+	return atomic_load(&handover_accepted) > atomic_load(&handover_begun) &&
+	    now_ms() - atomic_load(&handover_last_accept) < HANDOVER_BEGIN_MS;
 }

@@ -702,7 +702,7 @@ static bool
 handover(int sig, double grace)
 {
 	struct sockaddr_storage	 ss;
-	double			 deadline, gap_since = -1, now;
+	double			 deadline, now;
 	unsigned		 n;
 	bool			 pending;
 	int			 fd = front_listen_fd(), s;
@@ -721,15 +721,6 @@ handover(int sig, double grace)
 		now = mono();
 		if (n == 0 && !pending)
 			break;
-		/* Accepted, never begun (the MTA left before its first
-		 * command): not worth the whole grace. */
-		if (n == 0 && pending && !handover_queued(fd)) {
-			if (gap_since < 0)
-				gap_since = now;
-			else if (now - gap_since > 5)
-				break;
-		} else
-			gap_since = -1;
 		if (atomic_load(&front_done) || now >= deadline)
 			break;
 		s = next_event(deadline - now < 0.05 ? deadline - now : 0.05);
