@@ -62,7 +62,7 @@ typedef void front_idle_fn(void);
 void	front_drain(front_idle_fn *idle);
 /* Open MTA sessions (negotiated, not yet closed).  Any thread. */
 unsigned front_active(void);
-/* libmilter's inet listening socket, or -1 (unix, or not found) */
+/* libmilter's listening socket, or -1 if not found */
 int	front_listen_fd(void);
 /* The listening socket's address; false if unknown */
 bool	front_listen_addr(struct sockaddr_storage *ss);

@@ -9,9 +9,10 @@
 #include <stdbool.h>
 #include <sys/socket.h>
 
-/* While on, an inet socket gets SO_REUSEPORT before it is bound. */
+/* While on, an inet socket gets SO_REUSEPORT before it is bound, and a
+ * unix one replaces the running socket only once it listens. */
 void	handover_binding_set(bool on);
-/* libmilter's inet listening socket, or -1 */
+/* libmilter's listening socket, or -1 */
 int	handover_listener_fd(void);
 /* Make the newest listener on the address take new connections. */
 int	handover_steer(int fd);

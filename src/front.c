@@ -125,7 +125,7 @@ static struct pool	*front_pool;
 /* The listening socket's address, to recognise the MTA's sockets. */
 static struct sockaddr_storage	 front_lname;
 static socklen_t		 front_lnamelen;
-/* The inet listening socket (libmilter's), or -1. */
+/* The listening socket (libmilter's), or -1. */
 static int			 front_lfd = -1;
 static atomic_ulong	 conn_counter;
 /* Sessions between negotiate and close; main waits for them to end. */
@@ -1039,7 +1039,9 @@ front_open_socket(void)
 		    "they have answered");
 	}
 	front_lfd = handover_listener_fd();
-	if (front_lfd >= 0 && (rc = handover_steer(front_lfd)) != 0)
+	if (front_lfd >= 0 && front_lnamelen != 0 &&
+	    front_lname.ss_family != AF_UNIX &&
+	    (rc = handover_steer(front_lfd)) != 0)
 		log_warnc(rc, "cannot steer new connections to the newest "
 		    "listener: a restart may refuse connections");
 	return 0;

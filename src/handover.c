@@ -36,10 +36,14 @@
  *    has ended.  Closing a listener resets the connections queued in it;
  *    with nothing queued and nothing routed to it, nothing is reset.
  *
- * A unix socket is replaced by the new instance (libmilter removes the
- * path and binds a new socket): a connection made in the instant between
- * the removal and the new listen() is refused, so zero-downtime restarts
- * are promised for inet listeners only.
+ * A unix socket cannot be shared, but its path can be replaced at once:
+ * while handover_binding is set, bind() binds it at PATH.PID.new,
+ * listen() renames that over PATH once it listens (rename(2) replaces
+ * the running instance's socket atomically: a connect() finds one or
+ * the other), and unlink() does nothing, so that libmilter's removal of
+ * the socket in its way does not leave a moment without one.  The old
+ * instance, at SIGTERM, finds its path naming another socket: its
+ * successor (main.c).
  */
 #define _GNU_SOURCE
 #include "config.h"
@@ -54,6 +58,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -85,6 +90,32 @@ now_ms(void)
 
 typedef int	 bind_fn(int, const struct sockaddr *, socklen_t);
 typedef int	 accept_fn(int, struct sockaddr *, socklen_t *);
+typedef int	 listen_fn(int, int);
+typedef int	 unlink_fn(const char *);
+
+/* A unix socket being opened: bound at tmp, renamed to path once it
+ * listens (main thread, within handover_binding only). */
+static struct {
+	int	 fd;
+	char	 path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	char	 tmp[sizeof(((struct sockaddr_un *)0)->sun_path)];
+} hunix = { .fd = -1 };
+
+static int
+unlink_real(const char *path)
+{
+	static unlink_fn	*real;
+
+	if (real == NULL)
+		real = (unlink_fn *)dlsym(RTLD_NEXT, "unlink");
+	if (real == NULL) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return real(path);
+}
+
+static int	bind_unix(bind_fn *, int, const struct sockaddr *, socklen_t);
 
 int
 bind(int fd, const struct sockaddr *sa, socklen_t len)
@@ -102,7 +133,78 @@ bind(int fd, const struct sockaddr *sa, socklen_t len)
 	    (sa->sa_family == AF_INET || sa->sa_family == AF_INET6))
 		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one,
 		    sizeof one);
+	if (atomic_load(&handover_binding) && sa != NULL &&
+	    sa->sa_family == AF_UNIX && len <= sizeof(struct sockaddr_un))
+		return bind_unix(real, fd, sa, len);
 	return real(fd, sa, len);
+}
+
+/*
+ * bind_unix - bind a unix listening socket next to its path, so that the
+ * path goes on naming a listening socket (the old instance's) until the
+ * new one listens: listen() renames it into place.
+ */
+static int
+bind_unix(bind_fn *real, int fd, const struct sockaddr *sa, socklen_t len)
+{
+	struct sockaddr_un	 un;
+	int			 n;
+
+	memset(&un, 0, sizeof un);
+	memcpy(&un, sa, len);
+	if (un.sun_path[0] == '\0')
+		return real(fd, sa, len);
+	un.sun_path[sizeof un.sun_path - 1] = '\0';
+	n = snprintf(hunix.tmp, sizeof hunix.tmp, "%s.%ld.new", un.sun_path,
+	    (long)getpid());
+	if (n < 0 || (size_t)n >= sizeof hunix.tmp)
+		return real(fd, sa, len);
+	snprintf(hunix.path, sizeof hunix.path, "%s", un.sun_path);
+	snprintf(un.sun_path, sizeof un.sun_path, "%s", hunix.tmp);
+	(void)unlink_real(hunix.tmp);
+	if (real(fd, (struct sockaddr *)&un, sizeof un) != 0)
+		return -1;
+	hunix.fd = fd;
+	return 0;
+}
+
+int
+listen(int fd, int backlog)
+{
+	static listen_fn	*real;
+	int			 saved;
+
+	if (real == NULL)
+		real = (listen_fn *)dlsym(RTLD_NEXT, "listen");
+	if (real == NULL) {
+		errno = ENOSYS;
+		return -1;
+	}
+	if (real(fd, backlog) != 0)
+		return -1;
+	if (atomic_load(&handover_binding) && fd == hunix.fd) {
+		hunix.fd = -1;
+		if (rename(hunix.tmp, hunix.path) != 0) {
+			saved = errno;
+			(void)unlink_real(hunix.tmp);
+			errno = saved;
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/*
+ * unlink - libmilter removes a socket in the way before it binds its
+ * own; while it opens ours that is the running instance's socket, which
+ * the rename in listen() replaces instead.
+ */
+int
+unlink(const char *path)
+{
+	if (atomic_load(&handover_binding))
+		return 0;
+	return unlink_real(path);
 }
 
 int
@@ -134,7 +236,8 @@ handover_listener_fd(void)
 	for (fd = 0; fd < 1024; fd++) {
 		len = sizeof ss;
 		if (getsockname(fd, (struct sockaddr *)&ss, &len) == -1 ||
-		    (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))
+		    (ss.ss_family != AF_INET && ss.ss_family != AF_INET6 &&
+		    ss.ss_family != AF_UNIX))
 			continue;
 		len = sizeof v;
 		if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &len) == -1 ||

@@ -464,6 +464,18 @@ socket_setup(const struct conf *c)
 	}
 }
 
+/* socket_replaced - our unix socket's path names another socket now:
+ * a new instance took it over (handover.c) */
+static bool
+socket_replaced(void)
+{
+	struct stat	 st;
+
+	return sock.is_unix && stat(sock.path, &st) == 0 &&
+	    S_ISSOCK(st.st_mode) &&
+	    (st.st_dev != sock.dev || st.st_ino != sock.ino);
+}
+
 /* socket_unlink - stop new connections to a unix socket at once */
 static void
 socket_unlink(void)
@@ -707,7 +719,9 @@ handover(int sig, double grace)
 	bool			 pending;
 	int			 fd = front_listen_fd(), s;
 
-	if (fd < 0 || !front_listen_addr(&ss) || !handover_successor(&ss))
+	if (fd < 0 || !front_listen_addr(&ss) ||
+	    !(ss.ss_family == AF_UNIX ? socket_replaced() :
+	    handover_successor(&ss)))
 		return false;
 	n = front_active();
 	log_info("received %s: a new miltermux listens on the same address "
