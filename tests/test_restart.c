@@ -3,7 +3,8 @@
  * test_restart - a restart under load through a real Postfix refuses
  * and tempfails nothing.
  *
- * miltermux listens on 127.0.0.1 in a private Postfix's smtpd_milters
+ * miltermux listens on 127.0.0.1 (or a unix socket, which the new
+ * instance replaces) in a private Postfix's smtpd_milters
  * (milter_default_action = tempfail, so a milter that cannot be reached
  * or goes away shows as a 4xx), in front of one testmilter that adds a
  * header to every message.  A few client threads send a few hundred SMTP
@@ -129,8 +130,9 @@ log_count(const char *log, const char *needle)
 	return n;
 }
 
-Test(restart, under_postfix_load_refuses_and_tempfails_nothing,
-    .timeout = 120, .fini = fini)
+/* run - the load and the restart, with miltermux on inet or unix */
+static void
+run(int inet)
 {
 	static const struct up	 ups[] = {
 		{ "a", { "--addheader", "X-Scanned:restart-test", NULL },
@@ -144,8 +146,11 @@ Test(restart, under_postfix_load_refuses_and_tempfails_nothing,
 	double			 t0, dt;
 	int			 rc, status, n, n_exit, scanned;
 
-	env_setup(&e, ups, 1, "\"shutdown_grace\": 20", 1);
-	spec = h_xasprintf("inet:127.0.0.1:%d", e.mux_port);
+	/* Postfix's smtpd connects as the postfix user. */
+	env_setup(&e, ups, 1, inet ? "\"shutdown_grace\": 20" :
+	    "\"shutdown_grace\": 20, \"socket_mode\": \"0666\"", inet);
+	spec = inet ? h_xasprintf("inet:127.0.0.1:%d", e.mux_port) :
+	    h_xasprintf("unix:%s", e.mux_sock);
 	rc = h_postfix_start(&pf, spec, NULL);
 	if (rc == -EPERM || rc == -ENOENT)
 		cr_skip_test("no private Postfix here: %s", strerror(-rc));
@@ -227,4 +232,16 @@ Test(restart, under_postfix_load_refuses_and_tempfails_nothing,
 	free(log2path);
 	env_stop(&e, 5);
 	passed = true;
+}
+
+Test(restart, on_inet_under_postfix_load_refuses_and_tempfails_nothing,
+    .timeout = 120, .fini = fini)
+{
+	run(1);
+}
+
+Test(restart, on_unix_under_postfix_load_refuses_and_tempfails_nothing,
+    .timeout = 120, .fini = fini)
+{
+	run(0);
 }
