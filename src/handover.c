@@ -3,7 +3,8 @@
  * handover - restart and upgrade without refusing an MTA connection.
  *
  * The procedure (miltermux(8), RESTARTING AND UPGRADING): start the new
- * miltermux on the same inet address, then send SIGTERM to the old one.
+ * miltermux on the same address (inet or unix), then send SIGTERM to
+ * the old one.
  *
  * 1. Both listen at once.  libmilter opens the listening socket itself
  *    and offers no hook, so this file defines bind(): the executable's

@@ -704,7 +704,8 @@ is_reload(int sig)
 
 /*
  * handover - after a stop signal, when a new miltermux listens on our
- * inet address too (handover.c): it takes every new connection, so this
+ * inet address too, or has replaced our unix socket (handover.c): it
+ * takes every new connection, so this
  * one serves, not refuses, whatever was already queued here, and exits
  * once nothing is queued, nothing accepted is still to begin and no
  * session is open, or after the grace.  False when there is no such
