@@ -352,8 +352,9 @@ same_file(const char *path, int fd)
  * process, or exit.  The lock, not the file's existence or contents,
  * tells a running miltermux: a file left behind by a crash is simply
  * taken over, and two daemons never both start.  It is taken before
- * the listening socket is opened, because libmilter removes a unix
- * socket in the way, which would cut off the running daemon.  flock(2)
+ * the listening socket is opened, because a new unix socket replaces
+ * the one in the way (handover.c), which would cut off the running
+ * daemon.  flock(2)
  * rather than fcntl(2): its lock belongs to the open file, which the
  * daemon inherits across the forks of daemonize().
  */
