@@ -15,6 +15,9 @@
 #ifndef FRONT_H
 #define FRONT_H
 
+#include <stdbool.h>
+#include <sys/socket.h>
+
 #include "conf.h"
 #include "pool.h"
 
@@ -61,5 +64,9 @@ typedef void front_idle_fn(void);
 void	front_drain(front_idle_fn *idle);
 /* Open MTA sessions (negotiated, not yet closed).  Any thread. */
 unsigned front_active(void);
+/* libmilter's listening socket, or -1 if not found */
+int	front_listen_fd(void);
+/* The listening socket's address; false if unknown */
+bool	front_listen_addr(struct sockaddr_storage *ss);
 
 #endif /* FRONT_H */

@@ -47,6 +47,7 @@
 #include "conf.h"
 #include "fanout.h"
 #include "front.h"
+#include "handover.h"
 #include "log.h"
 #include "metrics.h"
 #include "netio.h"
@@ -126,6 +127,8 @@ static struct pool	*front_pool;
 /* The listening socket's address, to recognise the MTA's sockets. */
 static struct sockaddr_storage	 front_lname;
 static socklen_t		 front_lnamelen;
+/* The listening socket (libmilter's), or -1. */
+static int			 front_lfd = -1;
 static atomic_ulong	 conn_counter;
 static pthread_once_t	 instance_once = PTHREAD_ONCE_INIT;
 static char		 instance[16];
@@ -601,6 +604,8 @@ front_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1,
 
 	/* Whatever was parked for this address was another context's. */
 	(void)park_take(ctx, NULL);
+	/* An accepted connection began: a handover may end (main.c). */
+	handover_begun_one();
 	/* A verdict other than continue makes libmilter close the
 	 * connection, and the MTA applies its default action for an
 	 * unavailable milter, as it would with the socket closed. */
@@ -1053,7 +1058,12 @@ front_open_socket(void)
 {
 	int	 rc;
 
-	if (smfi_opensocket(1) != MI_SUCCESS)
+	/* SO_REUSEPORT on an inet listener: a new instance can listen
+	 * while this one drains (handover.c). */
+	handover_binding_set(true);
+	rc = smfi_opensocket(1);
+	handover_binding_set(false);
+	if (rc != MI_SUCCESS)
 		return -EADDRNOTAVAIL;
 	/*
 	 * libmilter writes each modification and then the verdict in
@@ -1071,7 +1081,28 @@ front_open_socket(void)
 		    "gives up while the upstreams work is noticed only when "
 		    "they have answered");
 	}
+	front_lfd = handover_listener_fd();
+	if (front_lfd >= 0 && front_lnamelen != 0 &&
+	    front_lname.ss_family != AF_UNIX &&
+	    (rc = handover_steer(front_lfd)) != 0)
+		log_warnc(rc, "cannot steer new connections to the newest "
+		    "listener: a restart may refuse connections");
 	return 0;
+}
+
+int
+front_listen_fd(void)
+{
+	return front_lfd;
+}
+
+bool
+front_listen_addr(struct sockaddr_storage *ss)
+{
+	if (front_lnamelen == 0)
+		return false;
+	*ss = front_lname;
+	return true;
 }
 
 int

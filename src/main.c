@@ -8,7 +8,7 @@
  * detach, write the pid, drop privileges, start the worker pool and
  * libmilter's thread, then wait for signals.
  *
- * Signals: SIGUSR1 reloads the config; SIGTERM, SIGHUP and SIGINT stop
+ * Signals: SIGHUP and SIGUSR1 reload the config; SIGTERM and SIGINT stop
  * gracefully: new MTA connections are refused, and open sessions get
  * up to shutdown_grace seconds to finish before the process exits (a
  * second stop signal ends the wait).  libmilter cannot do that itself:
@@ -67,6 +67,7 @@
 
 #include "conf.h"
 #include "front.h"
+#include "handover.h"
 #include "log.h"
 #include "metrics_http.h"
 #include "pool.h"
@@ -135,9 +136,11 @@ usage(FILE *f)
 "/healthz (200 serving, 503 draining or every upstream down) and /status\n"
 "(JSON) are served there; off by default.\n"
 "\n"
-"Signals: SIGUSR1 reloads the configuration; SIGTERM, SIGHUP and SIGINT\n"
-"stop accepting and let open sessions finish (up to shutdown_grace);\n"
-"a second one stops at once.\n", DEFAULT_CONFIG);
+"Signals: SIGHUP and SIGUSR1 reload the configuration; SIGTERM and\n"
+"SIGINT stop accepting and let open sessions finish (up to\n"
+"shutdown_grace); a second one stops at once.  To restart or upgrade\n"
+"without refusing mail, start the new miltermux, then SIGTERM the old\n"
+"one (see miltermux(8), RESTARTING AND UPGRADING).\n", DEFAULT_CONFIG);
 }
 
 static void
@@ -263,7 +266,7 @@ load(bool to_log)
 	return c;
 }
 
-/* reload - SIGUSR1: publish the file's new contents, if valid */
+/* reload - SIGHUP or SIGUSR1: publish the file's new contents, if valid */
 static void
 reload(void)
 {
@@ -363,8 +366,9 @@ same_file(const char *path, int fd)
  * process, or exit.  The lock, not the file's existence or contents,
  * tells a running miltermux: a file left behind by a crash is simply
  * taken over, and two daemons never both start.  It is taken before
- * the listening socket is opened, because libmilter removes a unix
- * socket in the way, which would cut off the running daemon.  flock(2)
+ * the listening socket is opened, because a new unix socket replaces
+ * the one in the way (handover.c), which would cut off the running
+ * daemon.  flock(2)
  * rather than fcntl(2): its lock belongs to the open file, which the
  * daemon inherits across the forks of daemonize().
  */
@@ -473,6 +477,18 @@ socket_setup(const struct conf *c)
 		sock.dev = st.st_dev;
 		sock.ino = st.st_ino;
 	}
+}
+
+/* socket_replaced - our unix socket's path names another socket now:
+ * a new instance took it over (handover.c) */
+static bool
+socket_replaced(void)
+{
+	struct stat	 st;
+
+	return sock.is_unix && stat(sock.path, &st) == 0 &&
+	    S_ISSOCK(st.st_mode) &&
+	    (st.st_dev != sock.dev || st.st_ino != sock.ino);
 }
 
 /* socket_unlink - stop new connections to a unix socket at once */
@@ -692,7 +708,66 @@ sig_name(int sig)
 static bool
 is_stop(int sig)
 {
-	return sig == SIGTERM || sig == SIGHUP || sig == SIGINT;
+	return sig == SIGTERM || sig == SIGINT;
+}
+
+static bool
+is_reload(int sig)
+{
+	return sig == SIGHUP || sig == SIGUSR1;
+}
+
+/*
+ * handover - after a stop signal, when a new miltermux listens on our
+ * inet address too, or has replaced our unix socket (handover.c): it
+ * takes every new connection, so this
+ * one serves, not refuses, whatever was already queued here, and exits
+ * once nothing is queued, nothing accepted is still to begin and no
+ * session is open, or after the grace.  False when there is no such
+ * successor: then drain as usual.
+ */
+static bool
+handover(int sig, double grace)
+{
+	struct sockaddr_storage	 ss;
+	double			 deadline, now;
+	unsigned		 n;
+	bool			 pending;
+	int			 fd = front_listen_fd(), s;
+
+	if (fd < 0 || !front_listen_addr(&ss) ||
+	    !(ss.ss_family == AF_UNIX ? socket_replaced() :
+	    handover_successor(&ss)))
+		return false;
+	n = front_active();
+	log_info("received %s: a new miltermux listens on the same address "
+	    "and takes new connections; serving what was queued here, "
+	    "waiting up to %g s for %u open session%s", sig_name(sig), grace,
+	    n, n == 1 ? "" : "s");
+	deadline = mono() + grace;
+	for (;;) {
+		n = front_active();
+		pending = handover_pending(fd);
+		now = mono();
+		if (n == 0 && !pending)
+			break;
+		if (atomic_load(&front_done) || now >= deadline)
+			break;
+		s = next_event(deadline - now < 0.05 ? deadline - now : 0.05);
+		if (is_stop(s)) {
+			log_info("received %s again: stopping at once",
+			    sig_name(s));
+			break;
+		}
+		if (is_reload(s))
+			log_info("reload ignored: stopping");
+	}
+	if (n > 0)
+		log_warnx("%u session%s still open; closing %s", n,
+		    n == 1 ? "" : "s", n == 1 ? "it" : "them");
+	else
+		log_info("all sessions ended; the new miltermux serves on");
+	return true;
 }
 
 /*
@@ -710,6 +785,8 @@ drain(int sig)
 	int		 s;
 
 	conf_release(c);
+	if (handover(sig, grace))
+		return;
 	front_drain(wake_main);
 	socket_unlink();
 	n = front_active();
@@ -727,7 +804,7 @@ drain(int sig)
 			    sig_name(s));
 			break;
 		}
-		if (s == SIGUSR1)
+		if (is_reload(s))
 			log_info("reload ignored: stopping");
 	}
 	if (n > 0)
@@ -745,7 +822,7 @@ serve(void)
 
 	for (;;) {
 		sig = next_event(-1);
-		if (sig == SIGUSR1)
+		if (is_reload(sig))
 			reload();
 		else if (is_stop(sig)) {
 			drain(sig);

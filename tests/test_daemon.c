@@ -1153,6 +1153,49 @@ Test(daemon, reload_applies_to_new_sessions_and_old_ones_finish_on_theirs,
 	free(alog);
 }
 
+/* SIGHUP reloads, as every other mail daemon does; it used to stop. */
+Test(daemon, sighup_reloads_and_the_daemon_keeps_running, .timeout = 60)
+{
+	struct mux	 m;
+	char		*a, *b, *out, *log;
+	int		 code;
+
+	milter("a", "--addheader", "X-A:1", NULL);
+	milter("b", "--addheader", "X-B:1", NULL);
+	mux_init(&m, false);
+	a = up("a", NULL);
+	b = up("b", NULL);
+	mux_conf(&m, NULL, a);
+	mux_start(&m, NULL);
+	out = session(&m, &code, NULL);
+	cr_assert_eq(code, 0, "%s", out);
+	HAS(out, "addheader X-A: 1");
+	free(out);
+
+	mux_conf(&m, NULL, b);
+	cr_assert_eq(h_kill(m.pid, SIGHUP), 0);
+	wait_log(&m, "configuration reloaded; new connections use it");
+	out = session(&m, &code, NULL);
+	cr_assert_eq(code, 0, "%s", out);
+	HAS(out, "addheader X-B: 1");
+	HASNT(out, "X-A");
+	free(out);
+
+	/* Twice: still running, still serving. */
+	cr_assert_eq(h_kill(m.pid, SIGHUP), 0);
+	out = session(&m, &code, NULL);
+	cr_assert_eq(code, 0, "%s", out);
+	HAS(out, "addheader X-B: 1");
+	free(out);
+	cr_assert_eq(kill(m.pid, 0), 0, "miltermux is gone");
+	log = mux_log(&m);
+	HASNT(log, "received SIGHUP");
+	HASNT(log, "miltermux stopping");
+	free(log);
+	free(a);
+	free(b);
+}
+
 Test(daemon, reload_refuses_an_invalid_file_and_keeps_the_old_one,
     .timeout = 60)
 {
