@@ -53,6 +53,10 @@ static const char *const reason_names[METRICS_REASON_COUNT] = {
  * without a lock.  Replaced arrays are kept, never freed, as the
  * entries are: one per name ever configured. */
 struct mtab {
+	/* The table this one replaced: a reader may still hold it (the
+	 * lookup takes no lock), so it is never freed; kept reachable
+	 * here.  Tables grow once per upstream name ever seen. */
+	const struct mtab	*prev;
 	size_t			 n;
 	struct mup		*v[];
 };
@@ -120,6 +124,7 @@ mup_get(const char *name)
 		m = xcalloc(1, sizeof *m);
 		m->name = xstrdup(name);
 		nt = xmalloc(sizeof *nt + (n + 1) * sizeof nt->v[0]);
+		nt->prev = t;
 		nt->n = n + 1;
 		for (size_t i = 0; i < n; i++)
 			nt->v[i] = t->v[i];
