@@ -1361,15 +1361,19 @@ void
 fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 {
 	struct buf	 line = BUF_INIT;
-	json_t		*o, *ups;
+	json_t		*o = NULL, *ups = NULL;
 
 	if (!fo->msg.active)
 		return;
 	fo->nmessages++;
-	o = client_json(fo, "message");
-	json_object_set_new(o, "queue_id", fo->msg.queueid != NULL ?
-	    log_jstr(fo->msg.queueid) : json_null());
-	ups = json_array();
+	/* The structured record only where it is logged: in text mode it
+	 * would cost a score of allocations per message for nothing. */
+	if (log_get_json()) {
+		o = client_json(fo, "message");
+		json_object_set_new(o, "queue_id", fo->msg.queueid != NULL ?
+		    log_jstr(fo->msg.queueid) : json_null());
+		ups = json_array();
+	}
 	message_put(&line, "upstreams");
 	pthread_mutex_lock(&fo->lock);
 	for (size_t i = 0; i < fo->n; i++) {
@@ -1383,16 +1387,19 @@ fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 		    s->msg_seconds * 1000);
 		metrics_upstream_verdict(s->cfg->name, s->down ?
 		    METRICS_UV_DOWN : s->failed ? METRICS_UV_FAILED : (int)v);
-		json_array_append_new(ups, json_pack("{s:o, s:s, s:f}",
-		    "name", log_jstr(s->cfg->name), "verdict", vs, "ms",
-		    s->msg_seconds * 1000));
+		if (ups != NULL)
+			json_array_append_new(ups, json_pack("{s:o, s:s, s:f}",
+			    "name", log_jstr(s->cfg->name), "verdict", vs, "ms",
+			    s->msg_seconds * 1000));
 	}
 	pthread_mutex_unlock(&fo->lock);
-	json_object_set_new(o, "upstreams", ups);
 	report_ok(fo);
 	metrics_message(merged);
 	message_describe(&fo->msg, &line, merged, napplied);
-	message_json(&fo->msg, o, merged, napplied);
+	if (o != NULL) {
+		json_object_set_new(o, "upstreams", ups);
+		message_json(&fo->msg, o, merged, napplied);
+	}
 	message_put(&line, "; client %s[%s]", fo->client_name != NULL ?
 	    fo->client_name : "unknown", fo->client_addr != NULL ?
 	    fo->client_addr : "");
