@@ -68,6 +68,8 @@
 #include "conf.h"
 #include "front.h"
 #include "handover.h"
+#include "notify.h"
+#include "upgrade.h"
 #include "log.h"
 #include "metrics_http.h"
 #include "pool.h"
@@ -103,6 +105,9 @@ static int		 wake_fd[2] = { -1, -1 };
 /* Set by the libmilter thread when smfi_main returned on its own. */
 static atomic_bool	 front_done;
 static atomic_int	 front_rc;
+/* The pid file's descriptor, holding its lock; -1: none.  Passed on to
+ * a successor (upgrade.c). */
+static int		 pidfile_fd = -1;
 
 static void
 usage(FILE *f)
@@ -138,9 +143,11 @@ usage(FILE *f)
 "\n"
 "Signals: SIGHUP and SIGUSR1 reload the configuration; SIGTERM and\n"
 "SIGINT stop accepting and let open sessions finish (up to\n"
-"shutdown_grace); a second one stops at once.  To restart or upgrade\n"
-"without refusing mail, start the new miltermux, then SIGTERM the old\n"
-"one (see miltermux(8), RESTARTING AND UPGRADING).\n", DEFAULT_CONFIG);
+"shutdown_grace); a second one stops at once.  SIGUSR2 restarts without\n"
+"refusing mail: a new miltermux is started from the same executable path\n"
+"(the new binary after an upgrade), takes the socket over and the old one\n"
+"drains; starting the new one by hand, then SIGTERM to the old one, does\n"
+"the same (see miltermux(8), RESTARTING AND UPGRADING).\n", DEFAULT_CONFIG);
 }
 
 static void
@@ -340,6 +347,11 @@ lookup_user(const char *spec)
 static void
 drop_privileges(const char *spec, struct identity id)
 {
+	/* A successor started by SIGUSR2 runs as the user already and
+	 * may not call setgroups. */
+	if (id.uid != 0 && getuid() == id.uid && geteuid() == id.uid &&
+	    getgid() == id.gid && getegid() == id.gid)
+		return;
 	if (setgroups(1, &id.gid) == -1 || setgid(id.gid) == -1 ||
 	    setuid(id.uid) == -1) {
 		log_warn("-u %s", spec);
@@ -432,7 +444,15 @@ pidfile_write(const char *path, int fd)
 static void
 pidfile_remove(const char *path, int fd)
 {
+	char	 buf[32];
+	ssize_t	 n;
+
 	if (!same_file(path, fd))
+		return;
+	/* A successor (upgrade.c) shares the file and wrote its pid. */
+	n = pread(fd, buf, sizeof buf - 1, 0);
+	buf[n > 0 ? n : 0] = '\0';
+	if (n > 0 && strtol(buf, NULL, 10) != (long)getpid())
 		return;
 	if (unlink(path) == 0)
 		return;
@@ -579,7 +599,8 @@ static void
 signals_init(sigset_t *set)
 {
 	struct sigaction	 sa;
-	int			 stop[] = { SIGTERM, SIGHUP, SIGINT, SIGUSR1 };
+	int			 stop[] = { SIGTERM, SIGHUP, SIGINT, SIGUSR1,
+				     SIGUSR2, SIGCHLD };
 
 	sigemptyset(set);
 	for (size_t i = 0; i < sizeof stop / sizeof stop[0]; i++)
@@ -701,6 +722,7 @@ sig_name(int sig)
 	case SIGTERM:	return "SIGTERM";
 	case SIGHUP:	return "SIGHUP";
 	case SIGINT:	return "SIGINT";
+	case SIGUSR2:	return "SIGUSR2";
 	default:	return "a signal";
 	}
 }
@@ -785,6 +807,11 @@ drain(int sig)
 	int		 s;
 
 	conf_release(c);
+	if (upgrade_pending()) {
+		/* Our successor told systemd it is the main process now. */
+		notify_disown();
+	} else
+		(void)notify_send("STOPPING=1");
 	if (handover(sig, grace))
 		return;
 	front_drain(wake_main);
@@ -814,6 +841,23 @@ drain(int sig)
 		log_info("all sessions ended");
 }
 
+/* upgrade - SIGUSR2: start a successor from the executable's path */
+static void
+upgrade(void)
+{
+	pid_t	 pid;
+	int	 rc;
+
+	if ((pid = upgrade_successor()) != 0) {
+		log_warnx("SIGUSR2 ignored: the new miltermux (pid %ld) is "
+		    "still starting", (long)pid);
+		return;
+	}
+	if ((rc = upgrade_start(opts.pidfile != NULL ? pidfile_fd : -1)) != 0)
+		log_warnc(rc, "SIGUSR2: cannot start a new miltermux; still "
+		    "serving");
+}
+
 /* serve - the main thread's loop: signals, until told to stop */
 static void
 serve(void)
@@ -824,6 +868,10 @@ serve(void)
 		sig = next_event(-1);
 		if (is_reload(sig))
 			reload();
+		else if (sig == SIGUSR2)
+			upgrade();
+		else if (sig == SIGCHLD)
+			(void)upgrade_successor();
 		else if (is_stop(sig)) {
 			drain(sig);
 			return;
@@ -850,8 +898,10 @@ main(int argc, char **argv)
 	mode_t		 mask = 0;
 	unsigned long	 nofile;
 	unsigned	 cap;
+	pid_t		 pred;
 	int		 rc, pidfd = -1;
 
+	upgrade_init(argc, argv);
 	parse_args(argc, argv);
 	if ((c = load(false)) == NULL)
 		return EX_CONFIG;
@@ -897,8 +947,18 @@ main(int argc, char **argv)
 	 */
 	signals_init(&set);
 
-	if (opts.pidfile != NULL)
+	/* A successor inherits the pid file with its lock. */
+	pred = upgrade_predecessor(&pidfd);
+	if (opts.pidfile != NULL && !(pidfd >= 0 &&
+	    same_file(opts.pidfile, pidfd))) {
+		if (pidfd >= 0)
+			close(pidfd);
 		pidfd = pidfile_lock(opts.pidfile);
+	} else if (opts.pidfile == NULL && pidfd >= 0) {
+		close(pidfd);
+		pidfd = -1;
+	}
+	pidfile_fd = pidfd;
 	if (front_init(c->listen) != 0) {
 		log_warnx("libmilter refused the registration or listen "
 		    "socket \"%s\"", c->listen);
@@ -959,6 +1019,16 @@ main(int argc, char **argv)
 	    "session ids %s.conn-N", PACKAGE_VERSION, c->listen, c->threads,
 	    c->nenabled, cap, nofile, front_instance());
 	conf_release(c);
+	/* systemd (Type=notify) follows the main process by this. */
+	(void)notify_send("MAINPID=%ld\nREADY=1", (long)getpid());
+	if (pred > 0) {
+		if (kill(pred, SIGTERM) != 0)
+			log_warn("cannot tell miltermux pid %ld to drain",
+			    (long)pred);
+		else
+			log_info("took over from miltermux pid %ld, which "
+			    "drains now", (long)pred);
+	}
 
 	serve();
 	metrics_http_stop();

@@ -68,6 +68,8 @@ env_start_upstreams(struct env *e, const struct up *ups, size_t n)
 	e->n = n;
 }
 
+const char	*env_mux_pidfile;
+
 void
 env_start_mux(struct env *e, const struct up *ups, size_t n,
     const char *top, int inet)
@@ -110,6 +112,11 @@ env_start_mux(struct env *e, const struct up *ups, size_t n,
 	argv[3] = "-c";
 	argv[4] = e->conf;
 	argv[5] = NULL;
+	if (env_mux_pidfile != NULL) {
+		argv[5] = "-p";
+		argv[6] = env_mux_pidfile;
+		argv[7] = NULL;
+	}
 	e->mux = h_spawn(argv, e->mux_log);
 	cr_assert(e->mux > 0);
 	cr_assert_eq(inet ? h_wait_port(e->mux_port, 10) :

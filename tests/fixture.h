@@ -54,6 +54,8 @@ void	env_setup(struct env *, const struct up *, size_t n, const char *top,
 void	env_start_upstreams(struct env *, const struct up *, size_t n);
 void	env_start_mux(struct env *, const struct up *, size_t n,
 	    const char *top, int inet);
+/* When set, env_start_mux runs miltermux with "-p" and this pid file. */
+extern const char	*env_mux_pidfile;
 /*
  * Stop miltermux and the upstreams now: SIGTERM, then SIGKILL after
  * grace_s.  libmilter notices SIGTERM only every few seconds, so a test

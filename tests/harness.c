@@ -591,6 +591,21 @@ reap_child(int idx, int *status)
 	return rc;
 }
 
+int
+h_adopt(pid_t pid)
+{
+	h_init();
+	if (pid <= 0)
+		return -EINVAL;
+	for (int i = 0; i < H_MAX_CHILDREN; i++)
+		if (hs.child[i] == 0) {
+			hs.child[i] = pid;
+			guard_send(GUARD_ADD, pid, NULL);
+			return 0;
+		}
+	return -ENOSPC;
+}
+
 /* h_kill - signal the group of a registered child only */
 int
 h_kill(pid_t pid, int sig)

@@ -99,6 +99,14 @@ pid_t	 h_spawn_as(const char *const argv[], const char *logfile,
 	    const char *user);
 
 /*
+ * Register pid, a process that leads its own process group and that
+ * will be this process's child (as the subreaper) once its parent has
+ * exited, for h_kill, h_stop, h_wait_exit and teardown.  0, or a
+ * negative errno (-ENOSPC: the table is full).
+ */
+int	 h_adopt(pid_t pid);
+
+/*
  * Send sig to the process group of pid, a child from h_spawn() that has
  * not been reaped.  Returns 0, -ESRCH for a pid the harness does not
  * own, or a negative errno from kill(2).
