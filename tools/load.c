@@ -121,6 +121,9 @@ struct load {
 	atomic_ulong		 sessions;
 	double			*lat;		/* ms by message; < 0: none */
 	double			*setup;		/* ms by session's first msg */
+	/* ms from the connect to the last message's final answer, by
+	 * session's first msg: what an MTA waits for a whole session */
+	double			*sess;
 	pthread_mutex_t		 lock;		/* active */
 	pthread_cond_t		 cond;
 	unsigned		 active;	/* slots not finished */
@@ -348,6 +351,7 @@ static void
 start_message(struct slot *sl)
 {
 	if (sl->msg >= sl->msg_end) {
+		sl->ld->sess[sl->first] = ms_since(sl->sess_t0);
 		close_session(sl);
 		return;
 	}
@@ -724,7 +728,7 @@ report(struct load *ld, FILE *out, double seconds)
 {
 	const struct load_opts	*o = ld->o;
 	unsigned long		 res[RES_COUNT] = { 0 }, nerrors = 0;
-	struct dist		 lat, setup;
+	struct dist		 lat, setup, sess;
 	double			 rate;
 
 	for (unsigned i = 0; i < o->concurrency; i++) {
@@ -734,6 +738,7 @@ report(struct load *ld, FILE *out, double seconds)
 	}
 	lat = distribution(ld->lat, o->count);
 	setup = distribution(ld->setup, o->count);
+	sess = distribution(ld->sess, o->count);
 	rate = seconds > 0 ? (double)(o->count - res[RES_FAILED]) / seconds :
 	    0;
 	if (o->json) {
@@ -756,6 +761,7 @@ report(struct load *ld, FILE *out, double seconds)
 		fputs("},\n", out);
 		json_dist(out, "latency_ms", &lat);
 		json_dist(out, "setup_ms", &setup);
+		json_dist(out, "session_ms", &sess);
 		fprintf(out, "  \"errors\": %lu,\n  \"error_texts\": [",
 		    nerrors);
 		for (size_t i = 0; i < ld->nerrs; i++) {
@@ -788,6 +794,9 @@ report(struct load *ld, FILE *out, double seconds)
 	fprintf(out, "setup ms: p50 %.3f p95 %.3f p99 %.3f max %.3f mean "
 	    "%.3f (%zu sessions, connect to HELO answer)\n", setup.p50,
 	    setup.p95, setup.p99, setup.max, setup.mean, setup.n);
+	fprintf(out, "session ms: p50 %.3f p95 %.3f p99 %.3f max %.3f mean "
+	    "%.3f (%zu sessions, connect to the last final answer)\n",
+	    sess.p50, sess.p95, sess.p99, sess.max, sess.mean, sess.n);
 	fprintf(out, "errors: %lu\n", nerrors);
 	for (size_t i = 0; i < ld->nerrs; i++)
 		fprintf(out, "error: %lu x %s\n", ld->errs[i].n,
@@ -811,8 +820,9 @@ load_run(const struct load_opts *o, FILE *out)
 	ld.timeout_ns = (long long)(o->timeout * 1e9);
 	ld.lat = xcalloc(o->count, sizeof *ld.lat);
 	ld.setup = xcalloc(o->count, sizeof *ld.setup);
+	ld.sess = xcalloc(o->count, sizeof *ld.sess);
 	for (unsigned long i = 0; i < o->count; i++)
-		ld.lat[i] = ld.setup[i] = -1;
+		ld.lat[i] = ld.setup[i] = ld.sess[i] = -1;
 	pthread_mutex_init(&ld.lock, NULL);
 	pthread_cond_init(&ld.cond, NULL);
 	if ((rc = pool_new(o->threads, &ld.pool)) != 0) {
@@ -866,6 +876,7 @@ load_run(const struct load_opts *o, FILE *out)
 	free(ld.slots);
 	free(ld.lat);
 	free(ld.setup);
+	free(ld.sess);
 	pthread_cond_destroy(&ld.cond);
 	pthread_mutex_destroy(&ld.lock);
 	return failed > 0 ? EX_UNAVAILABLE : 0;
