@@ -53,6 +53,7 @@
 #include "merge.h"
 #include "message.h"
 #include "metrics.h"
+#include "names.h"
 #include "spool.h"
 #include "upstream.h"
 #include "xalloc.h"
@@ -104,7 +105,7 @@ fanout_unref(struct fanout *fo)
 	for (size_t i = 0; i < fo->n; i++) {
 		free(fo->slots[i].deferred_text);
 		for (int m = 0; m < MACRO_STAGE_COUNT; m++)
-			free(fo->slots[i].names[m]);
+			names_fini(&fo->slots[i].names[m]);
 	}
 	for (int m = 0; m < MACRO_STAGE_COUNT; m++)
 		free(fo->symlists[m]);
@@ -472,50 +473,6 @@ slot_failed(struct fanout *fo, struct slot *s)
 	return failed;
 }
 
-static void
-add_name(char **list, const char *name)
-{
-	size_t	 len = strlen(name), n = 0;
-	char	*p, *tok, *save = NULL, *copy;
-
-	if (*list != NULL) {
-		copy = xstrdup(*list);
-		for (tok = strtok_r(copy, " ", &save); tok != NULL;
-		    tok = strtok_r(NULL, " ", &save)) {
-			n++;
-			if (strcmp(tok, name) == 0) {
-				free(copy);
-				return;
-			}
-		}
-		free(copy);
-	}
-	if (n >= MAX_MACROS)
-		return;		/* Sendmail takes at most 50 per stage */
-	if (*list == NULL) {
-		*list = xstrdup(name);
-		return;
-	}
-	p = xasprintf("%s %s", *list, name);
-	(void)len;
-	free(*list);
-	*list = p;
-}
-
-static void
-add_names(char **list, const char *names)
-{
-	char	*copy, *tok, *save = NULL;
-
-	if (names == NULL)
-		return;
-	copy = xstrdup(names);
-	for (tok = strtok_r(copy, " ,", &save); tok != NULL;
-	    tok = strtok_r(NULL, " ,", &save))
-		add_name(list, tok);
-	free(copy);
-}
-
 /* negotiate - merge the live upstreams' options into the MTA's request */
 static void
 negotiate(struct fanout *fo)
@@ -577,26 +534,27 @@ negotiate(struct fanout *fo)
 		    (upstream_proto(s->up) & MP_HDR_LEADSPC) == 0;
 	}
 	for (int m = 0; m < MACRO_STAGE_COUNT; m++) {
-		add_names(&fo->symlists[m], default_macros[m]);
+		struct names	 all = { 0 };
+
+		names_add_list(&all, default_macros[m]);
 		for (size_t k = 0; k < fo->conf->nmacros[m]; k++)
-			add_name(&fo->symlists[m], fo->conf->macros[m][k]);
+			names_add_list(&all, fo->conf->macros[m][k]);
 		for (size_t i = 0; i < fo->n; i++) {
 			struct slot	*s = &fo->slots[i];
 			const char	*own = s->failed ? NULL :
 			    upstream_symlist(s->up, m);
 
-			add_names(&fo->symlists[m], own);
-			add_names(&s->names[m], own != NULL ? own :
+			names_add_list(&all, own);
+			names_add_list(&s->names[m], own != NULL ? own :
 			    default_macros[m]);
 			for (size_t k = 0; k < fo->conf->nmacros[m]; k++)
-				add_name(&s->names[m], fo->conf->macros[m][k]);
+				names_add_list(&s->names[m],
+				    fo->conf->macros[m][k]);
 		}
+		if ((fo->mta_actions & MA_SETSYMLIST) != 0)
+			fo->symlists[m] = names_join(&all);
+		names_fini(&all);
 	}
-	if ((fo->mta_actions & MA_SETSYMLIST) == 0)
-		for (int m = 0; m < MACRO_STAGE_COUNT; m++) {
-			free(fo->symlists[m]);
-			fo->symlists[m] = NULL;
-		}
 	log_debug("%s: %zu of %zu upstreams live; asking the MTA for "
 	    "actions 0x%x protocol 0x%x", fo->connid, live, fo->n,
 	    fo->actions, fo->proto);
@@ -750,15 +708,13 @@ static void
 put_macros(struct buf *b, const struct slot *s, const struct fanout_event *ev)
 {
 	int		 m = proto_stage_macro[ev->stage];
-	const char	*pairs[2 * MAX_MACROS];
+	const char	*pairs[2 * NAMES_MAX];
 	size_t		 n = 0, used = 1, need;
-	char		*copy, *tok, *save = NULL;
 
-	if (m < 0 || ev->macro == NULL || s->names[m] == NULL)
+	if (m < 0 || ev->macro == NULL || s->names[m].n == 0)
 		return;
-	copy = xstrdup(s->names[m]);
-	for (tok = strtok_r(copy, " ", &save); tok != NULL && n < MAX_MACROS;
-	    tok = strtok_r(NULL, " ", &save)) {
+	for (size_t i = 0; i < s->names[m].n; i++) {
+		const char	*tok = names_at(&s->names[m], i);
 		const char	*v = ev->macro(ev->macro_arg, tok);
 
 		if (v == NULL)
@@ -770,14 +726,12 @@ put_macros(struct buf *b, const struct slot *s, const struct fanout_event *ev)
 		if (used + need > PROTO_MAX_DATA)
 			continue;
 		used += need;
-		/* The names are borrowed from s->names via copy, which lives
-		 * until the packet is built below. */
+		/* Borrowed from s->names, which outlives the packet. */
 		pairs[2 * n] = tok;
 		pairs[2 * n + 1] = v;
 		n++;
 	}
 	codec_put_macros(b, proto_stage_cmd[ev->stage], pairs, n);
-	free(copy);
 }
 
 /* fit - s, or a copy of its first max bytes in *cut (caller frees) */

@@ -18,6 +18,7 @@
 
 #include "conf.h"
 #include "exchange.h"
+#include "names.h"
 #include "fanout.h"
 #include "merge.h"
 #include "message.h"
@@ -31,7 +32,6 @@
  * milter_content_timeout, Sendmail T=R): often enough for any value of
  * it above a second. */
 #define PROGRESS_INTERVAL	1.0
-#define MAX_MACROS		50
 
 struct fanout;
 
@@ -49,7 +49,7 @@ struct slot {
 	bool				 leadspc_fix;
 	bool				 down;	/* skipped: health said so */
 	uint64_t			 probe;	/* health token, or 0 */
-	char				*names[MACRO_STAGE_COUNT];
+	struct names			 names[MACRO_STAGE_COUNT];
 	/* (L) */
 	unsigned			 inflight;
 	bool				 failed;
