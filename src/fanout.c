@@ -477,7 +477,12 @@ slot_failed(struct fanout *fo, struct slot *s)
 static void
 negotiate(struct fanout *fo)
 {
-	uint32_t	 no = MP_NOHDRS | MP_NOEOH | MP_NOBODY | MP_NOUNKNOWN;
+	/* Stages no upstream wants are not asked of the MTA: each costs
+	 * a round trip with it.  Connect, HELO, MAIL and RCPT are asked
+	 * for all the same: the decision log names the client, HELO name,
+	 * sender and recipients. */
+	uint32_t	 no = MP_NOHDRS | MP_NOEOH | MP_NOBODY | MP_NOUNKNOWN |
+			    MP_NODATA;
 	uint32_t	 act = 0;
 	bool		 leadspc = false, rcpt_rej = false;
 	size_t		 live = 0;

@@ -456,3 +456,63 @@ Test(negotiate, unoffered_leadspc_is_refused_with_a_reason, .timeout = 60)
 	    "0x100000, which were not offered (header values with their "
 	    "leading space, which the MTA does not send): refused");
 }
+
+/*
+ * A stage no upstream wants is not asked of the MTA (each costs it a
+ * round trip): with both upstreams negotiating SMFIP_NODATA and
+ * SMFIP_NOUNKNOWN, miltermux asks the MTA for both; with one of them
+ * wanting DATA, the MTA is asked for DATA, and it reaches that one.
+ * Connect, HELO, MAIL and RCPT are asked for whatever the upstreams
+ * say: the decision log names them.
+ */
+static void
+no_stage(bool one_wants_data)
+{
+	struct up	 ups[] = {
+		{ "a", { "--no", "data", "--no", "unknown", "--no", "helo",
+		    "--addheader", "X-A:1", NULL }, upstream_json },
+		{ "b", { "--no", "data", "--no", "unknown", "--no", "helo",
+		    "--addheader", "X-B:1", NULL }, upstream_json },
+	};
+	struct env		 e;
+	struct mta		 m;
+	struct mta_result	 r;
+	const char		*f[1] = { "<alice@example.org>" };
+	const char		*t[1] = { "<bob@example.net>" };
+	char			*log;
+
+	if (one_wants_data)
+		ups[1].args[1] = "connect";	/* b: NOCONNECT, wants DATA */
+	env_setup(&e, ups, 2, NULL, 0);
+	open_session(&e, &m);
+	cr_assert_eq((m.proto & MP_NODATA) != 0, !one_wants_data,
+	    "protocol 0x%x", m.proto);
+	cr_assert_neq(m.proto & MP_NOUNKNOWN, 0, "protocol 0x%x", m.proto);
+	cr_assert_eq(m.proto & (MP_NOCONNECT | MP_NOHELO | MP_NOMAIL |
+	    MP_NORCPT), 0, "protocol 0x%x", m.proto);
+	VEQ(stage(mta_mail(&m, f, 1, &r), &r, "mail"), VERDICT_CONTINUE);
+	VEQ(stage(mta_rcpt(&m, t, 1, &r), &r, "rcpt"), VERDICT_CONTINUE);
+	if (one_wants_data)
+		VEQ(stage(mta_data(&m, &r), &r, "data"), VERDICT_CONTINUE);
+	content(&m, 1);
+	cr_assert_eq(mta_eom(&m, &r), 0);
+	cr_assert(has_header(&r, "X-A", "1") && has_header(&r, "X-B", "1"));
+	VEQ(r.verdict, VERDICT_CONTINUE);
+	mta_result_fini(&r);
+	mta_close(&m);
+	log = env_wait_log(&e, ": message (");
+	HAS(log, "rcpts <bob@example.net>=continue");
+	free(log);
+	env_stop(&e, STOP_GRACE);
+}
+
+Test(negotiate, stage_no_upstream_wants_is_not_asked_of_the_mta,
+    .timeout = 60)
+{
+	no_stage(false);
+}
+
+Test(negotiate, stage_one_upstream_wants_is_asked_of_the_mta, .timeout = 60)
+{
+	no_stage(true);
+}
