@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include <criterion/criterion.h>
+#include <jansson.h>
 
 #include "fixture.h"
 #include "harness.h"
@@ -439,6 +440,114 @@ Test(limits, actions_and_verdicts_through_raw_mta, .timeout = 60)
 	HAS(l, " eom=continue (verdicts: reject became a header)/");
 	HAS(l, "<bob@example.net>=tempfail by rej");
 	free(l);
+	free(log);
+	env_stop(&e, 0.2);
+}
+
+/* find_event - the first JSON line of log whose "event" is event and
+ * whose "session" ends in sess */
+static json_t *
+find_event(const char *log, const char *event, const char *sess)
+{
+	const char	*p = log;
+
+	while (*p != '\0') {
+		const char	*end = strchr(p, '\n');
+		size_t		 n = end != NULL ? (size_t)(end - p) : strlen(p);
+		json_t		*o = json_loadb(p, n, 0, NULL), *ev, *se;
+
+		cr_assert_not_null(o, "not JSON: %.*s", (int)n, p);
+		ev = json_object_get(o, "event");
+		se = json_object_get(o, "session");
+		if (json_is_string(ev) && strcmp(json_string_value(ev),
+		    event) == 0 && json_is_string(se) &&
+		    strlen(json_string_value(se)) >= strlen(sess) &&
+		    strcmp(json_string_value(se) + strlen(json_string_value(se)) -
+		    strlen(sess), sess) == 0)
+			return o;
+		json_decref(o);
+		p = end != NULL ? end + 1 : p + n;
+	}
+	return NULL;
+}
+
+/*
+ * The JSON decision log: a message record names the skipped upstream
+ * and why; a session without a message lists it under "skipped"; a
+ * client inside the network gets it connected, exactly once.
+ */
+Test(limits, json_records_name_skipped_upstreams, .timeout = 60)
+{
+	static struct up ups[] = {
+		{ "a", { NULL }, NULL },
+		{ "lan", { NULL }, "\"apply_if\": {\"client\": "
+		    "[\"10.0.0.0/8\"]}" },
+	};
+	static const char *const from[] = { "<a@example.org>" };
+	static const char *const rcpt[] = { "<r@example.net>" };
+	struct env		 e;
+	struct mta		 m;
+	struct mta_result	 r;
+	char			*log;
+	json_t			*o, *u;
+
+	env_setup(&e, ups, 2, "\"log_format\": \"json\"", 0);
+	open_mta(&m, &e);
+	expect("connect", mta_connect(&m, "client.example", "192.0.2.7", &r),
+	    &r, VERDICT_CONTINUE);
+	expect("mail", mta_mail(&m, from, 1, &r), &r, VERDICT_CONTINUE);
+	expect("rcpt", mta_rcpt(&m, rcpt, 1, &r), &r, VERDICT_CONTINUE);
+	message(&m, &r);
+	expect("eom", 0, &r, VERDICT_CONTINUE);
+	mta_result_fini(&r);
+	cr_assert_eq(mta_quit(&m), 0);
+	mta_close(&m);
+	open_mta(&m, &e);
+	expect("connect 2", mta_connect(&m, "client.example", "192.0.2.7",
+	    &r), &r, VERDICT_CONTINUE);
+	expect("helo 2", mta_helo(&m, "client.example", &r), &r,
+	    VERDICT_CONTINUE);
+	cr_assert_eq(mta_quit(&m), 0);
+	mta_close(&m);
+	/* From inside 10/8: lan takes part. */
+	open_mta(&m, &e);
+	expect("connect 3", mta_connect(&m, "lan.example", "10.1.2.3", &r),
+	    &r, VERDICT_CONTINUE);
+	cr_assert_eq(mta_quit(&m), 0);
+	mta_close(&m);
+
+	log = env_wait_log(&e, "conn-3");
+	free(log);
+	log = env_wait_log(&e, "client lan.example[10.1.2.3]");
+	o = find_event(log, "message", ".conn-1");
+	cr_assert_not_null(o, "no message record in:\n%s", log);
+	u = json_array_get(json_object_get(o, "upstreams"), 1);
+	cr_assert_str_eq(json_string_value(json_object_get(u, "name")), "lan");
+	cr_assert_str_eq(json_string_value(json_object_get(u, "verdict")),
+	    "skipped");
+	cr_assert_str_eq(json_string_value(json_object_get(u, "skipped")),
+	    "apply_if: client 192.0.2.7");
+	u = json_array_get(json_object_get(o, "upstreams"), 0);
+	cr_assert_str_eq(json_string_value(json_object_get(u, "verdict")),
+	    "continue");
+	cr_assert_null(json_object_get(u, "skipped"));
+	json_decref(o);
+	o = find_event(log, "session", ".conn-2");
+	cr_assert_not_null(o, "no session record in:\n%s", log);
+	cr_assert_str_eq(json_string_value(json_object_get(json_object_get(o,
+	    "skipped"), "lan")), "apply_if: client 192.0.2.7");
+	HAS(json_string_value(json_object_get(o, "msg")),
+	    "; upstream lan skipped (apply_if: client 192.0.2.7)");
+	json_decref(o);
+	o = find_event(log, "session", ".conn-3");
+	cr_assert_not_null(o, "no session record in:\n%s", log);
+	cr_assert_null(json_object_get(o, "skipped"));
+	json_decref(o);
+	free(log);
+	log = up_log(&e, 1);
+	cr_assert_eq(count(log, " negotiate"), 1, "lan got:\n%s", log);
+	cr_assert_eq(count(log, " connect lan.example 10.1.2.3"), 1,
+	    "lan got:\n%s", log);
 	free(log);
 	env_stop(&e, 0.2);
 }
