@@ -26,6 +26,7 @@
 #include <sys/types.h>
 #include <sys/socket.h>
 
+#include "cond.h"
 #include "proto.h"
 
 enum on_failure {
@@ -47,6 +48,14 @@ struct conf_addr {
 	socklen_t		salen;
 };
 
+/* What an upstream's verdict becomes ("verdicts"). */
+struct conf_vmap {
+	enum verdict	 to;		/* VERDICT_NONE: kept as it is */
+	/* With to CONTINUE, a header added to the message instead. */
+	char		*hname;
+	char		*hvalue;
+};
+
 struct conf_upstream {
 	char			*name;
 	char			*address;	/* as written */
@@ -59,7 +68,23 @@ struct conf_upstream {
 	double			 retry_after;	/* seconds down, then a probe */
 	/* Modification requests per message; one more fails it. */
 	unsigned		 max_mods;
+	/* "apply_if", "skip_if" (cond.h); .set false when absent. */
+	struct cond		 apply_if, skip_if;
+	/* Derived: a key known at connect (client, macro), so it is
+	 * connected only once the client is known; a rcpt_domain key. */
+	bool			 cond_session;
+	bool			 cond_rcpt;
+	/* "actions": a bit (1u << enum mod_kind) per kind it may make;
+	 * CONF_ACTIONS_ALL when absent. */
+	uint32_t		 actions;
+	bool			 actions_set;
+	/* "verdicts", indexed by the upstream's verdict. */
+	struct conf_vmap	 verdicts[VERDICT_COUNT];
+	bool			 verdicts_set;
 };
+
+/* Every modification kind (codec.h, MOD_KIND_COUNT of them). */
+#define CONF_ACTIONS_ALL	0x1ffu
 
 struct conf {
 	atomic_uint		 refs;

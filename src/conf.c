@@ -52,6 +52,8 @@
 #include <jansson.h>
 
 #include "buf.h"
+#include "codec.h"
+#include "cond.h"
 #include "conf.h"
 #include "log.h"
 #include "xalloc.h"
@@ -102,8 +104,18 @@ static const char *const top_keys[] = {
 };
 static const char *const upstream_keys[] = {
 	"name", "address", "enabled", "phase", "on_failure", "failures",
-	"retry_after", "max_modifications", "timeouts", NULL
+	"retry_after", "max_modifications", "timeouts", "apply_if", "skip_if",
+	"actions", "verdicts", NULL
 };
+static const char *const cond_keys[] = {
+	"client", "auth", "sender_domain", "rcpt_domain", "macro",
+	"size_over", NULL
+};
+/* The verdicts "verdicts" may map. */
+static const char *const vmap_from[] = {
+	"reject", "tempfail", "discard", NULL
+};
+
 static const char *const replay_keys[] = {
 	"memory", "directory", NULL
 };
@@ -1263,6 +1275,269 @@ parse_metrics(struct ctx *x, json_t *v)
 	c->metrics_listen = xstrdup(s);
 }
 
+/* parse_domains - a list of domains, lower-cased into *out */
+static bool
+parse_domains(struct ctx *x, json_t *v, const char *path, char ***out,
+    size_t *n)
+{
+	json_t		*e;
+	const char	*s;
+	char		*ep, *q, *d;
+	size_t		 i;
+
+	if (!want_type(x, v, path, JSON_ARRAY, "an array of domains"))
+		return false;
+	if (json_array_size(v) == 0) {
+		bad_value(x, path, "is empty: it would never match");
+		return false;
+	}
+	*out = xcalloc(json_array_size(v), sizeof **out);
+	json_array_foreach(v, i, e) {
+		ep = path_index(path, i);
+		if ((s = want_string(x, e, ep)) != NULL) {
+			if (!cond_is_domain(s)) {
+				q = quote(s, QUOTE_MAX);
+				bad_value(x, ep, "%s is not a domain (such as "
+				    "\"example.org\", or \".example.org\" for "
+				    "the domains below it)", q);
+				free(q);
+			} else {
+				d = xstrdup(s);
+				for (char *p = d; *p != '\0'; p++)
+					if (*p >= 'A' && *p <= 'Z')
+						*p = (char)(*p - 'A' + 'a');
+				(*out)[(*n)++] = d;
+			}
+		}
+		free(ep);
+	}
+	return true;
+}
+
+/* parse_cond - an "apply_if" or "skip_if" object into *c */
+static void
+parse_cond(struct ctx *x, json_t *v, const char *path, struct cond *c)
+{
+	json_t		*m, *e;
+	const char	*s, *key;
+	char		*child, *ep, *q;
+	size_t		 i;
+
+	if (!want_type(x, v, path, JSON_OBJECT, "an object of conditions"))
+		return;
+	check_keys(x, v, path, cond_keys);
+	c->set = true;
+	if (json_object_size(v) == 0 ||
+	    (json_object_size(v) == 1 && json_object_get(v, "comment") != NULL))
+		bad_value(x, path, "has no condition: use one or more of "
+		    "client, auth, sender_domain, rcpt_domain, macro, size_over");
+	if ((m = json_object_get(v, "client")) != NULL) {
+		child = path_key(path, "client");
+		if (want_type(x, m, child, JSON_ARRAY, "an array of CIDRs")) {
+			c->has_client = true;
+			if (json_array_size(m) == 0)
+				bad_value(x, child, "is empty: it would never "
+				    "match");
+			c->nets = xcalloc(json_array_size(m) + 1,
+			    sizeof *c->nets);
+			json_array_foreach(m, i, e) {
+				ep = path_index(child, i);
+				if ((s = want_string(x, e, ep)) != NULL &&
+				    cond_parse_net(s, &c->nets[c->nnets]) != 0) {
+					q = quote(s, QUOTE_MAX);
+					bad_value(x, ep, "%s is not a CIDR (an "
+					    "IPv4 or IPv6 address, then "
+					    "/bits, with no bits set below "
+					    "them: \"10.0.0.0/8\", \"::1/128\")",
+					    q);
+					free(q);
+				} else if (s != NULL)
+					c->nnets++;
+				free(ep);
+			}
+		}
+		free(child);
+	}
+	if ((m = json_object_get(v, "auth")) != NULL) {
+		bool	 b;
+
+		child = path_key(path, "auth");
+		if (want_bool(x, m, child, &b))
+			c->auth = b ? 1 : 0;
+		free(child);
+	}
+	if ((m = json_object_get(v, "sender_domain")) != NULL) {
+		child = path_key(path, "sender_domain");
+		c->has_sender = parse_domains(x, m, child, &c->senders,
+		    &c->nsenders);
+		free(child);
+	}
+	if ((m = json_object_get(v, "rcpt_domain")) != NULL) {
+		child = path_key(path, "rcpt_domain");
+		c->has_rcpt = parse_domains(x, m, child, &c->rcpts,
+		    &c->nrcpts);
+		free(child);
+	}
+	if ((m = json_object_get(v, "macro")) != NULL) {
+		child = path_key(path, "macro");
+		if (want_type(x, m, child, JSON_OBJECT,
+		    "an object of macro names and values")) {
+			if (json_object_size(m) == 0)
+				bad_value(x, child, "is empty");
+			c->macros = xcalloc(json_object_size(m) + 1,
+			    sizeof *c->macros);
+			json_object_foreach(m, key, e) {
+				ep = path_key(child, key);
+				if (!is_macro_name(key)) {
+					q = quote(key, QUOTE_MAX);
+					report(x, at_key(x, ep), ep, "%s is not "
+					    "a macro name: use printable ASCII "
+					    "without spaces, such as "
+					    "\"{daemon_name}\"", q);
+					free(q);
+				} else if ((s = want_string(x, e, ep)) != NULL) {
+					c->macros[c->nmacros].name =
+					    xstrdup(key);
+					c->macros[c->nmacros++].value =
+					    xstrdup(s);
+				}
+				free(ep);
+			}
+		}
+		free(child);
+	}
+	if ((m = json_object_get(v, "size_over")) != NULL) {
+		child = path_key(path, "size_over");
+		if (want_type(x, m, child, JSON_INTEGER, "an integer")) {
+			if (json_integer_value(m) < 0)
+				bad_value(x, child, "%" JSON_INTEGER_FORMAT
+				    " is negative: give bytes", 
+				    json_integer_value(m));
+			else
+				c->size_over = (long long)json_integer_value(m);
+		}
+		free(child);
+	}
+}
+
+/* parse_actions - the kinds of modification an upstream may make */
+static void
+parse_actions(struct ctx *x, json_t *v, const char *path,
+    struct conf_upstream *u)
+{
+	json_t		*e;
+	const char	*s;
+	char		*ep, *q;
+	size_t		 i;
+	int		 k;
+
+	if (!want_type(x, v, path, JSON_ARRAY, "an array of action names"))
+		return;
+	u->actions = 0;
+	u->actions_set = true;
+	json_array_foreach(v, i, e) {
+		ep = path_index(path, i);
+		if ((s = want_string(x, e, ep)) != NULL) {
+			for (k = 0; k < MOD_KIND_COUNT; k++)
+				if (strcmp(s, codec_mod_kind_name(
+				    (enum mod_kind)k)) == 0)
+					break;
+			if (k == MOD_KIND_COUNT) {
+				q = quote(s, QUOTE_MAX);
+				bad_value(x, ep, "%s is not an action; expected "
+				    "one of addheader, insheader, chgheader, "
+				    "addrcpt, addrcpt_par, delrcpt, chgfrom, "
+				    "replbody, quarantine", q);
+				free(q);
+			} else {
+				u->actions |= 1u << k;
+				/* Adding a recipient covers both forms. */
+				if (k == MOD_ADDRCPT)
+					u->actions |= 1u << MOD_ADDRCPT_PAR;
+			}
+		}
+		free(ep);
+	}
+}
+
+/* parse_verdicts - what an upstream's verdicts become */
+static void
+parse_verdicts(struct ctx *x, json_t *v, const char *path,
+    struct conf_upstream *u)
+{
+	json_t		*e, *h;
+	const char	*key, *s, *colon;
+	char		*ep, *hp, *q;
+	int		 from, to;
+
+	if (!want_type(x, v, path, JSON_OBJECT, "an object"))
+		return;
+	check_keys(x, v, path, vmap_from);
+	u->verdicts_set = true;
+	json_object_foreach(v, key, e) {
+		if (!in_list(key, vmap_from))
+			continue;
+		from = strcmp(key, "reject") == 0 ? VERDICT_REJECT :
+		    strcmp(key, "tempfail") == 0 ? VERDICT_TEMPFAIL :
+		    VERDICT_DISCARD;
+		ep = path_key(path, key);
+		if (json_is_string(e)) {
+			s = json_string_value(e);
+			to = strcmp(s, "continue") == 0 ? VERDICT_CONTINUE :
+			    strcmp(s, "discard") == 0 ? VERDICT_DISCARD :
+			    strcmp(s, "tempfail") == 0 ? VERDICT_TEMPFAIL :
+			    strcmp(s, "reject") == 0 ? VERDICT_REJECT :
+			    VERDICT_NONE;
+			if (to == VERDICT_NONE) {
+				q = quote(s, QUOTE_MAX);
+				bad_value(x, ep, "%s is not a verdict; expected "
+				    "continue, discard, tempfail, reject, or "
+				    "{\"addheader\": \"Name: value\"}", q);
+				free(q);
+			} else if (to != from)
+				u->verdicts[from].to = (enum verdict)to;
+		} else if (json_is_object(e)) {
+			check_keys(x, e, ep, (const char *const[]){
+			    "addheader", NULL });
+			if ((h = json_object_get(e, "addheader")) == NULL)
+				missing(x, ep, "addheader");
+			else {
+				hp = path_key(ep, "addheader");
+				if ((s = want_string(x, h, hp)) != NULL) {
+					colon = strchr(s, ':');
+					if (colon == NULL || colon == s ||
+					    strcspn(s, " \t\r\n") <
+					    (size_t)(colon - s) ||
+					    strpbrk(s, "\r\n") != NULL) {
+						q = quote(s, QUOTE_MAX);
+						bad_value(x, hp, "%s is not a "
+						    "header: write \"Name: "
+						    "value\" on one line", q);
+						free(q);
+					} else {
+						u->verdicts[from].to =
+						    VERDICT_CONTINUE;
+						u->verdicts[from].hname =
+						    xstrndup(s,
+						    (size_t)(colon - s));
+						colon++;
+						while (*colon == ' ' ||
+						    *colon == '\t')
+							colon++;
+						u->verdicts[from].hvalue =
+						    xstrdup(colon);
+					}
+				}
+				free(hp);
+			}
+		} else
+			bad_value(x, ep, "must be a verdict name or "
+			    "{\"addheader\": \"Name: value\"}, not %s",
+			    type_name(e));
+		free(ep);
+	}
+}
+
 /* parse_upstream - fill c->upstreams[i] from v */
 static void
 parse_upstream(struct ctx *x, json_t *v, size_t i)
@@ -1281,6 +1556,9 @@ parse_upstream(struct ctx *x, json_t *v, size_t i)
 	u->failures = c->failures;
 	u->retry_after = c->retry_after;
 	u->max_mods = c->max_mods;
+	u->actions = CONF_ACTIONS_ALL;
+	cond_init(&u->apply_if);
+	cond_init(&u->skip_if);
 	path = path_index("upstreams", i);
 	if (!want_type(x, v, path, JSON_OBJECT, "an object"))
 		goto out;
@@ -1358,6 +1636,30 @@ parse_upstream(struct ctx *x, json_t *v, size_t i)
 	if ((m = json_object_get(v, "timeouts")) != NULL) {
 		child = path_key(path, "timeouts");
 		parse_timeouts(x, m, child, &u->timeouts);
+		free(child);
+	}
+	if ((m = json_object_get(v, "apply_if")) != NULL) {
+		child = path_key(path, "apply_if");
+		parse_cond(x, m, child, &u->apply_if);
+		free(child);
+	}
+	if ((m = json_object_get(v, "skip_if")) != NULL) {
+		child = path_key(path, "skip_if");
+		parse_cond(x, m, child, &u->skip_if);
+		free(child);
+	}
+	u->cond_session = cond_has_session_key(&u->apply_if) ||
+	    cond_has_session_key(&u->skip_if);
+	u->cond_rcpt = (u->apply_if.set && u->apply_if.has_rcpt) ||
+	    (u->skip_if.set && u->skip_if.has_rcpt);
+	if ((m = json_object_get(v, "actions")) != NULL) {
+		child = path_key(path, "actions");
+		parse_actions(x, m, child, u);
+		free(child);
+	}
+	if ((m = json_object_get(v, "verdicts")) != NULL) {
+		child = path_key(path, "verdicts");
+		parse_verdicts(x, m, child, u);
 		free(child);
 	}
 out:
@@ -1651,6 +1953,14 @@ conf_free(struct conf *c)
 	for (size_t i = 0; i < c->nupstreams; i++) {
 		free(c->upstreams[i].name); c->upstreams[i].name = NULL;
 		free(c->upstreams[i].address); c->upstreams[i].address = NULL;
+		cond_fini(&c->upstreams[i].apply_if);
+		cond_fini(&c->upstreams[i].skip_if);
+		for (int v = 0; v < VERDICT_COUNT; v++) {
+			free(c->upstreams[i].verdicts[v].hname);
+			c->upstreams[i].verdicts[v].hname = NULL;
+			free(c->upstreams[i].verdicts[v].hvalue);
+			c->upstreams[i].verdicts[v].hvalue = NULL;
+		}
 	}
 	free(c->upstreams); c->upstreams = NULL;
 	free(c);
@@ -2063,6 +2373,80 @@ timeouts_digits(const struct conf_timeouts *t, int p)
 	return p;
 }
 
+/* dump_domains, dump_cond - a condition as parse_cond reads it */
+static json_t *
+dump_domains(char *const *list, size_t n)
+{
+	json_t	*a = jnew(json_array());
+
+	for (size_t i = 0; i < n; i++)
+		jappend(a, json_string(list[i]));
+	return a;
+}
+
+static json_t *
+dump_cond(const struct cond *c)
+{
+	json_t	*o = jnew(json_object()), *a;
+
+	if (c->has_client) {
+		a = jnew(json_array());
+		for (size_t i = 0; i < c->nnets; i++)
+			jappend(a, json_string(c->nets[i].text));
+		jset(o, "client", a);
+	}
+	if (c->auth >= 0)
+		jset(o, "auth", json_boolean(c->auth == 1));
+	if (c->has_sender)
+		jset(o, "sender_domain", dump_domains(c->senders, c->nsenders));
+	if (c->has_rcpt)
+		jset(o, "rcpt_domain", dump_domains(c->rcpts, c->nrcpts));
+	if (c->nmacros > 0) {
+		a = jnew(json_object());
+		for (size_t i = 0; i < c->nmacros; i++)
+			jset(a, c->macros[i].name,
+			    json_string(c->macros[i].value));
+		jset(o, "macro", a);
+	}
+	if (c->size_over >= 0)
+		jset(o, "size_over", json_integer((json_int_t)c->size_over));
+	return o;
+}
+
+static json_t *
+dump_actions(uint32_t actions)
+{
+	json_t	*a = jnew(json_array());
+
+	for (int k = 0; k < MOD_KIND_COUNT; k++)
+		if ((actions & (1u << k)) != 0)
+			jappend(a, json_string(codec_mod_kind_name(
+			    (enum mod_kind)k)));
+	return a;
+}
+
+static json_t *
+dump_verdicts(const struct conf_upstream *u)
+{
+	json_t	*o = jnew(json_object()), *h;
+	char	*line;
+
+	for (int v = VERDICT_COUNT - 1; v >= 0; v--) {
+		const struct conf_vmap	*m = &u->verdicts[v];
+
+		if (m->hname != NULL) {
+			h = jnew(json_object());
+			line = xasprintf("%s: %s", m->hname, m->hvalue);
+			jset(h, "addheader", json_string(line));
+			free(line);
+			jset(o, proto_verdict_name((enum verdict)v), h);
+		} else if (m->to != VERDICT_NONE)
+			jset(o, proto_verdict_name((enum verdict)v),
+			    json_string(proto_verdict_name(m->to)));
+	}
+	return o;
+}
+
 char *
 conf_dump(const struct conf *c)
 {
@@ -2119,6 +2503,14 @@ conf_dump(const struct conf *c)
 		jset(o, "retry_after", dump_seconds(u->retry_after));
 		jset(o, "max_modifications", json_integer(u->max_mods));
 		jset(o, "timeouts", dump_timeouts(&u->timeouts));
+		if (u->apply_if.set)
+			jset(o, "apply_if", dump_cond(&u->apply_if));
+		if (u->skip_if.set)
+			jset(o, "skip_if", dump_cond(&u->skip_if));
+		if (u->actions_set)
+			jset(o, "actions", dump_actions(u->actions));
+		if (u->verdicts_set)
+			jset(o, "verdicts", dump_verdicts(u));
 		jappend(ups, o);
 		p = timeouts_digits(&u->timeouts, p);
 		if ((q = digits_for(u->retry_after)) > p)

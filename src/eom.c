@@ -54,6 +54,8 @@ merge_phase(struct fanout *fo, unsigned phase, const struct merge_header *hdrs,
 {
 	struct merge_upstream	*ups = xcalloc(fo->n == 0 ? 1 : fo->n,
 				    sizeof *ups);
+	struct mod		**kept = xcalloc(fo->n == 0 ? 1 : fo->n,
+				    sizeof *kept);
 	const char		*qid = message_name(&fo->msg, fo->connid);
 	int			 rc;
 
@@ -67,11 +69,16 @@ merge_phase(struct fanout *fo, unsigned phase, const struct merge_header *hdrs,
 		if (s->leadspc_fix)
 			for (size_t k = 0; k < f->x.nmods; k++)
 				fix_leadspc(&f->x.mods[k]);
-		ups[i].mods = f->x.mods;
-		ups[i].nmods = f->x.nmods;
+		/* What its "actions" allow, and its mapped header. */
+		kept[i] = fo_gate_mods(fo, i, f->x.mods, f->x.nmods,
+		    &ups[i].nmods);
+		ups[i].mods = kept[i];
 	}
 	rc = merge_mods_at(hdrs, nhdrs, t, ups, fo->n,
 	    (const char *const *)fo->msg.rejected, fo->msg.nrejected, out);
+	for (size_t i = 0; i < fo->n; i++)
+		free(kept[i]);
+	free(kept);
 	free(ups);
 	if (rc != 0) {
 		log_warnc(rc, "%s: merge of modifications failed", qid);

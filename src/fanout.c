@@ -104,6 +104,7 @@ fanout_unref(struct fanout *fo)
 		return;
 	for (size_t i = 0; i < fo->n; i++) {
 		free(fo->slots[i].deferred_text);
+		free(fo->slots[i].out_why);
 		for (int m = 0; m < MACRO_STAGE_COUNT; m++)
 			names_fini(&fo->slots[i].names[m]);
 	}
@@ -132,9 +133,15 @@ fx_done(struct upstream_xchg *x)
 	struct slot	*s = &fo->slots[f->slot];
 	bool		 mine, wake, newly = false;
 	int		 err = x->error;	/* x may be gone after the unlock */
+	enum stage	 st = x->stage;
+	enum verdict	 was, now;
 
 	pthread_mutex_lock(&fo->lock);
 	s->inflight--;
+	/* Its verdict as its "verdicts" map has it, before anything
+	 * counts it (a mapped reject is not decisive). */
+	was = fo_gate_verdict(fo, s, f);
+	now = x->verdict;
 	/* Wake the caller only for what it waits on (wait_all: the last
 	 * answer, a reject, a failure; wait_room: room again), so that
 	 * three upstreams do not wake it three times. */
@@ -175,6 +182,10 @@ fx_done(struct upstream_xchg *x)
 	 */
 	if (wake)
 		pthread_cond_broadcast(&fo->cond);
+	if (was != VERDICT_NONE)
+		log_info("%s: upstream %s: %s: %s mapped to %s by its verdicts",
+		    fo->connid, s->cfg->name, proto_stage_name(st),
+		    proto_verdict_name(was), proto_verdict_name(now));
 	if (newly)
 		health_failure(s->cfg, s->probe, err);
 	if (mine)
@@ -473,6 +484,38 @@ slot_failed(struct fanout *fo, struct slot *s)
 	return failed;
 }
 
+/*
+ * gate_action_bits - of the action bits act, those an upstream's
+ * "actions" let it use (with ADDHDRS for a verdict it has mapped to a
+ * header): the MTA is not asked for the others.  Its requests are
+ * still checked when merged (gate.c): it may send them all the same.
+ */
+static uint32_t
+gate_action_bits(const struct conf_upstream *u, uint32_t act)
+{
+	uint32_t	 mods = 0, allowed = 0, hdr = 0;
+
+	for (int k = 0; k < MOD_KIND_COUNT; k++) {
+		mods |= codec_mod_action((enum mod_kind)k);
+		if ((u->actions & (1u << k)) != 0)
+			allowed |= codec_mod_action((enum mod_kind)k);
+	}
+	for (int v = 0; v < VERDICT_COUNT; v++)
+		if (u->verdicts[v].hname != NULL)
+			hdr = MA_ADDHDRS;
+	return (act & ~mods) | (act & allowed) | hdr;
+}
+
+/* gate_cond_macros - request the macros an upstream's conditions test */
+static void
+gate_cond_macros(struct names *list, const struct conf_upstream *u)
+{
+	for (size_t k = 0; k < u->apply_if.nmacros; k++)
+		names_add_list(list, u->apply_if.macros[k].name);
+	for (size_t k = 0; k < u->skip_if.nmacros; k++)
+		names_add_list(list, u->skip_if.macros[k].name);
+}
+
 /* negotiate - merge the live upstreams' options into the MTA's request */
 static void
 negotiate(struct fanout *fo)
@@ -494,14 +537,22 @@ negotiate(struct fanout *fo)
 		if (s->failed)
 			continue;
 		live++;
+		if (s->later) {
+			/* Opened once the client is known: ask the MTA for
+			 * every step and whatever it may be allowed to do. */
+			no = 0;
+			act |= gate_action_bits(s->cfg, MA_ALL);
+			continue;
+		}
 		p = upstream_proto(s->up);
-		act |= upstream_actions(s->up);
+		act |= gate_action_bits(s->cfg, upstream_actions(s->up));
 		no &= p;
 		if ((p & MP_HDR_LEADSPC) != 0)
 			leadspc = true;
 		if ((p & MP_RCPT_REJ) != 0)
 			rcpt_rej = true;
-		if ((upstream_actions(s->up) & (MA_ADDHDRS | MA_CHGHDRS)) != 0)
+		if ((gate_action_bits(s->cfg, upstream_actions(s->up)) &
+		    (MA_ADDHDRS | MA_CHGHDRS)) != 0)
 			fo->need_headers = true;
 	}
 	/* Header edits are rebased on the original headers, and later
@@ -546,8 +597,13 @@ negotiate(struct fanout *fo)
 			names_add_list(&all, fo->conf->macros[m][k]);
 		for (size_t i = 0; i < fo->n; i++) {
 			struct slot	*s = &fo->slots[i];
-			const char	*own = s->failed ? NULL :
+			const char	*own = s->failed || s->later ? NULL :
 			    upstream_symlist(s->up, m);
+
+			/* The macros its conditions look at, at connect
+			 * and at MAIL, where they are decided. */
+			if (m == MACRO_CONNECT || m == MACRO_ENVFROM)
+				gate_cond_macros(&all, s->cfg);
 
 			names_add_list(&all, own);
 			names_add_list(&s->names[m], own != NULL ? own :
@@ -565,6 +621,53 @@ negotiate(struct fanout *fo)
 	    fo->actions, fo->proto);
 }
 
+/* fo_open_slot - connect to slot i's upstream and negotiate (waited) */
+void
+fo_open_slot(struct fanout *fo, size_t i, double t)
+{
+	struct slot	*s = &fo->slots[i];
+	struct exchange	*f;
+
+	if (health_check(s->cfg, &s->probe) == HEALTH_SKIP) {
+		/* Never opened; fanout_close still frees it. */
+		s->down = s->failed = true;
+		log_debug("%s: upstream %s: down; applying on_failure=%s",
+		    fo->connid, s->cfg->name,
+		    conf_on_failure_name(s->cfg->on_failure));
+		return;
+	}
+	f = fx_new(fo, i, XCHG_OPEN, STAGE_CONNECT);
+	f->x.offer_actions = fo->mta_actions & MA_ALL;
+	f->x.offer_proto = fanout_offer(fo->mta_proto);
+	submit(fo, f, true, t + s->cfg->timeouts.connect);
+}
+
+/* fo_opened_slot - a slot opened after the MTA's negotiation: what
+ * negotiate() would have set for it (the MTA was asked for all) */
+void
+fo_opened_slot(struct fanout *fo, size_t i)
+{
+	struct slot	*s = &fo->slots[i];
+
+	if (slot_failed(fo, s))
+		return;
+	s->leadspc_fix = fo->leadspc &&
+	    (upstream_proto(s->up) & MP_HDR_LEADSPC) == 0;
+	for (int m = 0; m < MACRO_STAGE_COUNT; m++) {
+		const char	*own = upstream_symlist(s->up, m);
+
+		if (own != NULL) {
+			names_fini(&s->names[m]);
+			names_add_list(&s->names[m], own);
+			for (size_t k = 0; k < fo->conf->nmacros[m]; k++)
+				names_add_list(&s->names[m],
+				    fo->conf->macros[m][k]);
+		}
+	}
+	if (s->probe != 0)
+		health_alive(s->cfg, s->probe);
+}
+
 /* report_alive - a probe that negotiated brings its upstream back */
 static void
 report_alive(struct fanout *fo)
@@ -573,7 +676,7 @@ report_alive(struct fanout *fo)
 		bool	 ok;
 
 		pthread_mutex_lock(&fo->lock);
-		ok = !fo->slots[i].failed;
+		ok = !fo->slots[i].failed && !fo->slots[i].later;
 		pthread_mutex_unlock(&fo->lock);
 		if (ok && fo->slots[i].probe != 0)
 			health_alive(fo->slots[i].cfg, fo->slots[i].probe);
@@ -655,31 +758,17 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 	fo->loop = loop;
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
-		struct exchange	*f;
 
 		s->up = upstream_new(s->cfg, connid, loop);
-		if (health_check(s->cfg, &s->probe) == HEALTH_SKIP) {
-			/* Never opened; fanout_close still frees it. */
-			s->down = s->failed = true;
-			log_debug("%s: upstream %s: down; applying "
-			    "on_failure=%s", connid, s->cfg->name,
-			    conf_on_failure_name(s->cfg->on_failure));
-			continue;
-		}
-		f = fx_new(fo, i, XCHG_OPEN, STAGE_CONNECT);
-		f->x.offer_actions = mta_actions & MA_ALL;
-		f->x.offer_proto = fanout_offer(mta_proto);
-		submit(fo, f, true, t + s->cfg->timeouts.connect);
+		/* A condition on the client: connected at the MTA's
+		 * connect, if it applies (gate.c). */
+		if (s->cfg->cond_session)
+			s->later = true;
+		else
+			fo_open_slot(fo, i, t);
 	}
 	fo_wait_all(fo, NULL, NULL);
-	for (size_t i = 0; i < fo->n; i++) {
-		struct exchange	*f = fo->slots[i].cur;
-
-		if (f != NULL) {
-			exchange_free(f);
-			fo->slots[i].cur = NULL;
-		}
-	}
+	fo_release_cur(fo);
 	negotiate(fo);
 	report_alive(fo);
 	return fo;
@@ -844,7 +933,7 @@ fo_scatter(struct fanout *fo, const struct fanout_event *ev, bool waited,
 		s->cur = NULL;
 		if (phase != 0 && s->cfg->phase != phase)
 			continue;
-		if (slot_failed(fo, s))
+		if (fo_slot_out(s) || slot_failed(fo, s))
 			continue;
 		if (ev->rejected &&
 		    (upstream_proto(s->up) & MP_RCPT_REJ) == 0)
@@ -872,6 +961,8 @@ gather(struct fanout *fo, struct merge_vote *votes, bool with_deferred,
 
 		votes[i].verdict = VERDICT_NONE;
 		votes[i].text = NULL;
+		if (fo_slot_out(s))
+			continue;	/* out by a condition: continue */
 		if (s->failed) {
 			votes[i].verdict = onfail_vote(s);
 			continue;
@@ -902,19 +993,25 @@ fo_release_cur(struct fanout *fo)
 	}
 }
 
+void
+fo_abort_slot(struct fanout *fo, size_t i)
+{
+	struct slot	*s = &fo->slots[i];
+	struct exchange	*f;
+
+	/* Never opened, or never in this message: nothing to tell. */
+	if (s->out_session || s->later || s->out_msg || slot_failed(fo, s))
+		return;
+	f = fx_new(fo, i, XCHG_STAGE, STAGE_ABORT);
+	codec_put_packet(&f->x.cmd, MC_ABORT, NULL, 0);
+	submit(fo, f, false, 0);
+}
+
 static void
 abort_upstreams(struct fanout *fo)
 {
-	for (size_t i = 0; i < fo->n; i++) {
-		struct slot	*s = &fo->slots[i];
-		struct exchange	*f;
-
-		if (slot_failed(fo, s))
-			continue;
-		f = fx_new(fo, i, XCHG_STAGE, STAGE_ABORT);
-		codec_put_packet(&f->x.cmd, MC_ABORT, NULL, 0);
-		submit(fo, f, false, 0);
-	}
+	for (size_t i = 0; i < fo->n; i++)
+		fo_abort_slot(fo, i);
 }
 
 /*
@@ -930,13 +1027,20 @@ message_reset(struct fanout *fo, const char *sender)
 		message_begin(&fo->msg, sender);
 	else
 		message_clear(&fo->msg);
-	for (size_t i = 0; i < fo->n; i++)
-		upstream_set_queueid(fo->slots[i].up, NULL);
+	for (size_t i = 0; i < fo->n; i++) {
+		struct slot	*s = &fo->slots[i];
+
+		upstream_set_queueid(s->up, NULL);
+		s->out_msg = s->out_rcpt = false;
+		s->rcpts_shown = s->rcpts_hidden = 0;
+	}
 	pthread_mutex_lock(&fo->lock);
 	fo->msg.seq++;
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
 
+		s->mapped_from = s->mapped_to = VERDICT_NONE;
+		s->hdr_msg = NULL;
 		s->deferred = VERDICT_NONE;
 		free(s->deferred_text);
 		s->deferred_text = NULL;
@@ -1076,6 +1180,17 @@ pipelined(struct fanout *fo, const struct fanout_event *ev,
 	free(votes);
 }
 
+/* rcpt_hidden - is this recipient hidden from an upstream that takes
+ * part in the message?  Nobody voting on it then does not end it. */
+static bool
+rcpt_hidden(const struct fanout *fo)
+{
+	for (size_t i = 0; i < fo->n; i++)
+		if (fo->slots[i].out_rcpt)
+			return true;
+	return false;
+}
+
 /* settle - the merged verdict of a waited stage, with its text */
 enum verdict
 fo_settle(struct fanout *fo, const struct fanout_event *ev, unsigned phase,
@@ -1102,8 +1217,8 @@ fo_settle(struct fanout *fo, const struct fanout_event *ev, unsigned phase,
 		    merge_verdict(s->msg_verdict, u);
 	}
 	if (v == VERDICT_NONE)
-		v = ev->stage == STAGE_UNKNOWN ? VERDICT_CONTINUE :
-		    VERDICT_ACCEPT;
+		v = ev->stage == STAGE_UNKNOWN || (ev->stage == STAGE_ENVRCPT &&
+		    rcpt_hidden(fo)) ? VERDICT_CONTINUE : VERDICT_ACCEPT;
 	if (v == VERDICT_SKIP || (ev->stage == STAGE_UNKNOWN &&
 	    (v == VERDICT_ACCEPT || v == VERDICT_DISCARD)))
 		v = VERDICT_CONTINUE;
@@ -1164,11 +1279,18 @@ event(struct fanout *fo, const struct fanout_event *ev,
 	free(fo->text);
 	fo->text = NULL;
 	fo->mta_gone = NULL;
+	for (size_t i = 0; i < fo->n; i++)
+		fo->slots[i].out_rcpt = false;
 	if (ev->stage == STAGE_ENVFROM) {
 		if (fo->msg.active)
 			fanout_abort(fo);
 		message_reset(fo, ev->argc > 0 ? ev->argv[0] : "");
-	}
+		fo_gate_mail(fo, ev);
+	} else if (ev->stage == STAGE_ENVRCPT)
+		fo_gate_rcpt(fo, ev);
+	else if (ev->stage >= STAGE_DATA && ev->stage <= STAGE_EOM &&
+	    ev->stage != STAGE_UNKNOWN)
+		fo_gate_rcpts_done(fo);
 	if (ev->stage == STAGE_CONNECT) {
 		free(fo->client_name);
 		free(fo->client_addr);
@@ -1176,6 +1298,7 @@ event(struct fanout *fo, const struct fanout_event *ev,
 		    ev->argv[0] : "unknown");
 		fo->client_addr = xstrdup(ev->argc > 1 && ev->argv[1] != NULL ?
 		    ev->argv[1] : "");
+		fo_gate_connect(fo, ev);
 	}
 	if (ev->stage == STAGE_HELO) {
 		free(fo->helo);
@@ -1281,7 +1404,8 @@ report_ok(struct fanout *fo)
 
 	pthread_mutex_lock(&fo->lock);
 	for (size_t i = 0; i < fo->n; i++)
-		ok[i] = !fo->slots[i].failed;
+		ok[i] = !fo->slots[i].failed && !fo->slots[i].out_session &&
+		    !fo->slots[i].later;
 	pthread_mutex_unlock(&fo->lock);
 	for (size_t i = 0; i < fo->n; i++)
 		if (ok[i])
@@ -1338,18 +1462,33 @@ fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 	for (size_t i = 0; i < fo->n; i++) {
 		const struct slot *s = &fo->slots[i];
 		enum verdict	 v = merge_verdict(s->msg_verdict, s->deferred);
-		const char	*vs = s->down ? "down" : s->failed ? "failed" :
+		bool		 out = s->out_session || s->out_msg;
+		const char	*vs = out ? "skipped" : s->down ? "down" :
+				    s->failed ? "failed" :
 				    v == VERDICT_NONE ? "-" :
 				    proto_verdict_name(v);
+		char		*note = out ? NULL : fo_gate_note(s);
+		const char	*why = out ? s->out_why : note;
 
-		message_put(&line, " %s=%s/%.0fms", s->cfg->name, vs,
-		    s->msg_seconds * 1000);
-		metrics_upstream_verdict(s->cfg->name, s->down ?
-		    METRICS_UV_DOWN : s->failed ? METRICS_UV_FAILED : (int)v);
-		if (ups != NULL)
-			json_array_append_new(ups, json_pack("{s:o, s:s, s:f}",
-			    "name", log_jstr(s->cfg->name), "verdict", vs, "ms",
-			    s->msg_seconds * 1000));
+		message_put(&line, " %s=%s", s->cfg->name, vs);
+		if (why != NULL)
+			message_put(&line, " (%s)", why);
+		message_put(&line, "/%.0fms", s->msg_seconds * 1000);
+		if (!out)
+			metrics_upstream_verdict(s->cfg->name, s->down ?
+			    METRICS_UV_DOWN : s->failed ? METRICS_UV_FAILED :
+			    (int)v);
+		if (ups != NULL) {
+			json_t	*u = json_pack("{s:o, s:s, s:f}", "name",
+			    log_jstr(s->cfg->name), "verdict", vs, "ms",
+			    s->msg_seconds * 1000);
+
+			if (why != NULL)
+				json_object_set_new(u, out ? "skipped" : "note",
+				    log_jstr(why));
+			json_array_append_new(ups, u);
+		}
+		free(note);
 	}
 	pthread_mutex_unlock(&fo->lock);
 	report_ok(fo);
@@ -1385,13 +1524,32 @@ fanout_close(struct fanout *fo)
 	if (fo->msg.active)
 		fanout_message_done(fo, VERDICT_NONE, 0);
 	if (fo->nmessages == 0) {
-		json_t	*o = client_json(fo, "session");
+		json_t		*o = client_json(fo, "session");
+		struct buf	 skipped = BUF_INIT;
+		json_t		*sk = NULL;
 
+		for (size_t i = 0; i < fo->n; i++) {
+			const struct slot *s = &fo->slots[i];
+
+			if (!s->out_session)
+				continue;
+			message_put(&skipped, "; upstream %s skipped (%s)",
+			    s->cfg->name, s->out_why);
+			if (sk == NULL)
+				sk = json_object();
+			json_object_set_new(sk, s->cfg->name,
+			    log_jstr(s->out_why));
+		}
+		if (sk != NULL)
+			json_object_set_new(o, "skipped", sk);
+		buf_add_u8(&skipped, '\0');
 		log_record(LOG_INFO, o, "%s: session without a message: "
-		    "client %s[%s]%s%s", fo->connid, fo->client_name != NULL ?
+		    "client %s[%s]%s%s%s", fo->connid, fo->client_name != NULL ?
 		    fo->client_name : "unknown", fo->client_addr != NULL ?
 		    fo->client_addr : "", fo->helo != NULL ? "; helo " : "",
-		    fo->helo != NULL ? fo->helo : "");
+		    fo->helo != NULL ? fo->helo : "",
+		    (const char *)buf_head(&skipped));
+		buf_fini(&skipped);
 		json_decref(o);
 	}
 	report_ok(fo);

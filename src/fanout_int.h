@@ -60,6 +60,23 @@ struct slot {
 	/* Caller's thread only. */
 	enum verdict			 msg_verdict;
 	struct exchange			*cur;	/* waited exchange, or NULL */
+	/* Gates (gate.c), the caller's thread: opened only once the
+	 * client is known; out of the session, the message, the current
+	 * recipient; recipients shown and hidden this message; why out. */
+	bool				 later;
+	bool				 out_session;
+	bool				 out_msg;
+	bool				 out_rcpt;
+	unsigned			 rcpts_shown;
+	unsigned			 rcpts_hidden;
+	char				*out_why;
+	/* (L) The verdict map: the strongest verdict mapped this message
+	 * (VERDICT_NONE: none), and the header due at end of message for
+	 * a verdict mapped to one at connect or helo, or in the message. */
+	enum verdict			 mapped_from;
+	enum verdict			 mapped_to;
+	const struct conf_vmap		*hdr_session;
+	const struct conf_vmap		*hdr_msg;
 	/* Until when it may still be answering an exchange we stopped
 	 * waiting for: its next deadline counts from then, so that it
 	 * catches up within its own budget and is not blamed for it. */
@@ -107,6 +124,8 @@ struct fanout {
 	char			*client_addr;	/* connect: address */
 	char			*helo;
 	unsigned long		 nmessages;	/* that reached their end */
+	bool			 gate_rcpts_done;	/* this message's */
+	long long		 msg_size;	/* its SIZE=, or -1 */
 };
 
 /* Seconds on CLOCK_MONOTONIC. */
@@ -126,6 +145,42 @@ void		 fo_release_cur(struct fanout *);
 /* Header, eoh or body to a phase, with back-pressure from start. */
 void		 fo_send_content(struct fanout *, const struct fanout_event *,
 		    unsigned phase, double start);
+
+/* fanout.c: connect to and negotiate with slot i (deadline from t);
+ * after the wait, take its options as negotiate() does. */
+void		 fo_open_slot(struct fanout *, size_t i, double t);
+void		 fo_opened_slot(struct fanout *, size_t i);
+/* fanout.c: tell slot i the message is aborted (if it is in one). */
+void		 fo_abort_slot(struct fanout *, size_t i);
+/* Is slot i out of the current stage by a condition? */
+static inline bool
+fo_slot_out(const struct slot *s)
+{
+	return s->out_session || s->out_msg || s->out_rcpt || s->later;
+}
+
+/* gate.c: the conditions at connect (opens the upstreams opened only
+ * once the client is known, or keeps them out), at MAIL, at RCPT, and
+ * once the recipients are known (any later stage). */
+void		 fo_gate_connect(struct fanout *, const struct fanout_event *);
+void		 fo_gate_mail(struct fanout *, const struct fanout_event *);
+void		 fo_gate_rcpt(struct fanout *, const struct fanout_event *);
+void		 fo_gate_rcpts_done(struct fanout *);
+/* gate.c: apply slot s's verdict map to a completed stage exchange
+ * (fo->lock held; no logging).  Returns the verdict it had, or
+ * VERDICT_NONE when it is kept. */
+enum verdict	 fo_gate_verdict(struct fanout *, struct slot *,
+		    struct exchange *);
+/* gate.c: slot i's modification requests as merged: those its
+ * "actions" allow (the others dropped and logged, one line), plus the
+ * header its verdict map adds.  Returns a new array of shallow copies
+ * (caller frees the array only) and its length in *nout. */
+struct mod	*fo_gate_mods(struct fanout *, size_t i, const struct mod *,
+		    size_t n, size_t *nout);
+/* gate.c: the slot's word for the decision log: "skipped (why)" or
+ * NULL; and a note on mapped verdicts and hidden recipients or NULL
+ * (caller frees). */
+char		*fo_gate_note(const struct slot *);
 
 /* eom.c: end of message over every phase, into ans. */
 void		 fo_end_of_message(struct fanout *, const struct fanout_event *,

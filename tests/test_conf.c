@@ -25,6 +25,7 @@
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
 
+#include "codec.h"
 #include "conf.h"
 
 #ifndef TEST_DATA_DIR
@@ -238,6 +239,28 @@ ParameterizedTestParameters(conf, reports_each_error_kind_at_its_position)
 		  "has no \"listen\"" },
 		{ "conf_err_metrics_type.json", ":2:14: metrics: ",
 		  "must be an object, not a string" },
+		{ "conf_err_cond_cidr.json",
+		  ":4:46: upstreams[0].apply_if.client[1]: ",
+		  "\"10.1.2.3/8\" is not a CIDR" },
+		{ "conf_err_cond_domain.json",
+		  ":4:37: upstreams[0].apply_if.rcpt_domain[0]: ",
+		  "\"user@example.org\" is not a domain" },
+		{ "conf_err_cond_empty.json", ":4:19: upstreams[0].apply_if: ",
+		  "has no condition" },
+		{ "conf_err_cond_key.json",
+		  ":4:20: upstreams[0].skip_if.sender: ",
+		  "unknown key; expected one of client, auth," },
+		{ "conf_err_action.json", ":4:32: upstreams[0].actions[1]: ",
+		  "\"rewrite\" is not an action" },
+		{ "conf_err_verdict_from.json",
+		  ":4:21: upstreams[0].verdicts.continue: ",
+		  "unknown key; expected one of reject, tempfail," },
+		{ "conf_err_verdict_to.json",
+		  ":4:31: upstreams[0].verdicts.reject: ",
+		  "\"maybe\" is not a verdict" },
+		{ "conf_err_verdict_header.json",
+		  ":4:46: upstreams[0].verdicts.reject.addheader: ",
+		  "\"no colon here\" is not a header" },
 		/* Columns count characters: two of the bytes before are é, à. */
 		{ "conf_err_utf8_column.json", ":2:80: upstreams[0].on_failure: ",
 		  "\"x\" is not one of" },
@@ -886,4 +909,52 @@ Test(conf, log_format_and_comments)
 	    "\"inet:1@127.0.0.1\" } ] }", "default");
 	cr_assert(!c->log_json);
 	conf_release(c);
+}
+
+Test(conf, conditions_actions_and_verdicts_parse_and_dump)
+{
+	static const char text[] = "{ \"upstreams\": [ { \"name\": \"a\", "
+	    "\"address\": \"inet:8891@127.0.0.1\", "
+	    "\"apply_if\": { \"client\": [\"10.0.0.0/8\", \"::1/128\"], "
+	    "\"auth\": true, \"sender_domain\": [\"Example.ORG\"], "
+	    "\"macro\": { \"{daemon_name}\": \"ORIGINATING\" }, "
+	    "\"size_over\": 1048576 }, "
+	    "\"skip_if\": { \"rcpt_domain\": [\".example.net\"] }, "
+	    "\"actions\": [\"addheader\", \"addrcpt\"], "
+	    "\"verdicts\": { \"reject\": \"tempfail\", \"tempfail\": "
+	    "{ \"addheader\": \"X-Spam-Verdict: tempfail\" } } },"
+	    "{ \"name\": \"b\", \"address\": \"inet:8892@127.0.0.1\" } ] }";
+	struct conf			*c = parse_text(text, "cond"), *d;
+	const struct conf_upstream	*u = &c->upstreams[0];
+	char				*dump, *dump2;
+
+	cr_assert(u->apply_if.set && u->skip_if.set);
+	cr_assert_eq(u->apply_if.nnets, 2);
+	cr_assert_eq(u->apply_if.auth, 1);
+	cr_assert_str_eq(u->apply_if.senders[0], "example.org");
+	cr_assert_eq(u->apply_if.size_over, 1048576);
+	cr_assert_str_eq(u->apply_if.macros[0].name, "{daemon_name}");
+	cr_assert(u->cond_session && u->cond_rcpt);
+	cr_assert_eq(u->actions, (1u << MOD_ADDHEADER) | (1u << MOD_ADDRCPT) |
+	    (1u << MOD_ADDRCPT_PAR));
+	cr_assert_eq(u->verdicts[VERDICT_REJECT].to, VERDICT_TEMPFAIL);
+	cr_assert_eq(u->verdicts[VERDICT_TEMPFAIL].to, VERDICT_CONTINUE);
+	cr_assert_str_eq(u->verdicts[VERDICT_TEMPFAIL].hname,
+	    "X-Spam-Verdict");
+	cr_assert_str_eq(u->verdicts[VERDICT_TEMPFAIL].hvalue, "tempfail");
+	/* The other upstream: no condition, every action. */
+	cr_assert_not(c->upstreams[1].apply_if.set);
+	cr_assert_not(c->upstreams[1].cond_session);
+	cr_assert_eq(c->upstreams[1].actions, CONF_ACTIONS_ALL);
+	dump = conf_dump(c);
+	cr_assert_not_null(strstr(dump, "\"apply_if\""), "%s", dump);
+	cr_assert_not_null(strstr(dump, "\"X-Spam-Verdict: tempfail\""));
+	cr_assert_not_null(strstr(dump, "\"::1/128\""));
+	d = parse_text(dump, "dump");
+	dump2 = conf_dump(d);
+	cr_assert_str_eq(dump, dump2);
+	free(dump);
+	free(dump2);
+	conf_release(c);
+	conf_release(d);
 }
