@@ -9,8 +9,9 @@
  * filtering Postfix, whose smtpd_milters is HAProxy; HAProxy passes
  * each milter connection to one of two miltermux instances, each in
  * front of its own testmilter, which adds "X-Scanned: mux1" or
- * "X-Scanned: mux2" after a delay at end of message (so that sessions
- * are in flight at any moment).  The filtering Postfix relays to its
+ * "X-Scanned: mux2" after 300 ms at end of message (so that sessions
+ * are in flight at any moment; mux1 is stopped while it has at least
+ * three open).  The filtering Postfix relays to its
  * sink.  Both Postfix instances have milter_default_action = tempfail
  * (the harness's): a milter that goes away mid-session makes the
  * filtering Postfix answer 4xx, and the edge Postfix defers the
@@ -140,7 +141,7 @@ inst_start(struct inst *in, const char *name)
 	argv[5] = "--addheader";
 	argv[6] = hdr;
 	argv[7] = "--delay";
-	argv[8] = "eom=150";
+	argv[8] = "eom=300";
 	argv[9] = NULL;
 	in->tm_pid = h_spawn(argv, in->tm_log);
 	cr_assert_gt(in->tm_pid, 0);
@@ -175,6 +176,28 @@ inst_start(struct inst *in, const char *name)
 	free(spec);
 	free(hdr);
 	free(cfg);
+}
+
+/* sessions_open - miltermux_sessions_open from the instance's /metrics,
+ * or -1 */
+static int
+sessions_open(const struct inst *in)
+{
+	static const char	 name[] = "\nmiltermux_sessions_open ";
+	char			*url, *out = NULL, *p;
+	int			 n = -1;
+
+	url = h_xasprintf("http://127.0.0.1:%d/metrics", in->mport);
+	{
+		const char	*argv[] = { "curl", "-sS", "-m", "5", url, NULL };
+
+		if (h_run(argv, 10, &out, NULL) == 0 && out != NULL &&
+		    (p = strstr(out, name)) != NULL)
+			n = atoi(p + strlen(name));
+	}
+	free(out);
+	free(url);
+	return n;
 }
 
 /* replace - every "from" in s by "to"; s is freed, the result returned */
@@ -367,6 +390,7 @@ run(int sig)
 	struct inst	 a, b;
 	pthread_t	 t[CLIENTS];
 	char		*spec, *extra, *la, *lb, *elog, *flog, *hlog;
+	const char	*p;
 	pid_t		 hp;
 	int		 port, rc, status, by1, by2, n, deferred;
 
@@ -392,9 +416,12 @@ run(int sig)
 	for (long i = 0; i < CLIENTS; i++)
 		cr_assert_eq(pthread_create(&t[i], NULL, client, (void *)i),
 		    0);
-	/* A third through the filter, mux1 is stopped. */
+	/* A third through the filter, mux1 is stopped, in the middle of
+	 * some of its sessions (each spends 300 ms at end of message). */
 	for (int i = 0; i < 600 && h_sink_count(&filter) < TOTAL / 3; i++)
 		usleep(20000);
+	for (int i = 0; i < 200 && sessions_open(&a) < 3; i++)
+		usleep(10000);
 	n = h_sink_count(&filter);
 	cr_assert(n >= TOTAL / 3 && n < TOTAL, "%d delivered before the "
 	    "stop", n);
@@ -461,6 +488,12 @@ run(int sig)
 		    strstr(elog, "status=deferred"));
 		HASNT(flog, "warning: milter");
 		HASNT(flog, "4.7.1");
+		/* It had sessions in flight, and finished them. */
+		p = strstr(la, "received SIGTERM: not accepting new "
+		    "connections; waiting up to 20 s for ");
+		cr_assert_not_null(p, "%s", la);
+		cr_assert_gt(atoi(p + strlen("received SIGTERM: not accepting "
+		    "new connections; waiting up to 20 s for ")), 0, "%s", la);
 		HAS(la, "all sessions ended");
 	}
 	hlog = h_read_file(haproxy_log);
