@@ -56,12 +56,15 @@ void	front_stop(void);
 /* Called on a libmilter thread, without locks held. */
 typedef void front_idle_fn(void);
 /*
- * From now on new MTA connections are refused at their first command
- * (libmilter closes them); open sessions go on, and when the last one
- * ends, idle() is called (once or more; also when none was open, if a
- * refused connection passed by).  Call once, from any thread.
+ * Stopping: /healthz says 503 from now on; open sessions go on, and when
+ * the last one ends, idle() is called (once or more; also when none was
+ * open, if a refused connection passed by).  With refuse, new MTA
+ * connections are refused at their first command (libmilter closes
+ * them); without, the caller has closed the listener (handover_close)
+ * and the sessions still to come were accepted before: they are served.
+ * Call once, from any thread.
  */
-void	front_drain(front_idle_fn *idle);
+void	front_drain(front_idle_fn *idle, bool refuse);
 /* Open MTA sessions (negotiated, not yet closed).  Any thread. */
 unsigned front_active(void);
 /* libmilter's listening socket, or -1 if not found */

@@ -27,5 +27,8 @@ bool	handover_queued(int fd);
 /* A connection waits in the listener's queue, or was accepted less than
  * 2 s ago and has not begun its session yet. */
 bool	handover_pending(int fd);
+/* Stop listening on fd now, the connections queued in it accepted first
+ * (up to wait_s): new ones are refused by the kernel.  0 or -errno. */
+int	handover_close(int fd, double wait_s);
 
 #endif

@@ -144,7 +144,9 @@ static unsigned long	 refuse_count;
 static double		 refuse_logged = -1e9;
 /* Set once by front_drain(): refuse new sessions. */
 static atomic_bool	 front_draining;
-/* Written before front_draining is set, read after it was seen set. */
+/* Set once by front_drain(): the last session to end calls front_idle. */
+static atomic_bool	 front_stopping;
+/* Written before front_stopping is set, read after it was seen set. */
 static front_idle_fn	*front_idle;
 
 /*
@@ -213,7 +215,7 @@ static void
 session_end(void)
 {
 	if (atomic_fetch_sub(&front_sessions, 1) == 1 &&
-	    atomic_load(&front_draining))
+	    atomic_load(&front_stopping))
 		front_idle();
 }
 
@@ -1118,11 +1120,13 @@ front_stop(void)
 }
 
 void
-front_drain(front_idle_fn *idle)
+front_drain(front_idle_fn *idle, bool refuse)
 {
 	front_idle = idle;
 	metrics_set_draining();
-	atomic_store(&front_draining, true);
+	atomic_store(&front_stopping, true);
+	if (refuse)
+		atomic_store(&front_draining, true);
 }
 
 unsigned

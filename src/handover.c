@@ -51,6 +51,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/filter.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -342,4 +343,77 @@ handover_pending(int fd)
 		return true;
 	return atomic_load(&handover_accepted) > atomic_load(&handover_begun) &&
 	    now_ms() - atomic_load(&handover_last_accept) < HANDOVER_BEGIN_MS;
+}
+
+/*
+ * handover_close - stop listening on fd at once without resetting a
+ * connection that already reached it.
+ *
+ * Behind a load balancer (miltermux(8), SCALING OUT), an instance told
+ * to stop must refuse new connections at the TCP level, so that the
+ * balancer retries them on another instance instead of handing the MTA
+ * a tempfail; an open listener that only tempfails them would have it
+ * wait for its next health check.  Closing a listener resets the
+ * connections in its queue, though, and a balancer that saw one
+ * connected cannot retry it.  So, in turn:
+ *
+ * 1. An inet listener gets a socket filter that drops every packet: a
+ *    new SYN is not answered (the client sends it again after a second,
+ *    and by then finds the port closed), nor is the last ACK of a
+ *    handshake begun before.
+ * 2. libmilter accepts what is queued (up to wait_s).
+ * 3. A placeholder takes over fd's number: a listening unix socket with
+ *    an abstract name nobody knows, non-blocking.  libmilter's accept
+ *    loop polls it (and its 5 s timeout) until the process exits, with
+ *    nothing to accept, and never sees an error.
+ * 4. The real listener is shut down: the port refuses from now on, even
+ *    while libmilter's poll(2) still holds a reference to it.
+ *
+ * For a unix listener the caller has unlinked its path first; steps 2
+ * to 4 are the same.  Returns 0, or a negative errno with fd untouched
+ * (but maybe filtered) when no placeholder could be made.
+ */
+int
+handover_close(int fd, double wait_s)
+{
+	struct sock_filter	 drop[] = {
+		BPF_STMT(BPF_RET | BPF_K, 0),
+	};
+	struct sock_fprog	 prog = { .len = 1, .filter = drop };
+	struct sockaddr_storage	 ss;
+	sa_family_t		 family = AF_UNIX;
+	socklen_t		 len = sizeof ss;
+	long long		 deadline = now_ms() + (long long)(wait_s * 1000);
+	int			 ph, old, err;
+
+	if (fd < 0)
+		return -EBADF;
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0 &&
+	    ss.ss_family != AF_UNIX)
+		(void)setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog,
+		    sizeof prog);
+	while (handover_queued(fd) && now_ms() < deadline)
+		(void)poll(NULL, 0, 2);
+	/* Bound to an address of family alone: Linux picks an abstract
+	 * name (autobind). */
+	if ((ph = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+	    0)) == -1)
+		return -errno;
+	if (bind(ph, (struct sockaddr *)&family, sizeof family) == -1 ||
+	    listen(ph, 1) == -1 ||
+	    (old = fcntl(fd, F_DUPFD_CLOEXEC, 0)) == -1) {
+		err = errno;
+		(void)close(ph);
+		return -err;
+	}
+	if (dup3(ph, fd, O_CLOEXEC) == -1) {
+		err = errno;
+		(void)close(ph);
+		(void)close(old);
+		return -err;
+	}
+	(void)close(ph);
+	(void)shutdown(old, SHUT_RDWR);
+	(void)close(old);
+	return 0;
 }

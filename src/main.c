@@ -793,10 +793,19 @@ handover(int sig, double grace)
 }
 
 /*
- * drain - after a stop signal: refuse new MTA connections and wait up
- * to shutdown_grace seconds for the open sessions to end.  A session
- * ends when the MTA closes it, so this also waits for idle SMTP clients;
- * the grace bounds it.
+ * drain - after a stop signal: stop listening and wait up to
+ * shutdown_grace seconds for the open sessions to end.  A session ends
+ * when the MTA closes it, so this also waits for idle SMTP clients; the
+ * grace bounds it.
+ *
+ * The listener is closed at once (handover_close: what was queued in
+ * it is accepted first), so that new connections are refused by the
+ * kernel: an MTA then applies its default action for an unreachable
+ * milter, and a load balancer in front of several instances retries
+ * them on another one (miltermux(8), SCALING OUT).  Connections
+ * accepted before are served, not refused.  Only when the listener
+ * cannot be closed does it stay open, and new sessions are refused at
+ * their first command.
  */
 static void
 drain(int sig)
@@ -804,7 +813,8 @@ drain(int sig)
 	struct conf	*c = conf_acquire();
 	double		 grace = c->shutdown_grace, deadline, left;
 	unsigned	 n;
-	int		 s;
+	bool		 closed, pending;
+	int		 s, fd = front_listen_fd(), rc;
 
 	conf_release(c);
 	if (upgrade_pending()) {
@@ -814,18 +824,27 @@ drain(int sig)
 		(void)notify_send("STOPPING=1");
 	if (handover(sig, grace))
 		return;
-	front_drain(wake_main);
 	socket_unlink();
+	closed = (rc = handover_close(fd, 0.5)) == 0;
+	if (!closed && fd >= 0)
+		log_warnc(rc, "cannot close the listening socket: new "
+		    "sessions are refused at their first command instead");
+	front_drain(wake_main, !closed);
 	n = front_active();
 	log_info("received %s: not accepting new connections; waiting up "
 	    "to %g s for %u open session%s", sig_name(sig), grace, n,
 	    n == 1 ? "" : "s");
 	deadline = mono() + grace;
-	/* Woken when the last session ends or libmilter's thread does. */
-	while ((n = front_active()) > 0 && !atomic_load(&front_done)) {
+	/* Woken when the last session ends or libmilter's thread does;
+	 * every 50 ms while an accepted connection may still begin. */
+	while (!atomic_load(&front_done)) {
+		n = front_active();
+		pending = closed && handover_pending(fd);
+		if (n == 0 && !pending)
+			break;
 		if ((left = deadline - mono()) <= 0)
 			break;
-		s = next_event(left);
+		s = next_event(pending && left > 0.05 ? 0.05 : left);
 		if (is_stop(s)) {
 			log_info("received %s again: stopping at once",
 			    sig_name(s));
