@@ -53,6 +53,7 @@
 #include "merge.h"
 #include "message.h"
 #include "metrics.h"
+#include "replica.h"
 #include "spool.h"
 #include "upstream.h"
 #include "xalloc.h"
@@ -102,6 +103,7 @@ fanout_unref(struct fanout *fo)
 	if (atomic_fetch_sub_explicit(&fo->refs, 1, memory_order_acq_rel) != 1)
 		return;
 	for (size_t i = 0; i < fo->n; i++) {
+		free(fo->slots[i].order);
 		free(fo->slots[i].deferred_text);
 		for (int m = 0; m < MACRO_STAGE_COUNT; m++)
 			free(fo->slots[i].names[m]);
@@ -131,8 +133,14 @@ fx_done(struct upstream_xchg *x)
 	struct slot	*s = &fo->slots[f->slot];
 	bool		 mine, wake, newly = false;
 	int		 err = x->error;	/* x may be gone after the unlock */
+	size_t		 rep;
+	uint64_t	 probe;
 
 	pthread_mutex_lock(&fo->lock);
+	/* Read here: once the caller is woken it may move an open that
+	 * failed to the next replica. */
+	rep = s->rep;
+	probe = s->probe;
 	s->inflight--;
 	/* Wake the caller only for what it waits on (wait_all: the last
 	 * answer, a reject, a failure; wait_room: room again), so that
@@ -148,7 +156,7 @@ fx_done(struct upstream_xchg *x)
 	mine = f->state != EX_WAITED;
 	if (f->state == EX_ABANDONED) {
 		log_trace(TRACE_MERGE, "%s: upstream %s: %s: late %s "
-		    "dropped", fo->connid, s->cfg->name,
+		    "dropped", fo->connid, health_key(s->cfg, s->rep),
 		    proto_stage_name(x->stage), x->error != 0 ? "failure" :
 		    proto_verdict_name(x->verdict));
 	} else if (f->state == EX_WAITED) {
@@ -175,7 +183,7 @@ fx_done(struct upstream_xchg *x)
 	if (wake)
 		pthread_cond_broadcast(&fo->cond);
 	if (newly)
-		health_failure(s->cfg, s->probe, err);
+		health_failure(s->cfg, rep, probe, err);
 	if (mine)
 		exchange_free(f);
 }
@@ -613,7 +621,8 @@ report_alive(struct fanout *fo)
 		ok = !fo->slots[i].failed;
 		pthread_mutex_unlock(&fo->lock);
 		if (ok && fo->slots[i].probe != 0)
-			health_alive(fo->slots[i].cfg, fo->slots[i].probe);
+			health_alive(fo->slots[i].cfg, fo->slots[i].rep,
+			    fo->slots[i].probe);
 	}
 }
 
@@ -640,6 +649,102 @@ fanout_offer(uint32_t mta_proto)
 {
 	return MP_ALL_NO | MP_ALL_NR | MP_SKIP |
 	    (mta_proto & (MP_HDR_LEADSPC | MP_RCPT_REJ));
+}
+
+/*
+ * open_next - open slot i on the next replica of its order that health
+ * lets us use (replica.h, health.h), within the connect budget counted
+ * from t.  The upstream of a replica that failed is closed first.  When
+ * none is left the slot is failed (down, if every replica was skipped
+ * and none tried), and its on_failure applies.  Returns whether an
+ * open was submitted.
+ */
+static bool
+open_next(struct fanout *fo, size_t i, double t)
+{
+	struct slot	*s = &fo->slots[i];
+	const struct conf_upstream *cfg = s->cfg;
+	struct exchange	*f;
+	size_t		 r;
+
+	while (s->next < s->norder) {
+		r = s->order[s->next++];
+		if (health_check(cfg, r, &s->probe) == HEALTH_SKIP) {
+			log_debug("%s: upstream %s: down; %s", fo->connid,
+			    health_key(cfg, r), s->next < s->norder ?
+			    "trying the next replica" : "no replica left");
+			continue;
+		}
+		if (s->up != NULL) {
+			/* The failed replica's: freed by its close. */
+			f = fx_new(fo, i, XCHG_CLOSE, STAGE_QUIT);
+			atomic_fetch_add(&fo->refs, 1);
+			upstream_submit(s->up, &f->x);
+		}
+		replica_move(cfg, s->rep, r);
+		s->rep = r;
+		s->up = upstream_new(cfg, r, s->next < s->norder, fo->connid,
+		    fo->loop);
+		pthread_mutex_lock(&fo->lock);
+		s->failed = false;
+		pthread_mutex_unlock(&fo->lock);
+		f = fx_new(fo, i, XCHG_OPEN, STAGE_CONNECT);
+		f->x.offer_actions = fo->mta_actions & MA_ALL;
+		f->x.offer_proto = fanout_offer(fo->mta_proto);
+		submit(fo, f, true, t + cfg->timeouts.connect);
+		return true;
+	}
+	pthread_mutex_lock(&fo->lock);
+	s->failed = true;
+	pthread_mutex_unlock(&fo->lock);
+	if (s->up == NULL) {
+		/* Never opened; fanout_close still frees it. */
+		s->down = true;
+		s->up = upstream_new(cfg, s->rep, false, fo->connid, fo->loop);
+		log_debug("%s: upstream %s: down; applying on_failure=%s",
+		    fo->connid, cfg->name,
+		    conf_on_failure_name(cfg->on_failure));
+	} else if (cfg->nreplicas > 1)
+		log_warnx("%s: upstream %s: no replica left to try; applying "
+		    "on_failure=%s", fo->connid, cfg->name,
+		    conf_on_failure_name(cfg->on_failure));
+	return false;
+}
+
+/*
+ * open_retry - after a round of opens, move each slot whose replica
+ * failed to connect or negotiate to its next replica, while the
+ * upstream's connect budget (timeouts.connect, counted once from t for
+ * all its replicas together) lasts.  Returns whether any was moved.
+ */
+static bool
+open_retry(struct fanout *fo, double t)
+{
+	bool	 moved = false, failed;
+
+	for (size_t i = 0; i < fo->n; i++) {
+		struct slot	*s = &fo->slots[i];
+
+		pthread_mutex_lock(&fo->lock);
+		failed = s->failed && !s->cancel_posted;
+		pthread_mutex_unlock(&fo->lock);
+		if (!failed || s->down || s->next >= s->norder)
+			continue;
+		if (fo_mono() >= t + s->cfg->timeouts.connect) {
+			log_warnx("%s: upstream %s: connect timeout spent "
+			    "before every replica was tried; applying "
+			    "on_failure=%s", fo->connid, s->cfg->name,
+			    conf_on_failure_name(s->cfg->on_failure));
+			continue;
+		}
+		if (s->cur != NULL) {
+			exchange_free(s->cur);
+			s->cur = NULL;
+		}
+		if (open_next(fo, i, t))
+			moved = true;
+	}
+	return moved;
 }
 
 struct fanout *
@@ -692,29 +797,29 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 	fo->loop = loop;
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
-		struct exchange	*f;
 
-		s->up = upstream_new(s->cfg, connid, loop);
-		if (health_check(s->cfg, &s->probe) == HEALTH_SKIP) {
-			/* Never opened; fanout_close still frees it. */
-			s->down = s->failed = true;
-			log_debug("%s: upstream %s: down; applying "
-			    "on_failure=%s", connid, s->cfg->name,
-			    conf_on_failure_name(s->cfg->on_failure));
-			continue;
-		}
-		f = fx_new(fo, i, XCHG_OPEN, STAGE_CONNECT);
-		f->x.offer_actions = mta_actions & MA_ALL;
-		f->x.offer_proto = fanout_offer(mta_proto);
-		submit(fo, f, true, t + s->cfg->timeouts.connect);
+		s->order = xcalloc(s->cfg->nreplicas + 1, sizeof *s->order);
+		s->norder = replica_choose(s->cfg, s->order);
+		s->rep = s->order[0];
+		s->held = true;
+		open_next(fo, i, t);
 	}
-	fo_wait_all(fo, NULL, NULL);
+	/* Each round moves the opens that failed to their next replica:
+	 * at most one round per replica. */
+	do
+		fo_wait_all(fo, NULL, NULL);
+	while (open_retry(fo, t));
 	for (size_t i = 0; i < fo->n; i++) {
-		struct exchange	*f = fo->slots[i].cur;
+		struct slot	*s = &fo->slots[i];
 
-		if (f != NULL) {
-			exchange_free(f);
-			fo->slots[i].cur = NULL;
+		if (s->cur != NULL) {
+			exchange_free(s->cur);
+			s->cur = NULL;
+		}
+		if (s->failed) {
+			/* Not a session of that replica's any more. */
+			replica_release(s->cfg, s->rep);
+			s->held = false;
 		}
 	}
 	negotiate(fo);
@@ -1326,8 +1431,8 @@ report_ok(struct fanout *fo)
 	pthread_mutex_unlock(&fo->lock);
 	for (size_t i = 0; i < fo->n; i++)
 		if (ok[i])
-			health_report(fo->slots[i].cfg, fo->slots[i].probe,
-			    true);
+			health_report(fo->slots[i].cfg, fo->slots[i].rep,
+			    fo->slots[i].probe, true);
 	free(ok);
 }
 
@@ -1383,7 +1488,8 @@ fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 				    v == VERDICT_NONE ? "-" :
 				    proto_verdict_name(v);
 
-		message_put(&line, " %s=%s/%.0fms", s->cfg->name, vs,
+		message_put(&line, " %s=%s/%.0fms", health_key(s->cfg,
+		    s->rep), vs,
 		    s->msg_seconds * 1000);
 		metrics_upstream_verdict(s->cfg->name, s->down ?
 		    METRICS_UV_DOWN : s->failed ? METRICS_UV_FAILED : (int)v);
@@ -1391,6 +1497,10 @@ fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 			json_array_append_new(ups, json_pack("{s:o, s:s, s:f}",
 			    "name", log_jstr(s->cfg->name), "verdict", vs, "ms",
 			    s->msg_seconds * 1000));
+		if (ups != NULL && s->cfg->pool)
+			json_object_set_new(json_array_get(ups,
+			    json_array_size(ups) - 1), "replica",
+			    log_jstr(s->cfg->replicas[s->rep].address));
 	}
 	pthread_mutex_unlock(&fo->lock);
 	report_ok(fo);
@@ -1439,6 +1549,8 @@ fanout_close(struct fanout *fo)
 	for (size_t i = 0; i < fo->n; i++) {
 		struct exchange	*f = fx_new(fo, i, XCHG_CLOSE, STAGE_QUIT);
 
+		if (fo->slots[i].held)
+			replica_release(fo->slots[i].cfg, fo->slots[i].rep);
 		upstream_submit(fo->slots[i].up, &f->x);
 	}
 	fanout_unref(fo);

@@ -49,6 +49,14 @@ struct slot {
 	bool				 leadspc_fix;
 	bool				 down;	/* skipped: health said so */
 	uint64_t			 probe;	/* health token, or 0 */
+	/* The replica in use (conf.h) and the order to try them in
+	 * (replica.h), order[next..norder) still untried; held: the
+	 * session is counted on rep.  Caller's thread; rep and probe are
+	 * read by fx_done under fo->lock while an open is out. */
+	size_t				 rep;
+	size_t				*order;
+	size_t				 norder, next;
+	bool				 held;
 	char				*names[MACRO_STAGE_COUNT];
 	/* (L) */
 	unsigned			 inflight;
