@@ -210,6 +210,8 @@ cancel_run(struct pool_job *job)
 	pthread_mutex_lock(&c->fo->lock);
 	s->cancel_posted = false;
 	pthread_mutex_unlock(&c->fo->lock);
+	/* open_retry may wait for this before it replaces s->up. */
+	pthread_cond_broadcast(&c->fo->cond);
 }
 
 /* fx_new - an exchange for slot i, of the current message (whose seq
@@ -665,6 +667,7 @@ open_next(struct fanout *fo, size_t i, double t)
 	struct slot	*s = &fo->slots[i];
 	const struct conf_upstream *cfg = s->cfg;
 	struct exchange	*f;
+	double		 now, left;
 	size_t		 r;
 
 	while (s->next < s->norder) {
@@ -691,7 +694,13 @@ open_next(struct fanout *fo, size_t i, double t)
 		f = fx_new(fo, i, XCHG_OPEN, STAGE_CONNECT);
 		f->x.offer_actions = fo->mta_actions & MA_ALL;
 		f->x.offer_proto = fanout_offer(fo->mta_proto);
-		submit(fo, f, true, t + cfg->timeouts.connect);
+		/* An equal share of what is left of the budget for each
+		 * replica still to try, so that one that hangs leaves time
+		 * for the others; the last one gets all that is left. */
+		now = fo_mono();
+		left = t + cfg->timeouts.connect - now;
+		submit(fo, f, true, now + (left > 0 ? left : 0) /
+		    (double)(s->norder - s->next + 1));
 		return true;
 	}
 	pthread_mutex_lock(&fo->lock);
@@ -715,7 +724,8 @@ open_next(struct fanout *fo, size_t i, double t)
  * open_retry - after a round of opens, move each slot whose replica
  * failed to connect or negotiate to its next replica, while the
  * upstream's connect budget (timeouts.connect, counted once from t for
- * all its replicas together) lasts.  Returns whether any was moved.
+ * all its replicas together; open_next gives each attempt a share)
+ * lasts.  Returns whether any was moved.
  */
 static bool
 open_retry(struct fanout *fo, double t)
@@ -726,7 +736,12 @@ open_retry(struct fanout *fo, double t)
 		struct slot	*s = &fo->slots[i];
 
 		pthread_mutex_lock(&fo->lock);
-		failed = s->failed && !s->cancel_posted;
+		failed = s->failed;
+		/* An expiry posted for the failed upstream must have run
+		 * before s->up changes (cancel_run reads it): it is on its
+		 * way (the loop runs it next), and wakes us. */
+		while (failed && s->cancel_posted)
+			pthread_cond_wait(&fo->cond, &fo->lock);
 		pthread_mutex_unlock(&fo->lock);
 		if (!failed || s->down || s->next >= s->norder)
 			continue;

@@ -528,6 +528,49 @@ Test(pools, a_failed_negotiation_moves_to_the_next_replica, .timeout = 60)
 }
 
 /*
+ * A replica that accepts but hangs in negotiation: its attempt gets half
+ * of the connect budget (two replicas to try), then the session moves
+ * to the other one and is served within the budget.
+ */
+Test(pools, a_hanging_replica_leaves_time_for_the_next, .timeout = 60)
+{
+	struct up	 reps[] = {
+		{ "hang", { "--delay", "negotiate=4000", NULL }, NULL },
+		{ "fast", { "--verdict", "eom=reject", NULL }, NULL },
+	};
+	struct env	 e = { 0 };
+	char		*ups, *sh = sock("hang"), *sf = sock("fast"), *log,
+			*want;
+	double		 t0, took;
+
+	env_start_upstreams(&e, reps, 2);
+	ups = h_xasprintf("{ \"name\": \"pool\", \"address\": [\"%s\", "
+	    "\"%s\"], \"failures\": 1, \"retry_after\": 60, "
+	    "\"on_failure\": \"accept\", \"timeouts\": { \"connect\": 2 } }",
+	    sh, sf);
+	(void)start_mux(&e, ups);
+	/* The first session chooses "hang" (round robin starts there). */
+	t0 = h_now();
+	cr_assert_eq(one_message(&e, "<alice@example.org>"), VERDICT_REJECT);
+	took = h_now() - t0;
+	cr_assert(took > 0.9 && took < 1.9, "took %.2f s", took);
+	want = h_xasprintf("upstream pool[%s]: negotiate: no answer in "
+	    "time", sh);
+	log = env_wait_log(&e, want);
+	HAS(log, want);
+	HAS(log, "trying the next replica");
+	free(want);
+	free(log);
+	/* Its breaker is open: the next ones go straight to "fast". */
+	t0 = h_now();
+	cr_assert_eq(one_message(&e, "<alice@example.org>"), VERDICT_REJECT);
+	cr_assert(h_now() - t0 < 0.5, "took %.2f s", h_now() - t0);
+	cr_assert_eq(lines(e.up_log[1], " eom"), 2);
+	env_stop(&e, 3);
+	free(ups); free(sh); free(sf);
+}
+
+/*
  * SIGHUP with a changed replica list: a pool of one replica becomes a
  * pool of two, and held sessions then spread over both.
  */
