@@ -1503,8 +1503,9 @@ fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 				    v == VERDICT_NONE ? "-" :
 				    proto_verdict_name(v);
 
-		message_put(&line, " %s=%s/%.0fms", health_key(s->cfg,
-		    s->rep), vs,
+		/* A pool's replica that served; a pool all down has none. */
+		message_put(&line, " %s=%s/%.0fms", s->down ? s->cfg->name :
+		    health_key(s->cfg, s->rep), vs,
 		    s->msg_seconds * 1000);
 		metrics_upstream_verdict(s->cfg->name, s->down ?
 		    METRICS_UV_DOWN : s->failed ? METRICS_UV_FAILED : (int)v);
@@ -1512,7 +1513,7 @@ fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 			json_array_append_new(ups, json_pack("{s:o, s:s, s:f}",
 			    "name", log_jstr(s->cfg->name), "verdict", vs, "ms",
 			    s->msg_seconds * 1000));
-		if (ups != NULL && s->cfg->pool)
+		if (ups != NULL && s->cfg->pool && !s->down)
 			json_object_set_new(json_array_get(ups,
 			    json_array_size(ups) - 1), "replica",
 			    log_jstr(s->cfg->replicas[s->rep].address));
