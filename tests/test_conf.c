@@ -961,7 +961,6 @@ Test(conf, refuses_bad_address_arrays_at_their_element)
 	cr_assert_eq(conf_parse(text, strlen(text), "pools", &c, &errs),
 	    -EINVAL);
 	cr_assert_null(c);
-	dump_errors(&errs);
 	cr_assert_eq(errs.n, 5);
 	cr_assert_str_eq(errs.v[0], "pools:2:29: upstreams[0].address: is "
 	    "an empty array: give at least one address");
