@@ -23,6 +23,17 @@
  * and reports each failure when it happens and each message or session
  * it went through without one.
  *
+ * Pools: a slot's upstream may have several replicas (conf.h).  At
+ * open, replica.c orders them (fewest sessions in flight first) and
+ * the slot opens the first one health.c does not skip; the opens of
+ * all slots then run together, and each slot whose open failed moves
+ * to its next replica in a further round (open_retry), within its
+ * connect timeout.  A round waits for every open of the previous one,
+ * so a failover may wait for another upstream's slow negotiation; all
+ * of it stays within the longest connect timeout.  After negotiation
+ * the slot keeps its replica: the health reports and log lines name it
+ * (s->rep).  A replica's upstream that failed is closed like any other.
+ *
  * Locking: fo->lock protects everything marked (L) and the fields of
  * struct exchange after submission.  It is never held across a callback into
  * libmilter, logging, or a post to a loop... except pool_post, which
