@@ -56,10 +56,27 @@ struct conf_vmap {
 	char		*hvalue;
 };
 
+/*
+ * One replica of an upstream: one of the addresses of its "address"
+ * array, or its one address.  label is the name logs, metrics and
+ * health.c know it by: the upstream's name alone for a single address
+ * (so that such an upstream is known exactly as before pools), and
+ * "NAME[ADDRESS]" in a pool.
+ */
+struct conf_replica {
+	char			*address;	/* as written */
+	struct conf_addr	 addr;		/* zero: disabled, unresolved */
+	char			*label;
+};
+
 struct conf_upstream {
 	char			*name;
-	char			*address;	/* as written */
-	struct conf_addr	 addr;
+	char			*address;	/* as written; a pool's first */
+	struct conf_addr	 addr;		/* a pool's first */
+	/* Config order; one unless "address" was an array (pool). */
+	struct conf_replica	*replicas;
+	size_t			 nreplicas;
+	bool			 pool;		/* "address" was an array */
 	bool			 enabled;
 	enum on_failure		 on_failure;
 	struct conf_timeouts	 timeouts;	/* with top-level defaults */
@@ -145,6 +162,7 @@ struct conf_errors {
 #define CONF_DEFAULT_RETRY	30.0
 #define CONF_DEFAULT_GRACE	30.0
 #define CONF_DEFAULT_MAX_MODS	100000
+#define CONF_REPLICAS_MAX	64	/* addresses per upstream */
 
 /*
  * The MTAs' default timeouts that miltermux's own must stay under

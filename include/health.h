@@ -14,7 +14,10 @@
  *
  * It decides nothing about a session in progress and opens no socket;
  * fanout.c asks (health_check) before connecting and reports what it
- * saw (health_report).  Entries are keyed by upstream name, not by
+ * saw (health_report).  Each replica of a pool (conf.h) has its own
+ * breaker: every call names the replica r of cfg, and an upstream with
+ * one address has one, keyed by its name as before pools.  Entries are
+ * keyed by that name (health_key), not by
  * configuration snapshot, so the state survives a reload; the
  * thresholds come with each call, from the caller's snapshot.
  *
@@ -27,6 +30,7 @@
 #define HEALTH_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "conf.h"
@@ -44,7 +48,7 @@ enum health_use {
  * is 0 otherwise); the session must then report, or the upstream stays
  * down.  Never blocks beyond a short mutex hold.
  */
-enum health_use	health_check(const struct conf_upstream *cfg,
+enum health_use	health_check(const struct conf_upstream *cfg, size_t r,
 		    uint64_t *probe);
 
 /*
@@ -54,7 +58,7 @@ enum health_use	health_check(const struct conf_upstream *cfg,
  * resets the count; while it is down, only the report carrying the
  * pending probe's token counts.
  */
-void		health_report(const struct conf_upstream *cfg,
+void		health_report(const struct conf_upstream *cfg, size_t r,
 		    uint64_t probe, bool ok);
 
 /*
@@ -71,7 +75,7 @@ bool		health_local(int err);
  * upstream; if it hit the pending probe, the upstream stays down but
  * the next session to ask probes it.
  */
-void		health_failure(const struct conf_upstream *cfg,
+void		health_failure(const struct conf_upstream *cfg, size_t r,
 		    uint64_t probe, int err);
 
 /*
@@ -82,7 +86,7 @@ void		health_failure(const struct conf_upstream *cfg,
  * health_report ok) marks it down again.  Does nothing for probe 0 or
  * an upstream that is not being probed.
  */
-void		health_alive(const struct conf_upstream *cfg,
+void		health_alive(const struct conf_upstream *cfg, size_t r,
 		    uint64_t probe);
 
 /* What the breaker thinks of one upstream, for metrics.h. */
@@ -93,8 +97,20 @@ struct health_info {
 	double		 retry_in;	/* down: seconds until a probe */
 };
 
-/* The state of the upstream named name; never seen: up. */
+/* The state of the replica labelled name (health_key); never seen: up. */
 void		health_get(const char *name, struct health_info *);
+/*
+ * The state of upstream cfg as a whole: its one replica's, or for a
+ * pool up while any replica is up ("up"), else "probing" while one is
+ * probed, else "down" (retry_in: the soonest probe; fails: the fewest).
+ */
+void		health_get_upstream(const struct conf_upstream *cfg,
+		    struct health_info *);
+/*
+ * The name replica r of cfg has here, in logs and in metrics.h: its
+ * label (conf.h), or cfg->name for a cfg built without replicas.
+ */
+const char	*health_key(const struct conf_upstream *cfg, size_t r);
 
 /* Forgets every upstream (tests). */
 void		health_reset(void);

@@ -79,11 +79,16 @@ struct upstream_xchg {
 };
 
 /*
- * A closed upstream for cfg, bound to loop.  Caller owns it until it
- * submits XCHG_CLOSE, which frees it.  connid prefixes log lines.
+ * A closed upstream for replica r of cfg (its address; logs and
+ * metrics name it by the replica's label, conf.h), bound to loop.
+ * Caller owns it until it submits XCHG_CLOSE, which frees it.  connid
+ * prefixes log lines.  failover: a failure before the options are
+ * negotiated is logged as moving on to the next replica, not as
+ * applying on_failure (the caller then tries that replica).
  */
-struct upstream	*upstream_new(const struct conf_upstream *cfg,
-		    const char *connid, struct pool_loop *loop);
+struct upstream	*upstream_new(const struct conf_upstream *cfg, size_t r,
+		    bool failover, const char *connid,
+		    struct pool_loop *loop);
 /* The MTA's queue id of the message now under way (NULL: none), which
  * the upstream's failure line names; callable from any thread. */
 void	upstream_set_queueid(struct upstream *, const char *qid);

@@ -1094,6 +1094,98 @@ check_address(struct ctx *x, const char *path, const char *spec,
 	return false;
 }
 
+/* same_addr - whether two resolved addresses are one socket */
+static bool
+same_addr(const struct conf_addr *a, const struct conf_addr *b)
+{
+	return a->salen != 0 && a->salen == b->salen &&
+	    memcmp(&a->sa, &b->sa, a->salen) == 0;
+}
+
+/*
+ * parse_replicas - an upstream's "address": one string (one replica,
+ * known by the upstream's name alone) or an array of them (a pool,
+ * each replica known as "NAME[ADDRESS]").  u->name may still be NULL
+ * (a bad name is reported elsewhere): the labels are set by the caller.
+ */
+static void
+parse_replicas(struct ctx *x, json_t *m, const char *path,
+    struct conf_upstream *u)
+{
+	struct conf_replica	*r;
+	const char		*s;
+	char			*child, *q;
+	size_t			 n, j, k, *at;
+
+	if (json_is_string(m)) {
+		s = json_string_value(m);
+		r = xcalloc(1, sizeof *r);
+		if (!check_address(x, path, s, &r->addr, u->enabled)) {
+			free(r);
+			return;
+		}
+		r->address = xstrdup(s);
+		u->replicas = r;
+		u->nreplicas = 1;
+		u->address = xstrdup(s);
+		u->addr = r->addr;
+		return;
+	}
+	if (!json_is_array(m)) {
+		bad_value(x, path, "must be a string or an array of strings, "
+		    "not %s", type_name(m));
+		return;
+	}
+	if ((n = json_array_size(m)) == 0) {
+		bad_value(x, path, "is an empty array: give at least one "
+		    "address");
+		return;
+	}
+	if (n > CONF_REPLICAS_MAX) {
+		bad_value(x, path, "lists %zu addresses; at most %d are "
+		    "allowed", n, CONF_REPLICAS_MAX);
+		return;
+	}
+	r = xcalloc(n, sizeof *r);
+	at = xcalloc(n, sizeof *at);	/* r[k] is element at[k] */
+	for (j = k = 0; j < n; j++) {
+		child = path_index(path, j);
+		if ((s = want_string(x, json_array_get(m, j), child)) == NULL ||
+		    !check_address(x, child, s, &r[k].addr, u->enabled)) {
+			free(child);
+			continue;
+		}
+		for (size_t i = 0; i < k; i++) {
+			if (strcmp(r[i].address, s) == 0 ||
+			    same_addr(&r[i].addr, &r[k].addr)) {
+				q = quote(s, QUOTE_MAX);
+				bad_value(x, child, "%s is the same socket as "
+				    "%s[%zu]", q, path, at[i]);
+				free(q);
+				s = NULL;
+				break;
+			}
+		}
+		free(child);
+		if (s == NULL)
+			continue;
+		r[k].address = xstrdup(s);
+		at[k++] = j;
+	}
+	free(at);
+	if (k < n) {
+		for (j = 0; j < k; j++)
+			free(r[j].address);
+		free(r);
+		return;
+	}
+	u->replicas = r;
+	u->nreplicas = n;
+	u->pool = true;
+	u->address = xstrdup(r[0].address);
+	u->addr = r[0].addr;
+}
+
 static bool
 is_macro_name(const char *s)
 {
@@ -1595,9 +1687,8 @@ parse_upstream(struct ctx *x, json_t *v, size_t i)
 	child = path_key(path, "address");
 	if ((m = json_object_get(v, "address")) == NULL)
 		missing(x, path, "address");
-	else if ((s = want_string(x, m, child)) != NULL &&
-	    check_address(x, child, s, &u->addr, u->enabled))
-		u->address = xstrdup(s);
+	else
+		parse_replicas(x, m, child, u);
 	free(child);
 
 	if ((m = json_object_get(v, "phase")) != NULL) {
@@ -1662,6 +1753,9 @@ parse_upstream(struct ctx *x, json_t *v, size_t i)
 		parse_verdicts(x, m, child, u);
 		free(child);
 	}
+	for (size_t r = 0; u->name != NULL && r < u->nreplicas; r++)
+		u->replicas[r].label = u->pool ? xasprintf("%s[%s]", u->name,
+		    u->replicas[r].address) : xstrdup(u->name);
 out:
 	free(path);
 }
@@ -1961,6 +2055,12 @@ conf_free(struct conf *c)
 			free(c->upstreams[i].verdicts[v].hvalue);
 			c->upstreams[i].verdicts[v].hvalue = NULL;
 		}
+		for (size_t r = 0; r < c->upstreams[i].nreplicas; r++) {
+			free(c->upstreams[i].replicas[r].address);
+			free(c->upstreams[i].replicas[r].label);
+		}
+		free(c->upstreams[i].replicas);
+		c->upstreams[i].replicas = NULL;
 	}
 	free(c->upstreams); c->upstreams = NULL;
 	free(c);
@@ -2494,7 +2594,15 @@ conf_dump(const struct conf *c)
 		u = &c->upstreams[i];
 		o = jnew(json_object());
 		jset(o, "name", json_string(u->name));
-		jset(o, "address", json_string(u->address));
+		if (u->pool) {
+			json_t	*a = jnew(json_array());
+
+			for (size_t r = 0; r < u->nreplicas; r++)
+				jappend(a, json_string(
+				    u->replicas[r].address));
+			jset(o, "address", a);
+		} else
+			jset(o, "address", json_string(u->address));
 		jset(o, "enabled", json_boolean(u->enabled));
 		jset(o, "phase", json_integer(u->phase));
 		jset(o, "on_failure", json_string(conf_on_failure_name(

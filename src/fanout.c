@@ -23,6 +23,17 @@
  * and reports each failure when it happens and each message or session
  * it went through without one.
  *
+ * Pools: a slot's upstream may have several replicas (conf.h).  At
+ * open, replica.c orders them (fewest sessions in flight first) and
+ * the slot opens the first one health.c does not skip; the opens of
+ * all slots then run together, and each slot whose open failed moves
+ * to its next replica in a further round (open_retry), within its
+ * connect timeout.  A round waits for every open of the previous one,
+ * so a failover may wait for another upstream's slow negotiation; all
+ * of it stays within the longest connect timeout.  After negotiation
+ * the slot keeps its replica: the health reports and log lines name it
+ * (s->rep).  A replica's upstream that failed is closed like any other.
+ *
  * Locking: fo->lock protects everything marked (L) and the fields of
  * struct exchange after submission.  It is never held across a callback into
  * libmilter, logging, or a post to a loop... except pool_post, which
@@ -54,6 +65,7 @@
 #include "message.h"
 #include "metrics.h"
 #include "names.h"
+#include "replica.h"
 #include "spool.h"
 #include "upstream.h"
 #include "xalloc.h"
@@ -103,6 +115,7 @@ fanout_unref(struct fanout *fo)
 	if (atomic_fetch_sub_explicit(&fo->refs, 1, memory_order_acq_rel) != 1)
 		return;
 	for (size_t i = 0; i < fo->n; i++) {
+		free(fo->slots[i].order);
 		free(fo->slots[i].deferred_text);
 		free(fo->slots[i].out_why);
 		for (int m = 0; m < MACRO_STAGE_COUNT; m++)
@@ -135,8 +148,14 @@ fx_done(struct upstream_xchg *x)
 	int		 err = x->error;	/* x may be gone after the unlock */
 	enum stage	 st = x->stage;
 	enum verdict	 was, now;
+	size_t		 rep;
+	uint64_t	 probe;
 
 	pthread_mutex_lock(&fo->lock);
+	/* Read here: once the caller is woken it may move an open that
+	 * failed to the next replica. */
+	rep = s->rep;
+	probe = s->probe;
 	s->inflight--;
 	/* Its verdict as its "verdicts" map has it, before anything
 	 * counts it (a mapped reject is not decisive). */
@@ -156,7 +175,7 @@ fx_done(struct upstream_xchg *x)
 	mine = f->state != EX_WAITED;
 	if (f->state == EX_ABANDONED) {
 		log_trace(TRACE_MERGE, "%s: upstream %s: %s: late %s "
-		    "dropped", fo->connid, s->cfg->name,
+		    "dropped", fo->connid, health_key(s->cfg, s->rep),
 		    proto_stage_name(x->stage), x->error != 0 ? "failure" :
 		    proto_verdict_name(x->verdict));
 	} else if (f->state == EX_WAITED) {
@@ -187,7 +206,7 @@ fx_done(struct upstream_xchg *x)
 		    fo->connid, s->cfg->name, proto_stage_name(st),
 		    proto_verdict_name(was), proto_verdict_name(now));
 	if (newly)
-		health_failure(s->cfg, s->probe, err);
+		health_failure(s->cfg, rep, probe, err);
 	if (mine)
 		exchange_free(f);
 }
@@ -214,6 +233,8 @@ cancel_run(struct pool_job *job)
 	pthread_mutex_lock(&c->fo->lock);
 	s->cancel_posted = false;
 	pthread_mutex_unlock(&c->fo->lock);
+	/* open_retry may wait for this before it replaces s->up. */
+	pthread_cond_broadcast(&c->fo->cond);
 }
 
 /* fx_new - an exchange for slot i, of the current message (whose seq
@@ -621,25 +642,52 @@ negotiate(struct fanout *fo)
 	    fo->actions, fo->proto);
 }
 
-/* fo_open_slot - connect to slot i's upstream and negotiate (waited) */
+static bool	open_next(struct fanout *, size_t i, double t);
+static bool	open_retry(struct fanout *, double t);
+
+/* fo_open_slot - start connecting slot i's upstream, on the replica
+ * with the fewest sessions first; fo_open_wait waits for it */
 void
 fo_open_slot(struct fanout *fo, size_t i, double t)
 {
 	struct slot	*s = &fo->slots[i];
 	struct exchange	*f;
 
-	if (health_check(s->cfg, &s->probe) == HEALTH_SKIP) {
-		/* Never opened; fanout_close still frees it. */
-		s->down = s->failed = true;
-		log_debug("%s: upstream %s: down; applying on_failure=%s",
-		    fo->connid, s->cfg->name,
-		    conf_on_failure_name(s->cfg->on_failure));
-		return;
+	if (s->up != NULL) {
+		/* The stand-in of a slot opened late: freed by its close. */
+		f = fx_new(fo, i, XCHG_CLOSE, STAGE_QUIT);
+		atomic_fetch_add(&fo->refs, 1);
+		upstream_submit(s->up, &f->x);
+		s->up = NULL;
 	}
-	f = fx_new(fo, i, XCHG_OPEN, STAGE_CONNECT);
-	f->x.offer_actions = fo->mta_actions & MA_ALL;
-	f->x.offer_proto = fanout_offer(fo->mta_proto);
-	submit(fo, f, true, t + s->cfg->timeouts.connect);
+	s->order = xcalloc(s->cfg->nreplicas + 1, sizeof *s->order);
+	s->norder = replica_choose(s->cfg, s->order);
+	s->rep = s->order[0];
+	s->held = true;
+	(void)open_next(fo, i, t);
+}
+
+/* fo_open_wait - the opens started, each moved on to its next replica
+ * while one fails (at most one round per replica) */
+void
+fo_open_wait(struct fanout *fo, double t)
+{
+	do
+		fo_wait_all(fo, NULL, NULL);
+	while (open_retry(fo, t));
+	for (size_t i = 0; i < fo->n; i++) {
+		struct slot	*s = &fo->slots[i];
+
+		if (s->cur != NULL) {
+			exchange_free(s->cur);
+			s->cur = NULL;
+		}
+		if (s->failed && s->held) {
+			/* Not a session of that replica's any more. */
+			replica_release(s->cfg, s->rep);
+			s->held = false;
+		}
+	}
 }
 
 /* fo_opened_slot - a slot opened after the MTA's negotiation: what
@@ -665,7 +713,7 @@ fo_opened_slot(struct fanout *fo, size_t i)
 		}
 	}
 	if (s->probe != 0)
-		health_alive(s->cfg, s->probe);
+		health_alive(s->cfg, s->rep, s->probe);
 }
 
 /* report_alive - a probe that negotiated brings its upstream back */
@@ -679,7 +727,8 @@ report_alive(struct fanout *fo)
 		ok = !fo->slots[i].failed && !fo->slots[i].later;
 		pthread_mutex_unlock(&fo->lock);
 		if (ok && fo->slots[i].probe != 0)
-			health_alive(fo->slots[i].cfg, fo->slots[i].probe);
+			health_alive(fo->slots[i].cfg, fo->slots[i].rep,
+			    fo->slots[i].probe);
 	}
 }
 
@@ -706,6 +755,115 @@ fanout_offer(uint32_t mta_proto)
 {
 	return MP_ALL_NO | MP_ALL_NR | MP_SKIP |
 	    (mta_proto & (MP_HDR_LEADSPC | MP_RCPT_REJ));
+}
+
+/*
+ * open_next - open slot i on the next replica of its order that health
+ * lets us use (replica.h, health.h), within the connect budget counted
+ * from t.  The upstream of a replica that failed is closed first.  When
+ * none is left the slot is failed (down, if every replica was skipped
+ * and none tried), and its on_failure applies.  Returns whether an
+ * open was submitted.
+ */
+static bool
+open_next(struct fanout *fo, size_t i, double t)
+{
+	struct slot	*s = &fo->slots[i];
+	const struct conf_upstream *cfg = s->cfg;
+	struct exchange	*f;
+	double		 now, left;
+	size_t		 r;
+
+	while (s->next < s->norder) {
+		r = s->order[s->next++];
+		if (health_check(cfg, r, &s->probe) == HEALTH_SKIP) {
+			log_debug("%s: upstream %s: down; %s", fo->connid,
+			    health_key(cfg, r), s->next < s->norder ?
+			    "trying the next replica" : "no replica left");
+			continue;
+		}
+		if (s->up != NULL) {
+			/* The failed replica's: freed by its close. */
+			f = fx_new(fo, i, XCHG_CLOSE, STAGE_QUIT);
+			atomic_fetch_add(&fo->refs, 1);
+			upstream_submit(s->up, &f->x);
+		}
+		replica_move(cfg, s->rep, r);
+		s->rep = r;
+		s->up = upstream_new(cfg, r, s->next < s->norder, fo->connid,
+		    fo->loop);
+		pthread_mutex_lock(&fo->lock);
+		s->failed = false;
+		pthread_mutex_unlock(&fo->lock);
+		f = fx_new(fo, i, XCHG_OPEN, STAGE_CONNECT);
+		f->x.offer_actions = fo->mta_actions & MA_ALL;
+		f->x.offer_proto = fanout_offer(fo->mta_proto);
+		/* An equal share of what is left of the budget for each
+		 * replica still to try, so that one that hangs leaves time
+		 * for the others; the last one gets all that is left. */
+		now = fo_mono();
+		left = t + cfg->timeouts.connect - now;
+		submit(fo, f, true, now + (left > 0 ? left : 0) /
+		    (double)(s->norder - s->next + 1));
+		return true;
+	}
+	pthread_mutex_lock(&fo->lock);
+	s->failed = true;
+	pthread_mutex_unlock(&fo->lock);
+	if (s->up == NULL) {
+		/* Never opened; fanout_close still frees it. */
+		s->down = true;
+		s->up = upstream_new(cfg, s->rep, false, fo->connid, fo->loop);
+		log_debug("%s: upstream %s: down; applying on_failure=%s",
+		    fo->connid, cfg->name,
+		    conf_on_failure_name(cfg->on_failure));
+	} else if (cfg->nreplicas > 1)
+		log_warnx("%s: upstream %s: no replica left to try; applying "
+		    "on_failure=%s", fo->connid, cfg->name,
+		    conf_on_failure_name(cfg->on_failure));
+	return false;
+}
+
+/*
+ * open_retry - after a round of opens, move each slot whose replica
+ * failed to connect or negotiate to its next replica, while the
+ * upstream's connect budget (timeouts.connect, counted once from t for
+ * all its replicas together; open_next gives each attempt a share)
+ * lasts.  Returns whether any was moved.
+ */
+static bool
+open_retry(struct fanout *fo, double t)
+{
+	bool	 moved = false, failed;
+
+	for (size_t i = 0; i < fo->n; i++) {
+		struct slot	*s = &fo->slots[i];
+
+		pthread_mutex_lock(&fo->lock);
+		failed = s->failed;
+		/* An expiry posted for the failed upstream must have run
+		 * before s->up changes (cancel_run reads it): it is on its
+		 * way (the loop runs it next), and wakes us. */
+		while (failed && s->cancel_posted)
+			pthread_cond_wait(&fo->cond, &fo->lock);
+		pthread_mutex_unlock(&fo->lock);
+		if (!failed || s->down || s->next >= s->norder)
+			continue;
+		if (fo_mono() >= t + s->cfg->timeouts.connect) {
+			log_warnx("%s: upstream %s: connect timeout spent "
+			    "before every replica was tried; applying "
+			    "on_failure=%s", fo->connid, s->cfg->name,
+			    conf_on_failure_name(s->cfg->on_failure));
+			continue;
+		}
+		if (s->cur != NULL) {
+			exchange_free(s->cur);
+			s->cur = NULL;
+		}
+		if (open_next(fo, i, t))
+			moved = true;
+	}
+	return moved;
 }
 
 struct fanout *
@@ -759,16 +917,17 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
 
-		s->up = upstream_new(s->cfg, connid, loop);
 		/* A condition on the client: connected at the MTA's
-		 * connect, if it applies (gate.c). */
-		if (s->cfg->cond_session)
+		 * connect, if it applies (gate.c).  Meanwhile an upstream
+		 * that is never connected stands for it, as for one that
+		 * is down: the slots' code may rely on s->up. */
+		if (s->cfg->cond_session) {
 			s->later = true;
-		else
+			s->up = upstream_new(s->cfg, 0, false, connid, loop);
+		} else
 			fo_open_slot(fo, i, t);
 	}
-	fo_wait_all(fo, NULL, NULL);
-	fo_release_cur(fo);
+	fo_open_wait(fo, t);
 	negotiate(fo);
 	report_alive(fo);
 	return fo;
@@ -1409,8 +1568,8 @@ report_ok(struct fanout *fo)
 	pthread_mutex_unlock(&fo->lock);
 	for (size_t i = 0; i < fo->n; i++)
 		if (ok[i])
-			health_report(fo->slots[i].cfg, fo->slots[i].probe,
-			    true);
+			health_report(fo->slots[i].cfg, fo->slots[i].rep,
+			    fo->slots[i].probe, true);
 	free(ok);
 }
 
@@ -1470,7 +1629,9 @@ fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 		char		*note = out ? NULL : fo_gate_note(s);
 		const char	*why = out ? s->out_why : note;
 
-		message_put(&line, " %s=%s", s->cfg->name, vs);
+		/* A pool's replica that served; a pool all down has none. */
+		message_put(&line, " %s=%s", s->down || s->up == NULL ?
+		    s->cfg->name : health_key(s->cfg, s->rep), vs);
 		if (why != NULL)
 			message_put(&line, " (%s)", why);
 		message_put(&line, "/%.0fms", s->msg_seconds * 1000);
@@ -1486,6 +1647,9 @@ fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 			if (why != NULL)
 				json_object_set_new(u, out ? "skipped" : "note",
 				    log_jstr(why));
+			if (s->cfg->pool && !s->down && s->up != NULL)
+				json_object_set_new(u, "replica", log_jstr(
+				    s->cfg->replicas[s->rep].address));
 			json_array_append_new(ups, u);
 		}
 		free(note);
@@ -1556,6 +1720,8 @@ fanout_close(struct fanout *fo)
 	for (size_t i = 0; i < fo->n; i++) {
 		struct exchange	*f = fx_new(fo, i, XCHG_CLOSE, STAGE_QUIT);
 
+		if (fo->slots[i].held)
+			replica_release(fo->slots[i].cfg, fo->slots[i].rep);
 		upstream_submit(fo->slots[i].up, &f->x);
 	}
 	fanout_unref(fo);

@@ -49,6 +49,14 @@ struct slot {
 	bool				 leadspc_fix;
 	bool				 down;	/* skipped: health said so */
 	uint64_t			 probe;	/* health token, or 0 */
+	/* The replica in use (conf.h) and the order to try them in
+	 * (replica.h), order[next..norder) still untried; held: the
+	 * session is counted on rep.  Caller's thread; rep and probe are
+	 * read by fx_done under fo->lock while an open is out. */
+	size_t				 rep;
+	size_t				*order;
+	size_t				 norder, next;
+	bool				 held;
 	struct names			 names[MACRO_STAGE_COUNT];
 	/* (L) */
 	unsigned			 inflight;
@@ -149,6 +157,7 @@ void		 fo_send_content(struct fanout *, const struct fanout_event *,
 /* fanout.c: connect to and negotiate with slot i (deadline from t);
  * after the wait, take its options as negotiate() does. */
 void		 fo_open_slot(struct fanout *, size_t i, double t);
+void		 fo_open_wait(struct fanout *, double t);
 void		 fo_opened_slot(struct fanout *, size_t i);
 /* fanout.c: tell slot i the message is aborted (if it is in one). */
 void		 fo_abort_slot(struct fanout *, size_t i);

@@ -90,8 +90,7 @@ fo_gate_connect(struct fanout *fo, const struct fanout_event *ev)
 	}
 	if (nopen == 0)
 		return;
-	fo_wait_all(fo, NULL, NULL);
-	fo_release_cur(fo);
+	fo_open_wait(fo, t);
 	for (size_t i = 0; i < fo->n; i++)
 		if (fo->slots[i].later) {
 			fo->slots[i].later = false;

@@ -2,7 +2,8 @@
 /*
  * health - shared up/down state of the upstreams (see health.h).
  *
- * Design: a small table, one entry per upstream name ever asked about,
+ * Design: a small table, one entry per replica label (conf.h: the
+ * upstream's name, or "NAME[ADDRESS]" in a pool) ever asked about,
  * searched linearly: a proxy has a handful of upstreams, and each
  * session asks once per upstream.  Each entry is a three-state machine:
  *
@@ -73,6 +74,13 @@ mono(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+const char *
+health_key(const struct conf_upstream *cfg, size_t r)
+{
+	return r < cfg->nreplicas && cfg->replicas[r].label != NULL ?
+	    cfg->replicas[r].label : cfg->name;
+}
+
 /* entry_get - the entry for name, added (up) if new; health_lock held */
 static struct entry *
 entry_get(const char *name)
@@ -91,14 +99,15 @@ entry_get(const char *name)
 }
 
 enum health_use
-health_check(const struct conf_upstream *cfg, uint64_t *probe)
+health_check(const struct conf_upstream *cfg, size_t r, uint64_t *probe)
 {
+	const char	*key = health_key(cfg, r);
 	struct entry	*e;
 	enum health_use	 use = HEALTH_USE;
 
 	*probe = 0;
 	pthread_mutex_lock(&health_lock);
-	e = entry_get(cfg->name);
+	e = entry_get(key);
 	switch (e->state) {
 	case HSTATE_DOWN:
 		if (mono() < e->until) {
@@ -117,19 +126,21 @@ health_check(const struct conf_upstream *cfg, uint64_t *probe)
 	}
 	pthread_mutex_unlock(&health_lock);
 	if (use == HEALTH_PROBE)
-		log_info("upstream %s: probing", cfg->name);
+		log_info("upstream %s: probing", key);
 	return use;
 }
 
 void
-health_report(const struct conf_upstream *cfg, uint64_t probe, bool ok)
+health_report(const struct conf_upstream *cfg, size_t r, uint64_t probe,
+    bool ok)
 {
+	const char	*key = health_key(cfg, r);
 	struct entry	*e;
 	enum hstate	 to = HSTATE_COUNT;	/* no change */
 	unsigned	 fails;
 
 	pthread_mutex_lock(&health_lock);
-	e = entry_get(cfg->name);
+	e = entry_get(key);
 	switch (e->state) {
 	case HSTATE_UP:
 		if (ok)
@@ -161,10 +172,10 @@ health_report(const struct conf_upstream *cfg, uint64_t probe, bool ok)
 	pthread_mutex_unlock(&health_lock);
 	if (to == HSTATE_DOWN)
 		log_warnx("upstream %s: down after %u consecutive failure%s; "
-		    "retrying in %g s", cfg->name, fails, fails == 1 ? "" : "s",
+		    "retrying in %g s", key, fails, fails == 1 ? "" : "s",
 		    cfg->retry_after);
 	else if (to == HSTATE_UP)
-		log_info("upstream %s: back up", cfg->name);
+		log_info("upstream %s: back up", key);
 }
 
 bool
@@ -177,16 +188,18 @@ health_local(int err)
 }
 
 void
-health_failure(const struct conf_upstream *cfg, uint64_t probe, int err)
+health_failure(const struct conf_upstream *cfg, size_t r, uint64_t probe,
+    int err)
 {
+	const char	*key = health_key(cfg, r);
 	struct entry	*e;
 
 	if (!health_local(err)) {
-		health_report(cfg, probe, false);
+		health_report(cfg, r, probe, false);
 		return;
 	}
 	pthread_mutex_lock(&health_lock);
-	e = entry_get(cfg->name);
+	e = entry_get(key);
 	if (e->state == HSTATE_PROBING && probe != 0 && probe == e->probe) {
 		/* Not the upstream's fault: the next session probes. */
 		e->state = HSTATE_DOWN;
@@ -197,15 +210,16 @@ health_failure(const struct conf_upstream *cfg, uint64_t probe, int err)
 }
 
 void
-health_alive(const struct conf_upstream *cfg, uint64_t probe)
+health_alive(const struct conf_upstream *cfg, size_t r, uint64_t probe)
 {
+	const char	*key = health_key(cfg, r);
 	struct entry	*e;
 	bool		 up = false;
 
 	if (probe == 0)
 		return;
 	pthread_mutex_lock(&health_lock);
-	e = entry_get(cfg->name);
+	e = entry_get(key);
 	if (e->state == HSTATE_PROBING && probe == e->probe) {
 		e->state = HSTATE_UP;
 		e->probe = 0;
@@ -213,7 +227,7 @@ health_alive(const struct conf_upstream *cfg, uint64_t probe)
 	}
 	pthread_mutex_unlock(&health_lock);
 	if (up)
-		log_info("upstream %s: back up", cfg->name);
+		log_info("upstream %s: back up", key);
 }
 
 void
@@ -256,6 +270,37 @@ health_get(const char *name, struct health_info *hi)
 			hi->retry_in = e->until - mono();
 	}
 	pthread_mutex_unlock(&health_lock);
+}
+
+void
+health_get_upstream(const struct conf_upstream *cfg, struct health_info *hi)
+{
+	struct health_info	 one;
+	size_t			 n = cfg->nreplicas == 0 ? 1 : cfg->nreplicas;
+	bool			 probing = false;
+
+	health_get(health_key(cfg, 0), hi);
+	if (n == 1)
+		return;
+	/* A pool is up while one replica is; its retry is the soonest. */
+	for (size_t r = 0; r < n; r++) {
+		health_get(health_key(cfg, r), &one);
+		if (r == 0 || one.retry_in < hi->retry_in)
+			hi->retry_in = one.retry_in;
+		if (one.up) {
+			hi->up = true;
+			hi->retry_in = 0;
+			hi->fails = 0;
+			hi->state = one.state;
+			return;
+		}
+		if (strcmp(one.state, "probing") == 0)
+			probing = true;
+		if (r == 0 || one.fails < hi->fails)
+			hi->fails = one.fails;
+	}
+	hi->up = false;
+	hi->state = state_names[probing ? HSTATE_PROBING : HSTATE_DOWN];
 }
 
 const char *

@@ -16,6 +16,7 @@
 #include "health.h"
 #include "log.h"
 #include "metrics.h"
+#include "replica.h"
 #include "xalloc.h"
 
 /* Upper bounds of the stage histogram, in seconds (+Inf is implied):
@@ -238,6 +239,16 @@ put_label(FILE *f, const char *s)
 	}
 }
 
+/* put_replica - '",replica="ADDRESS' for replica k of a pool */
+static void
+put_replica(FILE *f, const struct conf_upstream *u, size_t k)
+{
+	if (!u->pool)
+		return;
+	fputs("\",replica=\"", f);
+	put_label(f, u->replicas[k].address);
+}
+
 static void
 head(FILE *f, const char *name, const char *type, const char *help)
 {
@@ -286,22 +297,51 @@ metrics_render(void)
 	head(f, "miltermux_upstream_failures_total", "counter",
 	    "Upstream connections that failed, by reason.");
 	for (size_t i = 0; i < c->nupstreams; i++) {
-		m = mup_get(c->upstreams[i].name);
-		for (int r = 0; r < METRICS_REASON_COUNT; r++) {
-			fputs("miltermux_upstream_failures_total{upstream=\"",
-			    f);
-			put_label(f, m->name);
-			fprintf(f, "\",reason=\"%s\"} %lu\n", reason_names[r],
-			    ld(&m->failures[r]));
+		const struct conf_upstream *u = &c->upstreams[i];
+
+		/* A pool's failures are its replicas'. */
+		for (size_t k = 0; k < (u->pool ? u->nreplicas : 1); k++) {
+			m = mup_get(health_key(u, k));
+			for (int r = 0; r < METRICS_REASON_COUNT; r++) {
+				fputs("miltermux_upstream_failures_total{"
+				    "upstream=\"", f);
+				put_label(f, u->name);
+				put_replica(f, u, k);
+				fprintf(f, "\",reason=\"%s\"} %lu\n",
+				    reason_names[r], ld(&m->failures[r]));
+			}
 		}
 	}
 	head(f, "miltermux_upstream_up", "gauge",
-	    "1 when the upstream is enabled and its breaker is closed.");
+	    "1 when the upstream is enabled and its breaker is closed "
+	    "(a pool: one replica's is; with replica=\"...\": that "
+	    "replica's).");
 	for (size_t i = 0; i < c->nupstreams; i++) {
-		health_get(c->upstreams[i].name, &hi);
+		const struct conf_upstream *u = &c->upstreams[i];
+
+		health_get_upstream(u, &hi);
 		fputs("miltermux_upstream_up{upstream=\"", f);
-		put_label(f, c->upstreams[i].name);
-		fprintf(f, "\"} %d\n", c->upstreams[i].enabled && hi.up);
+		put_label(f, u->name);
+		fprintf(f, "\"} %d\n", u->enabled && hi.up);
+		for (size_t k = 0; u->pool && k < u->nreplicas; k++) {
+			health_get(health_key(u, k), &hi);
+			fputs("miltermux_upstream_up{upstream=\"", f);
+			put_label(f, u->name);
+			put_replica(f, u, k);
+			fprintf(f, "\"} %d\n", u->enabled && hi.up);
+		}
+	}
+	head(f, "miltermux_replica_sessions", "gauge",
+	    "MTA sessions in flight on each replica of a pool.");
+	for (size_t i = 0; i < c->nupstreams; i++) {
+		const struct conf_upstream *u = &c->upstreams[i];
+
+		for (size_t k = 0; u->pool && k < u->nreplicas; k++) {
+			fputs("miltermux_replica_sessions{upstream=\"", f);
+			put_label(f, u->name);
+			put_replica(f, u, k);
+			fprintf(f, "\"} %u\n", replica_inflight(u, k));
+		}
 	}
 	head(f, "miltermux_stage_seconds", "histogram",
 	    "Time from an MTA command to miltermux's answer, by stage.");
@@ -345,7 +385,7 @@ metrics_healthy(const char **why)
 	for (size_t i = 0; i < c->nupstreams; i++) {
 		if (!c->upstreams[i].enabled)
 			continue;
-		health_get(c->upstreams[i].name, &hi);
+		health_get_upstream(&c->upstreams[i], &hi);
 		if (hi.up)
 			up++;
 	}
@@ -356,6 +396,46 @@ metrics_healthy(const char **why)
 	}
 	*why = "serving";
 	return true;
+}
+
+/*
+ * status_replicas - a pool's addresses (o NULL), or its replicas, each
+ * with its breaker, sessions in flight and failures
+ */
+static json_t *
+status_replicas(const struct conf_upstream *u, json_t *o)
+{
+	json_t			*arr = json_array(), *r, *fs;
+	struct health_info	 hi;
+	struct mup		*m;
+
+	for (size_t k = 0; k < u->nreplicas; k++) {
+		if (o == NULL) {
+			json_array_append_new(arr,
+			    json_string(u->replicas[k].address));
+			continue;
+		}
+		health_get(health_key(u, k), &hi);
+		m = mup_get(health_key(u, k));
+		r = json_object();
+		json_object_set_new(r, "address",
+		    json_string(u->replicas[k].address));
+		json_object_set_new(r, "up", json_boolean(u->enabled &&
+		    hi.up));
+		json_object_set_new(r, "breaker", json_string(hi.state));
+		json_object_set_new(r, "failures_in_a_row",
+		    json_integer(hi.fails));
+		json_object_set_new(r, "retry_in", json_real(hi.retry_in));
+		json_object_set_new(r, "sessions", json_integer(
+		    replica_inflight(u, k)));
+		fs = json_object();
+		for (int e = 0; e < METRICS_REASON_COUNT; e++)
+			json_object_set_new(fs, reason_names[e], json_integer(
+			    (json_int_t)ld(&m->failures[e])));
+		json_object_set_new(r, "failures", fs);
+		json_array_append_new(arr, r);
+	}
+	return arr;
 }
 
 char *
@@ -388,11 +468,16 @@ metrics_status(void)
 	for (size_t i = 0; i < c->nupstreams; i++) {
 		const struct conf_upstream *u = &c->upstreams[i];
 
-		health_get(u->name, &hi);
+		health_get_upstream(u, &hi);
 		m = mup_get(u->name);
 		o = json_object();
 		json_object_set_new(o, "name", json_string(u->name));
-		json_object_set_new(o, "address", json_string(u->address));
+		if (u->pool)
+			json_object_set_new(o, "address", status_replicas(u,
+			    NULL));
+		else
+			json_object_set_new(o, "address",
+			    json_string(u->address));
 		json_object_set_new(o, "enabled", json_boolean(u->enabled));
 		json_object_set_new(o, "phase", json_integer(u->phase));
 		json_object_set_new(o, "up", json_boolean(u->enabled && hi.up));
@@ -406,10 +491,21 @@ metrics_status(void)
 			    (json_int_t)ld(&m->verdicts[v])));
 		json_object_set_new(o, "verdicts", vs);
 		fs = json_object();
-		for (int r = 0; r < METRICS_REASON_COUNT; r++)
-			json_object_set_new(fs, reason_names[r], json_integer(
-			    (json_int_t)ld(&m->failures[r])));
+		for (int r = 0; r < METRICS_REASON_COUNT; r++) {
+			unsigned long	 sum = 0;
+
+			/* A pool's are its replicas'. */
+			for (size_t k = 0; k < (u->pool ? u->nreplicas : 1);
+			    k++)
+				sum += ld(&mup_get(health_key(u, k))->
+				    failures[r]);
+			json_object_set_new(fs, reason_names[r],
+			    json_integer((json_int_t)sum));
+		}
 		json_object_set_new(o, "failures", fs);
+		if (u->pool)
+			json_object_set_new(o, "replicas", status_replicas(u,
+			    o));
 		json_array_append_new(arr, o);
 	}
 	json_object_set_new(root, "upstreams", arr);

@@ -65,6 +65,8 @@ struct upstream {
 	char			 qid[64];	/* (qlock) "" if none */
 	struct conf_addr	 addr;
 	enum on_failure		 on_failure;
+	/* Before negotiation a failure moves to another replica. */
+	bool			 failover;
 	unsigned		 max_mods;	/* per message; more fails */
 	struct xchg_queue	 queue;
 	struct buf		 wbuf;
@@ -104,19 +106,22 @@ static const char *stray_why(struct upstream *);
 static void	on_ready(struct pool_io *, uint32_t);
 
 struct upstream *
-upstream_new(const struct conf_upstream *cfg, const char *connid,
-    struct pool_loop *loop)
+upstream_new(const struct conf_upstream *cfg, size_t r, bool failover,
+    const char *connid, struct pool_loop *loop)
 {
 	struct upstream	*up = xcalloc(1, sizeof *up);
+	const struct conf_addr *a = r < cfg->nreplicas ?
+	    &cfg->replicas[r].addr : &cfg->addr;
 
 	up->io.fd = -1;
 	up->io.ready = on_ready;
 	up->loop = loop;
-	up->name = xstrdup(cfg->name);
+	up->name = xstrdup(health_key(cfg, r));
 	up->connid = xstrdup(connid);
 	pthread_mutex_init(&up->qlock, NULL);
-	up->addr = cfg->addr;
-	up->tcp = cfg->addr.sa.ss_family != AF_UNIX;
+	up->addr = *a;
+	up->tcp = a->sa.ss_family != AF_UNIX;
+	up->failover = failover;
 	up->on_failure = cfg->on_failure;
 	up->max_mods = cfg->max_mods;
 	up->skip_stage = -1;
@@ -249,6 +254,9 @@ log_failure(struct upstream *up, const char *stage, const char *why,
 {
 	char	 qid[64], pre[80] = "";
 	json_t	*o;
+	/* A pool's replica that could not be opened: the session tries
+	 * the next one, and on_failure comes only if none is left. */
+	bool	 next = up->failover && !up->ready;
 
 	pthread_mutex_lock(&up->qlock);
 	memcpy(qid, up->qid, sizeof qid);
@@ -260,6 +268,8 @@ log_failure(struct upstream *up, const char *stage, const char *why,
 	    log_jstr(up->name), "stage", stage, "reason", log_jstr(why),
 	    "on_failure",
 	    conf_on_failure_name(up->on_failure));
+	if (o != NULL && next)
+		json_object_set_new(o, "next_replica", json_true());
 	if (o != NULL && qid[0] != '\0')
 		json_object_set_new(o, "queue_id", log_jstr(qid));
 	if (o != NULL && err != 0)
@@ -267,10 +277,11 @@ log_failure(struct upstream *up, const char *stage, const char *why,
 	if (o != NULL && health_local(err))
 		json_object_set_new(o, "local", json_true());
 	log_record(LOG_WARNING, o, "%s%s: upstream %s: %s: %s%s%s%s; "
-	    "applying on_failure=%s", pre, up->connid, up->name, stage, why,
+	    "%s%s", pre, up->connid, up->name, stage, why,
 	    err != 0 ? ": " : "", err != 0 ? strerror(-err) : "",
 	    health_local(err) ? " (on miltermux's side: not counted "
-	    "against the upstream)" : "",
+	    "against the upstream)" : "", next ? "trying the next replica" :
+	    "applying on_failure=", next ? "" :
 	    conf_on_failure_name(up->on_failure));
 	json_decref(o);
 }

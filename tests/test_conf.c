@@ -622,6 +622,14 @@ assert_same_conf(const struct conf *a, const struct conf *b)
 		cr_assert_str_eq(u->address, v->address);
 		cr_assert_eq(u->addr.salen, v->addr.salen);
 		cr_assert(memcmp(&u->addr.sa, &v->addr.sa, u->addr.salen) == 0);
+		cr_assert_eq(u->pool, v->pool);
+		cr_assert_eq(u->nreplicas, v->nreplicas);
+		for (size_t r = 0; r < u->nreplicas; r++) {
+			cr_assert_str_eq(u->replicas[r].address,
+			    v->replicas[r].address);
+			cr_assert_str_eq(u->replicas[r].label,
+			    v->replicas[r].label);
+		}
 		cr_assert_eq(u->enabled, v->enabled);
 		cr_assert_eq(u->on_failure, v->on_failure);
 		cr_assert_eq(u->phase, v->phase);
@@ -957,4 +965,84 @@ Test(conf, conditions_actions_and_verdicts_parse_and_dump)
 	free(dump2);
 	conf_release(c);
 	conf_release(d);
+}
+
+/*
+ * Replica pools: an array "address" gives one replica per element, each
+ * resolved and labelled NAME[ADDRESS]; a string gives one replica known
+ * by the name alone.  The dump writes the array back.
+ */
+Test(conf, an_address_array_is_a_pool_of_replicas)
+{
+	struct conf	*c;
+	char		*text;
+
+	c = parse_text("{ \"upstreams\": [\n"
+	    "  { \"name\": \"spamd\", \"address\": [\"inet:8891@127.0.0.1\", "
+	    "\"unix:/run/spamd.sock\"] },\n"
+	    "  { \"name\": \"av\", \"address\": \"inet:8893@127.0.0.1\" } ] }",
+	    "pool");
+	cr_assert(c->upstreams[0].pool);
+	cr_assert_eq(c->upstreams[0].nreplicas, 2);
+	cr_assert_str_eq(c->upstreams[0].replicas[0].label,
+	    "spamd[inet:8891@127.0.0.1]");
+	cr_assert_str_eq(c->upstreams[0].replicas[1].label,
+	    "spamd[unix:/run/spamd.sock]");
+	assert_inet(&c->upstreams[0].replicas[0].addr, "127.0.0.1", 8891);
+	assert_unix(&c->upstreams[0].replicas[1].addr, "/run/spamd.sock");
+	/* The first replica stands for the upstream where one is asked. */
+	cr_assert_str_eq(c->upstreams[0].address, "inet:8891@127.0.0.1");
+	assert_inet(&c->upstreams[0].addr, "127.0.0.1", 8891);
+	cr_assert(!c->upstreams[1].pool);
+	cr_assert_eq(c->upstreams[1].nreplicas, 1);
+	cr_assert_str_eq(c->upstreams[1].replicas[0].label, "av");
+	text = conf_dump(c);
+	cr_assert_not_null(strstr(text, "\"address\": [\n"
+	    "        \"inet:8891@127.0.0.1\",\n"
+	    "        \"unix:/run/spamd.sock\"\n      ],"), "%s", text);
+	cr_assert_not_null(strstr(text,
+	    "\"address\": \"inet:8893@127.0.0.1\","), "%s", text);
+	round_trip(c);
+	free(text);
+	conf_release(c);
+
+	/* A disabled pool's replicas need not resolve (as one address). */
+	c = parse_text("{ \"upstreams\": [ { \"name\": \"a\", \"address\": "
+	    "\"inet:1@127.0.0.1\" }, { \"name\": \"b\", \"enabled\": false, "
+	    "\"address\": [\"inet:2@127.0.0.1\", \"inet:3@no..such.host\"] } "
+	    "] }", "disabled");
+	cr_assert_eq(c->upstreams[1].nreplicas, 2);
+	conf_release(c);
+}
+
+Test(conf, refuses_bad_address_arrays_at_their_element)
+{
+	static const char	 text[] =
+	    "{ \"upstreams\": [\n"
+	    "  { \"name\": \"a\", \"address\": [] },\n"
+	    "  { \"name\": \"b\", \"address\": [\"inet:1@127.0.0.1\", 5] },\n"
+	    "  { \"name\": \"c\", \"address\": [\"inet:1@127.0.0.1\",\n"
+	    "      \"inet:x@127.0.0.1\"] },\n"
+	    "  { \"name\": \"d\", \"address\": [\"inet:1@127.0.0.1\", "
+	    "\"unix:/a\", \"inet:0001@127.0.0.1\"] },\n"
+	    "  { \"name\": \"e\", \"address\": {} } ] }";
+	struct conf_errors	 errs = { 0 };
+	struct conf		*c;
+
+	cr_assert_eq(conf_parse(text, strlen(text), "pools", &c, &errs),
+	    -EINVAL);
+	cr_assert_null(c);
+	cr_assert_eq(errs.n, 5);
+	cr_assert_str_eq(errs.v[0], "pools:2:29: upstreams[0].address: is "
+	    "an empty array: give at least one address");
+	cr_assert_str_eq(errs.v[1], "pools:3:50: upstreams[1].address[1]: "
+	    "must be a string, not an integer");
+	cr_assert(has_prefix(errs.v[2], "pools:5:7: upstreams[2].address[1]: "
+	    "\"inet:x@127.0.0.1\": "), "%s", errs.v[2]);
+	cr_assert_str_eq(errs.v[3], "pools:6:61: upstreams[3].address[2]: "
+	    "\"inet:0001@127.0.0.1\" is the same socket as "
+	    "upstreams[3].address[0]");
+	cr_assert_str_eq(errs.v[4], "pools:7:29: upstreams[4].address: "
+	    "must be a string or an array of strings, not an object");
+	conf_errors_fini(&errs);
 }

@@ -311,7 +311,7 @@ until_not_skipped(const struct conf_upstream *u, uint64_t *probe)
 	double		 end = h_now() + 5;
 	enum health_use	 use;
 
-	while ((use = health_check(u, probe)) == HEALTH_SKIP &&
+	while ((use = health_check(u, 0, probe)) == HEALTH_SKIP &&
 	    h_now() < end)
 		;
 	return use;
@@ -326,45 +326,45 @@ Test(daemon, health_marks_down_after_failures_in_a_row_and_probes_once)
 
 	health_reset();
 	log_set_sink(sink, NULL);
-	cr_assert_eq(health_check(&u, &p), HEALTH_USE);
+	cr_assert_eq(health_check(&u, 0, &p), HEALTH_USE);
 	cr_assert_eq(p, 0);
-	health_report(&u, 0, false);
-	health_report(&u, 0, false);
-	cr_assert_eq(health_check(&u, &p), HEALTH_USE, "2 of 3 failures");
+	health_report(&u, 0, 0, false);
+	health_report(&u, 0, 0, false);
+	cr_assert_eq(health_check(&u, 0, &p), HEALTH_USE, "2 of 3 failures");
 	cr_assert_str_empty(logged);
 	t0 = h_now();
-	health_report(&u, 0, false);
+	health_report(&u, 0, 0, false);
 	cr_assert_str_eq(logged, "upstream spam: down after 3 consecutive "
 	    "failures; retrying in 0.2 s\n");
-	cr_assert_eq(health_check(&u, &p), HEALTH_SKIP);
+	cr_assert_eq(health_check(&u, 0, &p), HEALTH_SKIP);
 
 	/* Due: one session probes, every other one keeps skipping. */
 	cr_assert_eq(until_not_skipped(&u, &p), HEALTH_PROBE);
 	cr_assert_geq(h_now() - t0, 0.2);
 	cr_assert_neq(p, 0);
-	cr_assert_eq(health_check(&u, &q), HEALTH_SKIP);
-	cr_assert_eq(health_check(&u, &q), HEALTH_SKIP);
+	cr_assert_eq(health_check(&u, 0, &q), HEALTH_SKIP);
+	cr_assert_eq(health_check(&u, 0, &q), HEALTH_SKIP);
 	HAS(logged, "upstream spam: probing\n");
 	/* Sessions that are not the probe do not decide. */
-	health_report(&u, 0, true);
-	health_report(&u, p + 1, true);
-	cr_assert_eq(health_check(&u, &q), HEALTH_SKIP);
+	health_report(&u, 0, 0, true);
+	health_report(&u, 0, p + 1, true);
+	cr_assert_eq(health_check(&u, 0, &q), HEALTH_SKIP);
 
 	/* A failed probe: down again, and a new probe later. */
-	health_report(&u, p, false);
+	health_report(&u, 0, p, false);
 	HAS(logged, "upstream spam: down after 4 consecutive failures; "
 	    "retrying in 0.2 s\n");
-	cr_assert_eq(health_check(&u, &q), HEALTH_SKIP);
+	cr_assert_eq(health_check(&u, 0, &q), HEALTH_SKIP);
 	cr_assert_eq(until_not_skipped(&u, &q), HEALTH_PROBE);
 	cr_assert_neq(q, p, "each probe has its own token");
-	health_report(&u, p, true);
-	cr_assert_eq(health_check(&u, &p), HEALTH_SKIP, "stale token");
+	health_report(&u, 0, p, true);
+	cr_assert_eq(health_check(&u, 0, &p), HEALTH_SKIP, "stale token");
 
 	/* A successful probe brings it back for everyone. */
-	health_report(&u, q, true);
+	health_report(&u, 0, q, true);
 	HAS(logged, "upstream spam: back up\n");
-	cr_assert_eq(health_check(&u, &p), HEALTH_USE);
-	cr_assert_eq(health_check(&u, &p), HEALTH_USE);
+	cr_assert_eq(health_check(&u, 0, &p), HEALTH_USE);
+	cr_assert_eq(health_check(&u, 0, &p), HEALTH_USE);
 	cr_assert_eq(count(logged, "\n"), 5, "one line per change:\n%s",
 	    logged);
 	log_set_sink(NULL, NULL);
@@ -382,18 +382,18 @@ Test(daemon, health_counts_only_failures_in_a_row_per_name)
 
 	health_reset();
 	log_set_sink(sink, NULL);
-	health_report(&a, 0, false);
-	health_report(&a, 0, true);
-	health_report(&a, 0, false);
-	cr_assert_eq(health_check(&a, &p), HEALTH_USE, "a success in "
+	health_report(&a, 0, 0, false);
+	health_report(&a, 0, 0, true);
+	health_report(&a, 0, 0, false);
+	cr_assert_eq(health_check(&a, 0, &p), HEALTH_USE, "a success in "
 	    "between resets the count");
-	health_report(&b, 0, false);
-	cr_assert_eq(health_check(&a, &p), HEALTH_USE, "names are apart");
+	health_report(&b, 0, 0, false);
+	cr_assert_eq(health_check(&a, 0, &p), HEALTH_USE, "names are apart");
 	/* Thresholds come with each call, as after a reload; the state
 	 * stays with the name. */
-	health_report(&a2, 0, false);
-	cr_assert_eq(health_check(&a, &p), HEALTH_SKIP);
-	cr_assert_eq(health_check(&b, &p), HEALTH_USE);
+	health_report(&a2, 0, 0, false);
+	cr_assert_eq(health_check(&a, 0, &p), HEALTH_SKIP);
+	cr_assert_eq(health_check(&b, 0, &p), HEALTH_USE);
 	HAS(logged, "upstream a: down after 2 consecutive failures; "
 	    "retrying in 60 s\n");
 	log_set_sink(NULL, NULL);
@@ -414,40 +414,40 @@ Test(daemon, health_leaves_local_shortage_out_and_a_negotiated_probe_wins)
 
 	/* Out of descriptors or memory here: never the upstream's fault. */
 	for (int i = 0; i < 10; i++)
-		health_failure(&u, 0, i % 2 == 0 ? -EMFILE : -ENOMEM);
-	cr_assert_eq(health_check(&u, &p), HEALTH_USE);
+		health_failure(&u, 0, 0, i % 2 == 0 ? -EMFILE : -ENOMEM);
+	cr_assert_eq(health_check(&u, 0, &p), HEALTH_USE);
 	cr_assert_str_empty(logged);
 	/* Nor does it break a run of real failures. */
-	health_failure(&u, 0, -ECONNREFUSED);
-	health_failure(&u, 0, -ENFILE);
-	health_failure(&u, 0, -ETIMEDOUT);
+	health_failure(&u, 0, 0, -ECONNREFUSED);
+	health_failure(&u, 0, 0, -ENFILE);
+	health_failure(&u, 0, 0, -ETIMEDOUT);
 	HAS(logged, "upstream av: down after 2 consecutive failures");
 
 	/* A probe that met a shortage hands the probe on at once. */
 	cr_assert_eq(until_not_skipped(&u, &p), HEALTH_PROBE);
-	health_failure(&u, p, -EMFILE);
-	cr_assert_eq(health_check(&u, &q), HEALTH_PROBE);
+	health_failure(&u, 0, p, -EMFILE);
+	cr_assert_eq(health_check(&u, 0, &q), HEALTH_PROBE);
 	cr_assert_neq(q, p);
 	HASNT(logged, "down after 3");
 
 	/* It negotiated: up for everyone while the probe's session goes
 	 * on; a success from another session is no longer needed. */
-	health_alive(&u, p);		/* stale token: nothing */
-	cr_assert_eq(health_check(&u, &p), HEALTH_SKIP);
-	health_alive(&u, q);
+	health_alive(&u, 0, p);		/* stale token: nothing */
+	cr_assert_eq(health_check(&u, 0, &p), HEALTH_SKIP);
+	health_alive(&u, 0, q);
 	HAS(logged, "upstream av: back up\n");
-	cr_assert_eq(health_check(&u, &p), HEALTH_USE);
-	health_alive(&u, q);		/* once */
+	cr_assert_eq(health_check(&u, 0, &p), HEALTH_USE);
+	health_alive(&u, 0, q);		/* once */
 	cr_assert_eq(count(logged, "back up"), 1, "%s", logged);
 	/* The count was kept: the next failure marks it down again... */
-	health_report(&u, q, false);
+	health_report(&u, 0, q, false);
 	HAS(logged, "upstream av: down after 3 consecutive failures");
 	/* ...unless a success came first. */
 	cr_assert_eq(until_not_skipped(&u, &p), HEALTH_PROBE);
-	health_alive(&u, p);
-	health_report(&u, p, true);
-	health_report(&u, 0, false);
-	cr_assert_eq(health_check(&u, &q), HEALTH_USE);
+	health_alive(&u, 0, p);
+	health_report(&u, 0, p, true);
+	health_report(&u, 0, 0, false);
+	cr_assert_eq(health_check(&u, 0, &q), HEALTH_USE);
 	log_set_sink(NULL, NULL);
 }
 

@@ -578,7 +578,8 @@ slot_start(struct slot *sl)
 	sl->sess_t0 = now_ns();
 	for (size_t j = 0; j < o->nups; j++) {
 		sl->m[j].sl = sl;
-		sl->m[j].up = upstream_new(&o->ups[j], sl->connid, sl->loop);
+		sl->m[j].up = upstream_new(&o->ups[j], 0, false, sl->connid,
+		    sl->loop);
 	}
 	sl->opening = true;
 	sl->cur = 0;

@@ -874,7 +874,8 @@ main(int argc, char **argv)
 		fprintf(stderr, "miltermux-send: %s\n", strerror(-rc));
 		return EX_OSERR;
 	}
-	up = upstream_new(&cfg, "miltermux-send", pool_pick(pool));
+	up = upstream_new(&cfg, 0, false, "miltermux-send",
+	    pool_pick(pool));
 	if (opt.json) {
 		fputs("{\n  \"server\": ", out);
 		json_cstr(opt.server);

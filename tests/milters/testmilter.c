@@ -48,6 +48,11 @@
  *                             answering (also negotiate and abort); at eom
  *                             the sleep comes before the modifications.
  *                             Repeatable; the last one for a stage wins.
+ *   --serial-eom              hold one process-wide mutex across the eom
+ *                             callback's --delay sleep, so that the filter
+ *                             works on one message at a time however many
+ *                             sessions it has (a benchmark's stand-in for
+ *                             a single-threaded scanner)
  *   --progress-every MS       during the eom delay, call smfi_progress after
  *                             every full MS milliseconds.
  *
@@ -118,7 +123,8 @@
  * the same time, and those of one connection one after the other on
  * different pool threads.  struct config is written by main() before
  * smfi_main() and only read afterwards; per-connection state lives
- * behind smfi_setpriv(); a log line is one write(2).  No locks.
+ * behind smfi_setpriv(); a log line is one write(2).  The one lock,
+ * serial_lock, serialises eom delays with --serial-eom.
  * Ownership: struct session is allocated in negotiate (or in connect
  * after QUIT_NC, which closes the previous session) and freed in close.
  * Strings from libmilter are used only during the callback.
@@ -134,6 +140,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -306,6 +313,7 @@ static struct config {
 	struct reply	*reply[STAGE_COUNT];
 	long		 delay_ms[STAGE_COUNT];
 	long		 progress_ms;		/* 0: no progress */
+	bool		 serial_eom;		/* eom delays one at a time */
 	struct strlist	 reject_rcpt;
 	struct strlist	 tempfail_rcpt;
 	struct strlist	 only_from;
@@ -650,9 +658,27 @@ sleep_ms(long ms)
 		req = rem;
 }
 
-/* delay - the --delay of this stage; at eom with --progress-every */
+/* serial_lock - held across an eom delay with --serial-eom */
+static pthread_mutex_t	 serial_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void	delay_run(SMFICTX *, const struct session *, enum stage);
+
+/* delay - the --delay of this stage; at eom with --progress-every, and
+ * one session at a time with --serial-eom */
 static void
 delay(SMFICTX *ctx, const struct session *s, enum stage st)
+{
+	if (st != STAGE_EOM || !cfg.serial_eom) {
+		delay_run(ctx, s, st);
+		return;
+	}
+	pthread_mutex_lock(&serial_lock);
+	delay_run(ctx, s, st);
+	pthread_mutex_unlock(&serial_lock);
+}
+
+static void
+delay_run(SMFICTX *ctx, const struct session *s, enum stage st)
 {
 	long	 left, step;
 
@@ -1150,6 +1176,7 @@ static const char usage_text[] =
 "  --delay STAGE=MS          sleep in that callback before answering (also\n"
 "                            negotiate, abort)\n"
 "  --progress-every MS       during the eom delay, smfi_progress every MS\n"
+"  --serial-eom              one eom delay at a time in the whole process\n"
 "\n"
 "Modifications, made at eom in command-line order whatever the verdict:\n"
 "  --addheader \"NAME:VALUE\"       --insheader \"IDX:NAME:VALUE\"\n"
@@ -1187,6 +1214,7 @@ enum {
 	LONG_ONLY_FROM,
 	LONG_DELAY,
 	LONG_PROGRESS_EVERY,
+	LONG_SERIAL_EOM,
 	LONG_ADDHEADER,
 	LONG_INSHEADER,
 	LONG_CHGHEADER,
@@ -1230,6 +1258,7 @@ static const struct option long_opts[] = {
 	{ "delay",		required_argument,	NULL, LONG_DELAY },
 	{ "progress-every",	required_argument,	NULL,
 	    LONG_PROGRESS_EVERY },
+	{ "serial-eom",		no_argument,		NULL, LONG_SERIAL_EOM },
 	{ "addheader",		required_argument,	NULL, LONG_ADDHEADER },
 	{ "insheader",		required_argument,	NULL, LONG_INSHEADER },
 	{ "chgheader",		required_argument,	NULL, LONG_CHGHEADER },
@@ -1684,6 +1713,9 @@ parse_args(int argc, char **argv)
 			break;
 		case LONG_DELAY:
 			parse_delay(optarg);
+			break;
+		case LONG_SERIAL_EOM:
+			cfg.serial_eom = true;
 			break;
 		case LONG_PROGRESS_EVERY:
 			if (!parse_num(optarg, 1, DELAY_MAX_MS,
