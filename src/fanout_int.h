@@ -22,6 +22,7 @@
 #include "merge.h"
 #include "message.h"
 #include "pool.h"
+#include "shadow.h"
 #include "upstream.h"
 
 /* Pipelined packets an upstream may have in flight before the MTA waits:
@@ -59,6 +60,8 @@ struct slot {
 	double				 msg_seconds;
 	/* Caller's thread only. */
 	enum verdict			 msg_verdict;
+	size_t				 mon_mods;	/* monitor: asked */
+	struct shadow_rec		*shadow;	/* shadow slots */
 	struct exchange			*cur;	/* waited exchange, or NULL */
 	/* Until when it may still be answering an exchange we stopped
 	 * waiting for: its next deadline counts from then, so that it
@@ -74,6 +77,10 @@ struct fanout {
 	char			*connid;
 	struct slot		*slots;
 	size_t			 n;
+	/* The shadow upstreams (mode shadow): recorded, never waited
+	 * for; only cfg, names, leadspc_fix and shadow are used. */
+	struct slot		*shslots;
+	size_t			 nsh;
 	struct pool_loop	*loop;		/* all of its upstreams' */
 	unsigned		 pending;	/* (L) waited, not done */
 	bool			 decisive;	/* (L) a reject arrived */

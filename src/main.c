@@ -71,6 +71,7 @@
 #include "log.h"
 #include "metrics_http.h"
 #include "pool.h"
+#include "shadow.h"
 #include "xalloc.h"
 
 #define DEFAULT_CONFIG	SYSCONFDIR "/miltermux.json"
@@ -770,6 +771,9 @@ handover(int sig, double grace)
 	return true;
 }
 
+/* When the stop's grace ends (monotonic seconds); 0 before a stop. */
+static double	 grace_end;
+
 /*
  * drain - after a stop signal: refuse new MTA connections and wait up
  * to shutdown_grace seconds for the open sessions to end.  A session
@@ -785,6 +789,7 @@ drain(int sig)
 	int		 s;
 
 	conf_release(c);
+	grace_end = mono() + grace;
 	if (handover(sig, grace))
 		return;
 	front_drain(wake_main);
@@ -961,6 +966,8 @@ main(int argc, char **argv)
 	conf_release(c);
 
 	serve();
+	/* What shadow upstreams still have queued, within the same grace. */
+	shadow_drain(grace_end > mono() ? grace_end - mono() : 0);
 	metrics_http_stop();
 	log_info("miltermux stopping");
 	if (opts.pidfile != NULL)
