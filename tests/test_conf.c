@@ -543,9 +543,15 @@ Test(conf, shipped_config_loads_cleanly)
 	cr_assert_str_eq(c->listen, "inet:8890@127.0.0.1");
 	cr_assert_eq(c->threads, 4);
 	cr_assert_eq(c->max_sessions, 1000);
-	cr_assert_eq(c->nupstreams, 3);
+	cr_assert_eq(c->nupstreams, 5);
 	cr_assert_eq(c->nenabled, 3);
 	cr_assert_eq(c->nmacros[MACRO_ENVFROM], 1);
+	/* Two more, shown disabled: a monitor and a shadow. */
+	cr_assert_eq(c->upstreams[0].mode, MODE_ENFORCE);
+	cr_assert_eq(c->upstreams[3].mode, MODE_MONITOR);
+	cr_assert_eq(c->upstreams[4].mode, MODE_SHADOW);
+	cr_assert_eq(c->upstreams[4].shadow_queue, 100);
+	cr_assert_eq(c->upstreams[4].shadow_queue_bytes, 67108864);
 	assert_timeouts(&c->upstreams[0].timeouts, 5, 8, 30);
 	assert_inet(&c->upstreams[1].addr, "127.0.0.1", 8893);
 	cr_assert_eq(c->upstreams[2].on_failure, ONFAIL_ACCEPT);
