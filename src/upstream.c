@@ -65,6 +65,7 @@ struct upstream {
 	char			 qid[64];	/* (qlock) "" if none */
 	struct conf_addr	 addr;
 	enum on_failure		 on_failure;
+	enum upstream_mode	 mode;	/* not enforce: nothing is applied */
 	unsigned		 max_mods;	/* per message; more fails */
 	struct xchg_queue	 queue;
 	struct buf		 wbuf;
@@ -118,6 +119,7 @@ upstream_new(const struct conf_upstream *cfg, const char *connid,
 	up->addr = cfg->addr;
 	up->tcp = cfg->addr.sa.ss_family != AF_UNIX;
 	up->on_failure = cfg->on_failure;
+	up->mode = cfg->mode;
 	up->max_mods = cfg->max_mods;
 	up->skip_stage = -1;
 	up->last_stage = -1;
@@ -247,7 +249,7 @@ static void
 log_failure(struct upstream *up, const char *stage, const char *why,
     int err)
 {
-	char	 qid[64], pre[80] = "";
+	char	 qid[64], pre[80] = "", act[64];
 	json_t	*o;
 
 	pthread_mutex_lock(&up->qlock);
@@ -266,12 +268,21 @@ log_failure(struct upstream *up, const char *stage, const char *why,
 		json_object_set_new(o, "error", json_string(strerror(-err)));
 	if (o != NULL && health_local(err))
 		json_object_set_new(o, "local", json_true());
-	log_record(LOG_WARNING, o, "%s%s: upstream %s: %s: %s%s%s%s; "
-	    "applying on_failure=%s", pre, up->connid, up->name, stage, why,
+	/* A monitor's or shadow's failure changes nothing for the MTA. */
+	if (up->mode != MODE_ENFORCE)
+		snprintf(act, sizeof act, "ignored (%s)",
+		    conf_mode_name(up->mode));
+	else
+		snprintf(act, sizeof act, "applying on_failure=%s",
+		    conf_on_failure_name(up->on_failure));
+	if (o != NULL && up->mode != MODE_ENFORCE)
+		json_object_set_new(o, "mode", json_string(
+		    conf_mode_name(up->mode)));
+	log_record(LOG_WARNING, o, "%s%s: upstream %s: %s: %s%s%s%s; %s",
+	    pre, up->connid, up->name, stage, why,
 	    err != 0 ? ": " : "", err != 0 ? strerror(-err) : "",
 	    health_local(err) ? " (on miltermux's side: not counted "
-	    "against the upstream)" : "",
-	    conf_on_failure_name(up->on_failure));
+	    "against the upstream)" : "", act);
 	json_decref(o);
 }
 

@@ -273,6 +273,10 @@ Test(modes, failing_monitor_changes_nothing, .timeout = 60)
 	log = wait_count(&e, ": message (", 1);
 	HAS(log, " slow=failed(monitor)/");
 	HAS(log, " down=failed(monitor)/");
+	HAS(log, "upstream slow: eom: no answer in time");
+	HAS(log, "upstream down: negotiate: connect: ");
+	cr_assert_eq(count(log, "; ignored (monitor)"), 2, "%s", log);
+	HASNT(log, "applying on_failure=reject");
 	HAS(log, "; merged continue; 0 modifications applied;");
 	free(log);
 	env_stop(&e, 1);
@@ -423,6 +427,8 @@ Test(modes, shadow_down_changes_nothing, .timeout = 60)
 	mta_close(&m);
 	log = wait_count(&e, ": shadow down (", 1);
 	HAS(log, "): failed/");
+	HAS(log, "upstream down: negotiate: connect: ");
+	HAS(log, "; ignored (shadow)");
 	HAS(log, "; merged continue; 1 modification applied (addheader=1);");
 	free(log);
 	env_stop(&e, 1);
