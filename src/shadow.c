@@ -29,6 +29,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
@@ -39,6 +40,7 @@
 
 #include "codec.h"
 #include "conf.h"
+#include "health.h"
 #include "log.h"
 #include "merge.h"
 #include "metrics.h"
@@ -108,6 +110,7 @@ struct run {
 	bool			 cancel_posted;
 	struct pool_job		 cancel;
 	int			 err;		/* first failure */
+	bool			 down;		/* skipped: its breaker */
 	enum verdict		 verdict;	/* of the message */
 	size_t			 nmods;
 };
@@ -319,13 +322,13 @@ static void
 report(struct svc *sv, const struct smsg *m, const struct run *r,
     double seconds)
 {
-	const char	*vs = r->err != 0 ? "failed" :
+	const char	*vs = r->down ? "down" : r->err != 0 ? "failed" :
 			    r->verdict == VERDICT_NONE ? "-" :
 			    proto_verdict_name(r->verdict);
 	json_t		*o = NULL;
 
-	metrics_upstream_verdict(sv->name, r->err != 0 ? METRICS_UV_FAILED :
-	    (int)r->verdict);
+	metrics_upstream_verdict(sv->name, r->down ? METRICS_UV_DOWN :
+	    r->err != 0 ? METRICS_UV_FAILED : (int)r->verdict);
 	if (r->err == 0 && (r->nmods > 0 || r->verdict == VERDICT_REJECT ||
 	    r->verdict == VERDICT_TEMPFAIL || r->verdict == VERDICT_DISCARD))
 		metrics_unapplied(sv->name);
@@ -352,9 +355,19 @@ static void
 replay(struct svc *sv, struct smsg *m)
 {
 	struct run	 r = { .verdict = VERDICT_NONE };
-	struct sx	*xs = xcalloc(m->n + 1, sizeof *xs), *cl;
+	struct sx	*xs, *cl;
 	double		 start = mono(), dl, b = budget(m->cfg);
 	struct timespec	 ts;
+	uint64_t	 probe = 0;
+
+	/* Its breaker, as for any upstream: a shadow that is down costs
+	 * one line per message, not a failed connection each. */
+	if (health_check(m->cfg, &probe) == HEALTH_SKIP) {
+		r.down = true;
+		report(sv, m, &r, 0);
+		return;
+	}
+	xs = xcalloc(m->n + 1, sizeof *xs);
 
 	pthread_mutex_init(&r.lock, NULL);
 	cond_init(&r.cond);
@@ -394,6 +407,10 @@ replay(struct svc *sv, struct smsg *m)
 		pthread_cond_timedwait(&r.cond, &r.lock, &ts);
 	}
 	pthread_mutex_unlock(&r.lock);
+	if (r.err != 0)
+		health_failure(m->cfg, probe, r.err);
+	else
+		health_report(m->cfg, probe, true);
 	report(sv, m, &r, mono() - start);
 	cl = xcalloc(1, sizeof *cl);
 	upstream_xchg_init(&cl->x, XCHG_CLOSE, STAGE_QUIT);

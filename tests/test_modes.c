@@ -399,14 +399,17 @@ Test(modes, shadow_behind_drops_whole_messages_and_counts_them,
 
 /*
  * A shadow upstream that is down changes nothing for the MTA: answers
- * and changes as without it, promptly; its line says it failed.
+ * and changes as without it, promptly.  Its first message fails (one
+ * failure line, "ignored"); its breaker (failures 1) then marks it down,
+ * and the second is not tried: its line says "down".
  */
 Test(modes, shadow_down_changes_nothing, .timeout = 60)
 {
 	struct env	 e;
 	struct up	 ups[] = {
 		{ "a", { "--addheader", "X-A:1", NULL }, NULL },
-		{ "down", { NULL }, "\"mode\": \"shadow\"" },
+		{ "down", { NULL }, "\"mode\": \"shadow\", \"failures\": 1, "
+		    "\"retry_after\": 60" },
 	};
 	struct mta_result r;
 	struct mta	 m;
@@ -415,21 +418,28 @@ Test(modes, shadow_down_changes_nothing, .timeout = 60)
 
 	env_setup(&e, ups, 2, NULL, 0);
 	open_session(&e, &m, "client.example");
-	t0 = h_now();
-	message(&m, "<alice@example.org>", &r);
-	cr_assert(h_now() - t0 < 0.2);
-	cr_assert(r.verdict == VERDICT_CONTINUE ||
-	    r.verdict == VERDICT_ACCEPT);
-	cr_assert_eq(r.nmods, 1);
-	cr_assert(has_header_mod(&r, "X-A"));
-	mta_result_fini(&r);
+	for (int i = 0; i < 2; i++) {
+		t0 = h_now();
+		message(&m, "<alice@example.org>", &r);
+		cr_assert(h_now() - t0 < 0.2);
+		cr_assert(r.verdict == VERDICT_CONTINUE ||
+		    r.verdict == VERDICT_ACCEPT);
+		cr_assert_eq(r.nmods, 1);
+		cr_assert(has_header_mod(&r, "X-A"));
+		mta_result_fini(&r);
+		/* One at a time: the second after the breaker opened. */
+		free(wait_count(&e, ": shadow down (", (size_t)i + 1));
+	}
 	mta_quit(&m);
 	mta_close(&m);
-	log = wait_count(&e, ": shadow down (", 1);
-	HAS(log, "): failed/");
-	HAS(log, "upstream down: negotiate: connect: ");
+	log = wait_count(&e, ": shadow down (", 2);
+	cr_assert_eq(count(log, "): failed/"), 1, "%s", log);
+	cr_assert_eq(count(log, "): down/"), 1, "%s", log);
+	cr_assert_eq(count(log, "upstream down: negotiate: connect: "), 1,
+	    "%s", log);
 	HAS(log, "; ignored (shadow)");
-	HAS(log, "; merged continue; 1 modification applied (addheader=1);");
+	cr_assert_eq(count(log, "; merged continue; 1 modification applied "
+	    "(addheader=1);"), 2, "%s", log);
 	free(log);
 	env_stop(&e, 1);
 }
