@@ -632,6 +632,7 @@ shadow_drain(double grace)
 	struct smsg	*m;
 	struct timespec	 ts = to_ts(deadline);
 	unsigned long	 left;
+	bool		 cut;
 
 	pthread_mutex_lock(&svcs_lock);
 	list = svcs;
@@ -652,9 +653,14 @@ shadow_drain(double grace)
 			smsg_free(m);
 			pthread_mutex_lock(&sv->lock);
 		}
+		cut = sv->busy;
 		pthread_mutex_unlock(&sv->lock);
-		if (left > 0)
+		if (left > 0 || cut)
 			log_warnx("shadow %s: %lu queued message%s dropped at "
-			    "shutdown", sv->name, left, left == 1 ? "" : "s");
+			    "shutdown%s", sv->name, left, left == 1 ? "" : "s",
+			    cut ? ", 1 cut off while replayed" : "");
+		else
+			log_info("shadow %s: every queued message replayed",
+			    sv->name);
 	}
 }

@@ -11,6 +11,7 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -440,6 +441,57 @@ Test(modes, shadow_down_changes_nothing, .timeout = 60)
 	HAS(log, "; ignored (shadow)");
 	cr_assert_eq(count(log, "; merged continue; 1 modification applied "
 	    "(addheader=1);"), 2, "%s", log);
+	free(log);
+	env_stop(&e, 1);
+}
+
+/*
+ * At shutdown, a shadow's queue is worked off within shutdown_grace, no
+ * longer: of 6 messages at 400 ms each with a grace of 1 s, a few are
+ * replayed, the rest are dropped and said so; every message is one or
+ * the other; the daemon is gone soon after the grace.
+ */
+Test(modes, shadow_drains_at_shutdown_within_the_grace, .timeout = 60)
+{
+	struct env	 e;
+	struct up	 ups[] = {
+		{ "a", { NULL }, NULL },
+		{ "s", { "--delay", "eom=400", NULL }, "\"mode\": \"shadow\"" },
+	};
+	struct mta_result r;
+	struct mta	 m;
+	char		*log, *p;
+	unsigned long	 dropped = 0;
+	size_t		 replayed;
+	double		 t0;
+	int		 cut;
+
+	env_setup(&e, ups, 2, "\"shutdown_grace\": 1", 0);
+	open_session(&e, &m, "client.example");
+	for (int i = 0; i < 6; i++) {
+		message(&m, "<alice@example.org>", &r);
+		mta_result_fini(&r);
+	}
+	mta_quit(&m);
+	mta_close(&m);
+	t0 = h_now();
+	cr_assert_eq(h_kill(e.mux, SIGTERM), 0);
+	cr_assert_eq(h_wait_exit(e.mux, 10, NULL), 0, "did not stop");
+	e.mux = 0;
+	cr_assert(h_now() - t0 < 2.5, "took %.1f s to stop", h_now() - t0);
+	log = env_mux_log(&e);
+	replayed = count(log, "): continue/") + count(log, "): accept/");
+	p = strstr(log, "shadow s: ");
+	cr_assert_not_null(p, "%s", log);
+	cr_assert_eq(sscanf(p, "shadow s: %lu queued", &dropped), 1, "%s",
+	    log);
+	cut = strstr(p, ", 1 cut off while replayed") != NULL &&
+	    strstr(p, ", 1 cut off while replayed") < strchr(p, '\n');
+	cr_assert_eq(replayed + dropped + (size_t)cut, 6, "replayed %zu, "
+	    "dropped %lu, cut %d:\n%s", replayed, dropped, cut, log);
+	cr_assert(replayed >= 1 && dropped >= 1, "%s", log);
+	cr_log_info("replayed %zu, dropped %lu, cut %d", replayed, dropped,
+	    cut);
 	free(log);
 	env_stop(&e, 1);
 }
