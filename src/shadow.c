@@ -84,6 +84,11 @@ struct svc {
 	unsigned		 nqueued;	/* (S) */
 	size_t			 bytes;		/* (S) reserved */
 	bool			 busy;		/* (S) replaying one */
+	/* (S) The replay's outcome is being reported: shadow_drain
+	 * waits for it.  Else, past the grace, it gives the replay up
+	 * (gave_up), counts it as cut off, and it is not reported. */
+	bool			 reporting;
+	bool			 gave_up;
 	bool			 stopping;	/* (S) draining */
 	unsigned long		 unlogged;	/* (S) drops not yet logged */
 	double			 logged_at;	/* (S) last drop line */
@@ -346,6 +351,21 @@ report(struct svc *sv, const struct smsg *m, const struct run *r,
 	json_decref(o);
 }
 
+/* report_once - report, unless shadow_drain gave the replay up */
+static void
+report_once(struct svc *sv, const struct smsg *m, const struct run *r,
+    double seconds)
+{
+	bool	 go;
+
+	pthread_mutex_lock(&sv->lock);
+	go = !sv->gave_up;
+	sv->reporting = go;
+	pthread_mutex_unlock(&sv->lock);
+	if (go)
+		report(sv, m, r, seconds);
+}
+
 /*
  * replay - one message over a connection of its own: open, every stage,
  * then close once all are answered; each answer within the upstream's
@@ -364,7 +384,7 @@ replay(struct svc *sv, struct smsg *m)
 	 * one line per message, not a failed connection each. */
 	if (health_check(m->cfg, &probe) == HEALTH_SKIP) {
 		r.down = true;
-		report(sv, m, &r, 0);
+		report_once(sv, m, &r, 0);
 		return;
 	}
 	xs = xcalloc(m->n + 1, sizeof *xs);
@@ -411,7 +431,7 @@ replay(struct svc *sv, struct smsg *m)
 		health_failure(m->cfg, probe, r.err);
 	else
 		health_report(m->cfg, probe, true);
-	report(sv, m, &r, mono() - start);
+	report_once(sv, m, &r, mono() - start);
 	cl = xcalloc(1, sizeof *cl);
 	upstream_xchg_init(&cl->x, XCHG_CLOSE, STAGE_QUIT);
 	cl->x.done = close_done;
@@ -441,6 +461,7 @@ svc_main(void *arg)
 		replay(sv, m);
 		pthread_mutex_lock(&sv->lock);
 		sv->busy = false;
+		sv->reporting = false;
 		sv->bytes -= m->bytes;
 		pthread_mutex_unlock(&sv->lock);
 		pthread_cond_broadcast(&sv->cond);
@@ -643,6 +664,11 @@ shadow_drain(double grace)
 		sv->stopping = true;
 		while ((sv->nqueued > 0 || sv->busy) && mono() < deadline)
 			pthread_cond_timedwait(&sv->cond, &sv->lock, &ts);
+		/* A line being written is let through: it is one line. */
+		while (sv->busy && sv->reporting)
+			pthread_cond_wait(&sv->cond, &sv->lock);
+		cut = sv->busy;
+		sv->gave_up = cut;
 		while ((m = TAILQ_FIRST(&sv->queue)) != NULL) {
 			TAILQ_REMOVE(&sv->queue, m, entry);
 			sv->nqueued--;
@@ -653,7 +679,6 @@ shadow_drain(double grace)
 			smsg_free(m);
 			pthread_mutex_lock(&sv->lock);
 		}
-		cut = sv->busy;
 		pthread_mutex_unlock(&sv->lock);
 		if (left > 0 || cut)
 			log_warnx("shadow %s: %lu queued message%s dropped at "

@@ -478,7 +478,8 @@ Test(modes, shadow_drains_at_shutdown_within_the_grace, .timeout = 60)
 	cr_assert_eq(h_kill(e.mux, SIGTERM), 0);
 	cr_assert_eq(h_wait_exit(e.mux, 10, NULL), 0, "did not stop");
 	e.mux = 0;
-	cr_assert(h_now() - t0 < 2.5, "took %.1f s to stop", h_now() - t0);
+	/* The grace, and some slack for a loaded machine. */
+	cr_assert(h_now() - t0 < 4, "took %.1f s to stop", h_now() - t0);
 	log = env_mux_log(&e);
 	replayed = count(log, "): continue/") + count(log, "): accept/");
 	p = strstr(log, "shadow s: ");
@@ -489,7 +490,8 @@ Test(modes, shadow_drains_at_shutdown_within_the_grace, .timeout = 60)
 	    strstr(p, ", 1 cut off while replayed") < strchr(p, '\n');
 	cr_assert_eq(replayed + dropped + (size_t)cut, 6, "replayed %zu, "
 	    "dropped %lu, cut %d:\n%s", replayed, dropped, cut, log);
-	cr_assert(replayed >= 1 && dropped >= 1, "%s", log);
+	/* 2.4 s of work for 1 s of grace: not everything was replayed. */
+	cr_assert(dropped + (unsigned long)cut >= 1, "%s", log);
 	cr_log_info("replayed %zu, dropped %lu, cut %d", replayed, dropped,
 	    cut);
 	free(log);
