@@ -36,6 +36,14 @@ enum on_failure {
 	ONFAIL_COUNT
 };
 
+/* What an upstream's answers do (miltermux.json(5) "mode"). */
+enum upstream_mode {
+	MODE_ENFORCE = 0,	/* merged and applied */
+	MODE_MONITOR,		/* waited for; logged and counted only */
+	MODE_SHADOW,		/* a copy off the latency path (shadow.h) */
+	MODE_COUNT
+};
+
 struct conf_timeouts {
 	double	connect;	/* seconds: connect and option negotiation */
 	double	command;	/* seconds: each envelope stage as a whole */
@@ -98,6 +106,11 @@ struct conf_upstream {
 	/* "verdicts", indexed by the upstream's verdict. */
 	struct conf_vmap	 verdicts[VERDICT_COUNT];
 	bool			 verdicts_set;
+	enum upstream_mode	 mode;
+	/* Shadow only: messages waiting for it, and bytes recorded or
+	 * waiting for it, at most; beyond either, messages are dropped. */
+	unsigned		 shadow_queue;
+	size_t			 shadow_queue_bytes;
 };
 
 /* Every modification kind (codec.h, MOD_KIND_COUNT of them). */
@@ -163,6 +176,8 @@ struct conf_errors {
 #define CONF_DEFAULT_GRACE	30.0
 #define CONF_DEFAULT_MAX_MODS	100000
 #define CONF_REPLICAS_MAX	64	/* addresses per upstream */
+#define CONF_DEFAULT_SHADOW_QUEUE	100
+#define CONF_DEFAULT_SHADOW_BYTES	(64u * 1024 * 1024)
 
 /*
  * The MTAs' default timeouts that miltermux's own must stay under
@@ -216,5 +231,6 @@ struct conf	*conf_acquire(void);
 void		 conf_release(struct conf *);
 
 const char	*conf_on_failure_name(enum on_failure);
+const char	*conf_mode_name(enum upstream_mode);
 
 #endif /* CONF_H */

@@ -52,6 +52,11 @@ bool	 metrics_draining(void);
 void	 metrics_message(enum verdict v);
 /* Upstream name's part in a message: an enum verdict or METRICS_UV_*. */
 void	 metrics_upstream_verdict(const char *name, int v);
+/* A monitor or shadow upstream would have refused or changed a message
+ * (a verdict other than accept or continue, or modifications). */
+void	 metrics_unapplied(const char *name);
+/* A message was dropped for shadow upstream name: its queue was full. */
+void	 metrics_shadow_dropped(const char *name);
 /* Upstream name failed with err (-errno or 0) for reason why (as
  * upstream.c logs it); the reason is classified from both. */
 void	 metrics_upstream_failure(const char *name, int err, const char *why);

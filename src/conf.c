@@ -69,6 +69,11 @@
 #define SESSIONS_MAX		1000000
 #define MAX_MODS_MIN		1
 #define MAX_MODS_MAX		10000000
+/* A shadow queue: 1..SHADOW_QUEUE_MAX messages, and bytes enough for one
+ * packet at least (64 KiB) up to 4 GiB. */
+#define SHADOW_QUEUE_MAX	1000000
+#define SHADOW_BYTES_MIN	65536LL
+#define SHADOW_BYTES_MAX	(4096LL * 1024 * 1024)
 #define GROUP_BUF_MAX		(1024 * 1024)	/* getgrnam_r's buffer */
 #define MACROS_MAX		50	/* names per macro stage */
 #define UPSTREAM_NAME_MAX	64
@@ -95,6 +100,12 @@ static const char *const on_failure_names[ONFAIL_COUNT] = {
 	[ONFAIL_REJECT]		= "reject",
 };
 
+static const char *const mode_names[MODE_COUNT] = {
+	[MODE_ENFORCE]	= "enforce",
+	[MODE_MONITOR]	= "monitor",
+	[MODE_SHADOW]	= "shadow",
+};
+
 /* The schema: known keys per object, in the order conf_dump writes them. */
 static const char *const top_keys[] = {
 	"listen", "threads", "timeouts", "on_failure", "macros", "replay",
@@ -105,7 +116,8 @@ static const char *const top_keys[] = {
 static const char *const upstream_keys[] = {
 	"name", "address", "enabled", "phase", "on_failure", "failures",
 	"retry_after", "max_modifications", "timeouts", "apply_if", "skip_if",
-	"actions", "verdicts", NULL
+	"actions", "verdicts", "mode", "shadow_queue", "shadow_queue_bytes",
+	NULL
 };
 static const char *const cond_keys[] = {
 	"client", "auth", "sender_domain", "rcpt_domain", "macro",
@@ -888,6 +900,43 @@ want_on_failure(struct ctx *x, json_t *v, const char *path,
 	return false;
 }
 
+/* want_upstream_mode - "enforce", "monitor" or "shadow" */
+static bool
+want_upstream_mode(struct ctx *x, json_t *v, const char *path,
+    enum upstream_mode *out)
+{
+	const char	*s;
+	char		*q;
+
+	if ((s = want_string(x, v, path)) == NULL)
+		return false;
+	for (int i = 0; i < MODE_COUNT; i++)
+		if (strcmp(s, mode_names[i]) == 0) {
+			*out = (enum upstream_mode)i;
+			return true;
+		}
+	q = quote(s, QUOTE_MAX);
+	bad_value(x, path, "%s is not one of enforce, monitor, shadow", q);
+	free(q);
+	return false;
+}
+
+/* want_range - an integer within lo..hi (unit names the unit) */
+static bool
+want_range(struct ctx *x, json_t *v, const char *path, long long lo,
+    long long hi, const char *unit, long long *out)
+{
+	if (!want_type(x, v, path, JSON_INTEGER, "an integer"))
+		return false;
+	if (json_integer_value(v) < lo || json_integer_value(v) > hi) {
+		bad_value(x, path, "%" JSON_INTEGER_FORMAT " is out of range "
+		    "%lld..%lld%s", json_integer_value(v), lo, hi, unit);
+		return false;
+	}
+	*out = (long long)json_integer_value(v);
+	return true;
+}
+
 /* want_seconds - a timeout: integer or real, > 0 and <= TIMEOUT_MAX */
 static bool
 want_seconds(struct ctx *x, json_t *v, const char *path, double *out)
@@ -1630,6 +1679,37 @@ parse_verdicts(struct ctx *x, json_t *v, const char *path,
 	}
 }
 
+/*
+ * parse_shadow_queue - the bounds of a shadow upstream's queue; given
+ * for another mode they would mean nothing, which is an error
+ */
+static void
+parse_shadow_queue(struct ctx *x, json_t *v, const char *path,
+    struct conf_upstream *u)
+{
+	static const char *const keys[] = { "shadow_queue",
+	    "shadow_queue_bytes" };
+	json_t		*m;
+	char		*child;
+	long long	 n;
+
+	for (size_t k = 0; k < 2; k++) {
+		if ((m = json_object_get(v, keys[k])) == NULL)
+			continue;
+		child = path_key(path, keys[k]);
+		if (u->mode != MODE_SHADOW)
+			bad_value(x, child, "applies only to an upstream "
+			    "with \"mode\": \"shadow\"");
+		else if (k == 0 && want_range(x, m, child, 1,
+		    SHADOW_QUEUE_MAX, " messages", &n))
+			u->shadow_queue = (unsigned)n;
+		else if (k == 1 && want_range(x, m, child,
+		    SHADOW_BYTES_MIN, SHADOW_BYTES_MAX, " bytes", &n))
+			u->shadow_queue_bytes = (size_t)n;
+		free(child);
+	}
+}
+
 /* parse_upstream - fill c->upstreams[i] from v */
 static void
 parse_upstream(struct ctx *x, json_t *v, size_t i)
@@ -1651,6 +1731,9 @@ parse_upstream(struct ctx *x, json_t *v, size_t i)
 	u->actions = CONF_ACTIONS_ALL;
 	cond_init(&u->apply_if);
 	cond_init(&u->skip_if);
+	u->mode = MODE_ENFORCE;
+	u->shadow_queue = CONF_DEFAULT_SHADOW_QUEUE;
+	u->shadow_queue_bytes = CONF_DEFAULT_SHADOW_BYTES;
 	path = path_index("upstreams", i);
 	if (!want_type(x, v, path, JSON_OBJECT, "an object"))
 		goto out;
@@ -1756,6 +1839,12 @@ parse_upstream(struct ctx *x, json_t *v, size_t i)
 	for (size_t r = 0; u->name != NULL && r < u->nreplicas; r++)
 		u->replicas[r].label = u->pool ? xasprintf("%s[%s]", u->name,
 		    u->replicas[r].address) : xstrdup(u->name);
+	if ((m = json_object_get(v, "mode")) != NULL) {
+		child = path_key(path, "mode");
+		want_upstream_mode(x, m, child, &u->mode);
+		free(child);
+	}
+	parse_shadow_queue(x, v, path, u);
 out:
 	free(path);
 }
@@ -2619,6 +2708,12 @@ conf_dump(const struct conf *c)
 			jset(o, "actions", dump_actions(u->actions));
 		if (u->verdicts_set)
 			jset(o, "verdicts", dump_verdicts(u));
+		jset(o, "mode", json_string(conf_mode_name(u->mode)));
+		if (u->mode == MODE_SHADOW) {
+			jset(o, "shadow_queue", json_integer(u->shadow_queue));
+			jset(o, "shadow_queue_bytes", json_integer(
+			    (json_int_t)u->shadow_queue_bytes));
+		}
 		jappend(ups, o);
 		p = timeouts_digits(&u->timeouts, p);
 		if ((q = digits_for(u->retry_after)) > p)
@@ -2694,6 +2789,12 @@ conf_release(struct conf *c)
 	if (c != NULL &&
 	    atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
 		conf_free(c);
+}
+
+const char *
+conf_mode_name(enum upstream_mode m)
+{
+	return (unsigned)m < MODE_COUNT ? mode_names[m] : "?";
 }
 
 const char *

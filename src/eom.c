@@ -66,6 +66,11 @@ merge_phase(struct fanout *fo, unsigned phase, const struct merge_header *hdrs,
 		if (f == NULL || !f->done || f->x.error != 0 || s->failed ||
 		    (phase != 0 && s->cfg->phase != phase))
 			continue;
+		if (s->cfg->mode == MODE_MONITOR) {
+			/* Logged and counted, never applied. */
+			s->mon_mods += f->x.nmods;
+			continue;
+		}
 		if (s->leadspc_fix)
 			for (size_t k = 0; k < f->x.nmods; k++)
 				fix_leadspc(&f->x.mods[k]);

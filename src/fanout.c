@@ -39,6 +39,14 @@
  * libmilter, logging, or a post to a loop... except pool_post, which
  * only takes the loop's mailbox lock (order: fo->lock, then the loop's
  * lock; loops never take fo->lock while holding theirs).
+ *
+ * Modes: a monitor slot is waited for like any other, but gather()
+ * takes its vote out of the merge (its own word is kept for the log);
+ * shadow upstreams have no slot in the exchange: their packets are
+ * built here (feed_shadows) and handed to shadow.c, which never makes
+ * this file wait.  Size: past 1,500 lines since then; the packet
+ * builders (put_*) are the part to split out next, left in place while
+ * other branches are changing them.
  */
 #include <errno.h>
 #include <poll.h>
@@ -121,6 +129,10 @@ fanout_unref(struct fanout *fo)
 		for (int m = 0; m < MACRO_STAGE_COUNT; m++)
 			names_fini(&fo->slots[i].names[m]);
 	}
+	for (size_t i = 0; i < fo->nsh; i++)
+		for (int m = 0; m < MACRO_STAGE_COUNT; m++)
+			names_fini(&fo->shslots[i].names[m]);
+	free(fo->shslots);
 	for (int m = 0; m < MACRO_STAGE_COUNT; m++)
 		free(fo->symlists[m]);
 	message_fini(&fo->msg);
@@ -181,7 +193,10 @@ fx_done(struct upstream_xchg *x)
 	} else if (f->state == EX_WAITED) {
 		f->done = true;
 		fo->pending--;
-		if (x->error == 0 && x->verdict == VERDICT_REJECT)
+		/* A monitor's reject is only logged: the others are
+		 * still waited for. */
+		if (x->error == 0 && x->verdict == VERDICT_REJECT &&
+		    s->cfg->mode != MODE_MONITOR)
 			fo->decisive = true;
 		wake = wake || fo->pending == 0 || fo->decisive;
 	} else if (x->kind == XCHG_STAGE && exchange_counts(f, fo->msg.seq) &&
@@ -551,6 +566,10 @@ negotiate(struct fanout *fo)
 	bool		 leadspc = false, rcpt_rej = false;
 	size_t		 live = 0;
 
+	/* A shadow upstream is negotiated with only when a message is
+	 * replayed to it: it gets every stage, as if it wanted them all. */
+	if (fo->nsh > 0)
+		no = 0;
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
 		uint32_t	 p;
@@ -636,6 +655,18 @@ negotiate(struct fanout *fo)
 		if ((fo->mta_actions & MA_SETSYMLIST) != 0)
 			fo->symlists[m] = names_join(&all);
 		names_fini(&all);
+	}
+	/* Shadows get the default macros and the configured ones. */
+	for (size_t i = 0; i < fo->nsh; i++) {
+		struct slot	*s = &fo->shslots[i];
+
+		s->leadspc_fix = fo->leadspc;
+		for (int m = 0; m < MACRO_STAGE_COUNT; m++) {
+			names_add_list(&s->names[m], default_macros[m]);
+			for (size_t k = 0; k < fo->conf->nmacros[m]; k++)
+				names_add_list(&s->names[m],
+				    fo->conf->macros[m][k]);
+		}
 	}
 	log_debug("%s: %zu of %zu upstreams live; asking the MTA for "
 	    "actions 0x%x protocol 0x%x", fo->connid, live, fo->n,
@@ -889,9 +920,16 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 	fo->mta_proto = mta_proto;
 	fo->slots = xcalloc(conf->nenabled == 0 ? 1 : conf->nenabled,
 	    sizeof *fo->slots);
-	for (size_t i = 0; i < conf->nupstreams; i++)
-		if (conf->upstreams[i].enabled)
+	fo->shslots = xcalloc(conf->nenabled == 0 ? 1 : conf->nenabled,
+	    sizeof *fo->shslots);
+	for (size_t i = 0; i < conf->nupstreams; i++) {
+		if (!conf->upstreams[i].enabled)
+			continue;
+		if (conf->upstreams[i].mode == MODE_SHADOW)
+			fo->shslots[fo->nsh++].cfg = &conf->upstreams[i];
+		else
 			fo->slots[k++].cfg = &conf->upstreams[i];
+	}
 	fo->n = k;
 	fo->phases = xcalloc(fo->n == 0 ? 1 : fo->n, sizeof *fo->phases);
 	for (size_t i = 0; i < fo->n; i++) {
@@ -914,6 +952,9 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 	 * connections still spread over the loops. */
 	loop = pool_pick(pool);
 	fo->loop = loop;
+	for (size_t i = 0; i < fo->nsh; i++)
+		fo->shslots[i].shadow = shadow_rec_new(fo->shslots[i].cfg,
+		    conf, connid, loop);
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
 
@@ -1111,7 +1152,7 @@ fo_scatter(struct fanout *fo, const struct fanout_event *ev, bool waited,
  */
 static void
 gather(struct fanout *fo, struct merge_vote *votes, bool with_deferred,
-    unsigned phase)
+    unsigned phase, enum verdict *own)
 {
 	pthread_mutex_lock(&fo->lock);
 	for (size_t i = 0; i < fo->n; i++) {
@@ -1140,6 +1181,19 @@ gather(struct fanout *fo, struct merge_vote *votes, bool with_deferred,
 		}
 	}
 	pthread_mutex_unlock(&fo->lock);
+	/* A monitor's word is its own, never the merge's: whatever it
+	 * said, and whatever its on_failure, it does not vote. */
+	for (size_t i = 0; i < fo->n; i++) {
+		bool	 mon = fo->slots[i].cfg->mode == MODE_MONITOR;
+
+		if (own != NULL)
+			own[i] = mon && fo->slots[i].failed ? VERDICT_NONE :
+			    votes[i].verdict;
+		if (mon) {
+			votes[i].verdict = VERDICT_NONE;
+			votes[i].text = NULL;
+		}
+	}
 }
 
 void
@@ -1205,6 +1259,7 @@ message_reset(struct fanout *fo, const char *sender)
 		s->deferred_text = NULL;
 		s->msg_seconds = 0;
 		s->msg_verdict = VERDICT_NONE;
+		s->mon_mods = 0;
 	}
 	pthread_mutex_unlock(&fo->lock);
 }
@@ -1325,7 +1380,7 @@ pipelined(struct fanout *fo, const struct fanout_event *ev,
 	/* A reject already given is decisive; anything weaker waits for
 	 * end of message, where every upstream has answered. */
 	votes = xcalloc(fo->n == 0 ? 1 : fo->n, sizeof *votes);
-	gather(fo, votes, true, 0);
+	gather(fo, votes, true, 0, NULL);
 	v = merge_stage(votes, fo->n, &d);
 	if (v == VERDICT_REJECT) {
 		ans->verdict = v;
@@ -1356,15 +1411,21 @@ fo_settle(struct fanout *fo, const struct fanout_event *ev, unsigned phase,
     struct fanout_answer *ans)
 {
 	struct merge_vote	*votes;
-	enum verdict		 v;
+	enum verdict		*own, v;
+	bool			 listening = fo->nsh > 0;
 	int			 d;
 
 	votes = xcalloc(fo->n == 0 ? 1 : fo->n, sizeof *votes);
-	gather(fo, votes, ev->stage == STAGE_EOM, phase);
+	own = xcalloc(fo->n == 0 ? 1 : fo->n, sizeof *own);
+	gather(fo, votes, ev->stage == STAGE_EOM, phase, own);
 	v = merge_stage(votes, fo->n, &d);
+	for (size_t i = 0; i < fo->n; i++)
+		if (fo->slots[i].cfg->mode == MODE_MONITOR &&
+		    own[i] == VERDICT_CONTINUE)
+			listening = true;
 	for (size_t i = 0; i < fo->n && is_tx_stage(ev->stage); i++) {
 		struct slot	*s = &fo->slots[i];
-		enum verdict	 u = votes[i].verdict;
+		enum verdict	 u = own[i];
 
 		/* What the upstream said of the message: a recipient's
 		 * refusal is not, and its end-of-message word is final. */
@@ -1375,9 +1436,12 @@ fo_settle(struct fanout *fo, const struct fanout_event *ev, unsigned phase,
 		s->msg_verdict = ev->stage == STAGE_EOM ? u :
 		    merge_verdict(s->msg_verdict, u);
 	}
+	/* Nobody voted: accept, unless a monitor still in the message or
+	 * a shadow wants to see the rest of it. */
 	if (v == VERDICT_NONE)
 		v = ev->stage == STAGE_UNKNOWN || (ev->stage == STAGE_ENVRCPT &&
-		    rcpt_hidden(fo)) ? VERDICT_CONTINUE : VERDICT_ACCEPT;
+		    rcpt_hidden(fo)) || (listening && ev->stage != STAGE_EOM) ?
+		    VERDICT_CONTINUE : VERDICT_ACCEPT;
 	if (v == VERDICT_SKIP || (ev->stage == STAGE_UNKNOWN &&
 	    (v == VERDICT_ACCEPT || v == VERDICT_DISCARD)))
 		v = VERDICT_CONTINUE;
@@ -1393,6 +1457,7 @@ fo_settle(struct fanout *fo, const struct fanout_event *ev, unsigned phase,
 		}
 		ans->decider = fo->slots[d].cfg->name;
 	}
+	free(own);
 	free(votes);
 	log_trace(TRACE_MERGE, "%s: %s: merged %s%s%s", fo->connid,
 	    proto_stage_name(ev->stage), proto_verdict_name(v),
@@ -1424,6 +1489,39 @@ gave_up(struct fanout *fo, const struct fanout_event *ev,
 	} else
 		log_info("%s: %s: %s while the upstreams were working",
 		    fo->connid, proto_stage_name(ev->stage), fo->mta_gone);
+}
+
+/*
+ * feed_shadows - a copy of the event's packets for each shadow upstream
+ * (body in packet-sized pieces); recorded, never waited for
+ */
+static void
+feed_shadows(struct fanout *fo, const struct fanout_event *ev)
+{
+	struct fanout_event	 part = *ev;
+
+	if (fo->nsh == 0 || ev->rejected || ev->stage == STAGE_UNKNOWN)
+		return;
+	for (size_t i = 0; i < fo->nsh; i++) {
+		struct slot	*s = &fo->shslots[i];
+		size_t		 off = 0;
+
+		do {
+			struct buf	 m = BUF_INIT, c = BUF_INIT;
+
+			if (ev->stage == STAGE_BODY) {
+				part.data = ev->data + off;
+				part.len = ev->len - off > PROTO_MAX_DATA ?
+				    PROTO_MAX_DATA : ev->len - off;
+				off += part.len;
+			}
+			put_macros(&m, s, &part);
+			put_command(&c, s, &part);
+			shadow_rec_add(s->shadow, ev->stage, &m, &c);
+			buf_fini(&m);
+			buf_fini(&c);
+		} while (ev->stage == STAGE_BODY && off < ev->len);
+	}
 }
 
 static void
@@ -1471,6 +1569,7 @@ event(struct fanout *fo, const struct fanout_event *ev,
 		for (size_t i = 0; i < fo->n; i++)
 			upstream_set_queueid(fo->slots[i].up, qid);
 	}
+	feed_shadows(fo, ev);
 	if (ev->stage == STAGE_HEADER && fo->need_headers)
 		message_note_header(&fo->msg, ev->name, ev->value);
 	if (ev->stage == STAGE_BODY && fo->nphases > 1 && fo->msg.spool_err == 0 &&
@@ -1628,10 +1727,17 @@ fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 				    proto_verdict_name(v);
 		char		*note = out ? NULL : fo_gate_note(s);
 		const char	*why = out ? s->out_why : note;
+		bool		 mon = s->cfg->mode == MODE_MONITOR;
+		char		 tag[48] = "";
 
+		/* A monitor's part says what it would have done. */
+		if (mon)
+			snprintf(tag, sizeof tag, s->mon_mods == 0 ?
+			    "(monitor)" : "(monitor, %zu modification%s)",
+			    s->mon_mods, s->mon_mods == 1 ? "" : "s");
 		/* A pool's replica that served; a pool all down has none. */
-		message_put(&line, " %s=%s", s->down || s->up == NULL ?
-		    s->cfg->name : health_key(s->cfg, s->rep), vs);
+		message_put(&line, " %s=%s%s", s->down || s->up == NULL ?
+		    s->cfg->name : health_key(s->cfg, s->rep), vs, tag);
 		if (why != NULL)
 			message_put(&line, " (%s)", why);
 		message_put(&line, "/%.0fms", s->msg_seconds * 1000);
@@ -1639,6 +1745,10 @@ fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 			metrics_upstream_verdict(s->cfg->name, s->down ?
 			    METRICS_UV_DOWN : s->failed ? METRICS_UV_FAILED :
 			    (int)v);
+		if (!out && mon && !s->failed && (s->mon_mods > 0 ||
+		    v == VERDICT_REJECT || v == VERDICT_TEMPFAIL ||
+		    v == VERDICT_DISCARD))
+			metrics_unapplied(s->cfg->name);
 		if (ups != NULL) {
 			json_t	*u = json_pack("{s:o, s:s, s:f}", "name",
 			    log_jstr(s->cfg->name), "verdict", vs, "ms",
@@ -1650,6 +1760,11 @@ fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 			if (s->cfg->pool && !s->down && s->up != NULL)
 				json_object_set_new(u, "replica", log_jstr(
 				    s->cfg->replicas[s->rep].address));
+			if (mon)
+				json_object_update_new(u, json_pack(
+				    "{s:s, s:I}", "mode", "monitor",
+				    "modifications",
+				    (json_int_t)s->mon_mods));
 			json_array_append_new(ups, u);
 		}
 		free(note);
@@ -1671,6 +1786,8 @@ fanout_message_done(struct fanout *fo, enum verdict merged, size_t napplied)
 	    (const char *)buf_head(&line));
 	json_decref(o);
 	buf_fini(&line);
+	for (size_t i = 0; i < fo->nsh; i++)
+		shadow_rec_end(fo->shslots[i].shadow, fo->msg.queueid);
 	message_reset(fo, NULL);
 }
 
@@ -1717,6 +1834,10 @@ fanout_close(struct fanout *fo)
 		json_decref(o);
 	}
 	report_ok(fo);
+	for (size_t i = 0; i < fo->nsh; i++) {
+		shadow_rec_free(fo->shslots[i].shadow);
+		fo->shslots[i].shadow = NULL;
+	}
 	for (size_t i = 0; i < fo->n; i++) {
 		struct exchange	*f = fx_new(fo, i, XCHG_CLOSE, STAGE_QUIT);
 

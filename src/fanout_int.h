@@ -23,6 +23,7 @@
 #include "merge.h"
 #include "message.h"
 #include "pool.h"
+#include "shadow.h"
 #include "upstream.h"
 
 /* Pipelined packets an upstream may have in flight before the MTA waits:
@@ -67,6 +68,8 @@ struct slot {
 	double				 msg_seconds;
 	/* Caller's thread only. */
 	enum verdict			 msg_verdict;
+	size_t				 mon_mods;	/* monitor: asked */
+	struct shadow_rec		*shadow;	/* shadow slots */
 	struct exchange			*cur;	/* waited exchange, or NULL */
 	/* Gates (gate.c), the caller's thread: opened only once the
 	 * client is known; out of the session, the message, the current
@@ -99,6 +102,10 @@ struct fanout {
 	char			*connid;
 	struct slot		*slots;
 	size_t			 n;
+	/* The shadow upstreams (mode shadow): recorded, never waited
+	 * for; only cfg, names, leadspc_fix and shadow are used. */
+	struct slot		*shslots;
+	size_t			 nsh;
 	struct pool_loop	*loop;		/* all of its upstreams' */
 	unsigned		 pending;	/* (L) waited, not done */
 	bool			 decisive;	/* (L) a reject arrived */

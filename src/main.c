@@ -73,6 +73,7 @@
 #include "log.h"
 #include "metrics_http.h"
 #include "pool.h"
+#include "shadow.h"
 #include "xalloc.h"
 
 #define DEFAULT_CONFIG	SYSCONFDIR "/miltermux.json"
@@ -792,6 +793,9 @@ handover(int sig, double grace)
 	return true;
 }
 
+/* When the stop's grace ends (monotonic seconds); 0 before a stop. */
+static double	 grace_end;
+
 /*
  * drain - after a stop signal: stop listening and wait up to
  * shutdown_grace seconds for the open sessions to end.  A session ends
@@ -822,6 +826,7 @@ drain(int sig)
 		notify_disown();
 	} else
 		(void)notify_send("STOPPING=1");
+	grace_end = mono() + grace;
 	if (handover(sig, grace))
 		return;
 	socket_unlink();
@@ -1050,6 +1055,8 @@ main(int argc, char **argv)
 	}
 
 	serve();
+	/* What shadow upstreams still have queued, within the same grace. */
+	shadow_drain(grace_end > mono() ? grace_end - mono() : 0);
 	metrics_http_stop();
 	log_info("miltermux stopping");
 	if (opts.pidfile != NULL)

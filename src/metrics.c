@@ -39,6 +39,8 @@ struct mup {
 	char			*name;
 	atomic_ulong		 verdicts[METRICS_UV_COUNT];
 	atomic_ulong		 failures[METRICS_REASON_COUNT];
+	atomic_ulong		 unapplied;	/* monitor, shadow */
+	atomic_ulong		 shadow_dropped;
 };
 
 static const char *const reason_names[METRICS_REASON_COUNT] = {
@@ -177,6 +179,20 @@ metrics_upstream_verdict(const char *name, int v)
 		    memory_order_relaxed);
 }
 
+void
+metrics_unapplied(const char *name)
+{
+	atomic_fetch_add_explicit(&mup_get(name)->unapplied, 1,
+	    memory_order_relaxed);
+}
+
+void
+metrics_shadow_dropped(const char *name)
+{
+	atomic_fetch_add_explicit(&mup_get(name)->shadow_dropped, 1,
+	    memory_order_relaxed);
+}
+
 enum metrics_reason
 metrics_reason_of(int err, const char *why)
 {
@@ -293,6 +309,28 @@ metrics_render(void)
 			fprintf(f, "\",verdict=\"%s\"} %lu\n", uv_name(v),
 			    ld(&m->verdicts[v]));
 		}
+	}
+	head(f, "miltermux_upstream_unapplied_total", "counter",
+	    "Messages a monitor or shadow upstream would have refused or "
+	    "changed, left as the others decided.");
+	for (size_t i = 0; i < c->nupstreams; i++) {
+		if (c->upstreams[i].mode == MODE_ENFORCE)
+			continue;
+		m = mup_get(c->upstreams[i].name);
+		fputs("miltermux_upstream_unapplied_total{upstream=\"", f);
+		put_label(f, m->name);
+		fprintf(f, "\",mode=\"%s\"} %lu\n",
+		    conf_mode_name(c->upstreams[i].mode), ld(&m->unapplied));
+	}
+	head(f, "miltermux_shadow_dropped_total", "counter",
+	    "Messages a shadow upstream did not get: its queue was full.");
+	for (size_t i = 0; i < c->nupstreams; i++) {
+		if (c->upstreams[i].mode != MODE_SHADOW)
+			continue;
+		m = mup_get(c->upstreams[i].name);
+		fputs("miltermux_shadow_dropped_total{upstream=\"", f);
+		put_label(f, m->name);
+		fprintf(f, "\"} %lu\n", ld(&m->shadow_dropped));
 	}
 	head(f, "miltermux_upstream_failures_total", "counter",
 	    "Upstream connections that failed, by reason.");

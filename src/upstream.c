@@ -67,6 +67,7 @@ struct upstream {
 	enum on_failure		 on_failure;
 	/* Before negotiation a failure moves to another replica. */
 	bool			 failover;
+	enum upstream_mode	 mode;	/* not enforce: nothing is applied */
 	unsigned		 max_mods;	/* per message; more fails */
 	struct xchg_queue	 queue;
 	struct buf		 wbuf;
@@ -123,6 +124,7 @@ upstream_new(const struct conf_upstream *cfg, size_t r, bool failover,
 	up->tcp = a->sa.ss_family != AF_UNIX;
 	up->failover = failover;
 	up->on_failure = cfg->on_failure;
+	up->mode = cfg->mode;
 	up->max_mods = cfg->max_mods;
 	up->skip_stage = -1;
 	up->last_stage = -1;
@@ -252,7 +254,7 @@ static void
 log_failure(struct upstream *up, const char *stage, const char *why,
     int err)
 {
-	char	 qid[64], pre[80] = "";
+	char	 qid[64], pre[80] = "", act[64];
 	json_t	*o;
 	/* A pool's replica that could not be opened: the session tries
 	 * the next one, and on_failure comes only if none is left. */
@@ -276,13 +278,23 @@ log_failure(struct upstream *up, const char *stage, const char *why,
 		json_object_set_new(o, "error", json_string(strerror(-err)));
 	if (o != NULL && health_local(err))
 		json_object_set_new(o, "local", json_true());
-	log_record(LOG_WARNING, o, "%s%s: upstream %s: %s: %s%s%s%s; "
-	    "%s%s", pre, up->connid, up->name, stage, why,
+	/* A monitor's or shadow's failure changes nothing for the MTA. */
+	if (up->mode != MODE_ENFORCE)
+		snprintf(act, sizeof act, "ignored (%s)",
+		    conf_mode_name(up->mode));
+	else if (next)
+		snprintf(act, sizeof act, "trying the next replica");
+	else
+		snprintf(act, sizeof act, "applying on_failure=%s",
+		    conf_on_failure_name(up->on_failure));
+	if (o != NULL && up->mode != MODE_ENFORCE)
+		json_object_set_new(o, "mode", json_string(
+		    conf_mode_name(up->mode)));
+	log_record(LOG_WARNING, o, "%s%s: upstream %s: %s: %s%s%s%s; %s",
+	    pre, up->connid, up->name, stage, why,
 	    err != 0 ? ": " : "", err != 0 ? strerror(-err) : "",
 	    health_local(err) ? " (on miltermux's side: not counted "
-	    "against the upstream)" : "", next ? "trying the next replica" :
-	    "applying on_failure=", next ? "" :
-	    conf_on_failure_name(up->on_failure));
+	    "against the upstream)" : "", act);
 	json_decref(o);
 }
 

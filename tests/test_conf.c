@@ -566,9 +566,15 @@ Test(conf, shipped_config_loads_cleanly)
 	cr_assert_str_eq(c->listen, "inet:8890@127.0.0.1");
 	cr_assert_eq(c->threads, 4);
 	cr_assert_eq(c->max_sessions, 1000);
-	cr_assert_eq(c->nupstreams, 3);
+	cr_assert_eq(c->nupstreams, 5);
 	cr_assert_eq(c->nenabled, 3);
 	cr_assert_eq(c->nmacros[MACRO_ENVFROM], 1);
+	/* Two more, shown disabled: a monitor and a shadow. */
+	cr_assert_eq(c->upstreams[0].mode, MODE_ENFORCE);
+	cr_assert_eq(c->upstreams[3].mode, MODE_MONITOR);
+	cr_assert_eq(c->upstreams[4].mode, MODE_SHADOW);
+	cr_assert_eq(c->upstreams[4].shadow_queue, 100);
+	cr_assert_eq(c->upstreams[4].shadow_queue_bytes, 67108864);
 	assert_timeouts(&c->upstreams[0].timeouts, 5, 8, 30);
 	assert_inet(&c->upstreams[1].addr, "127.0.0.1", 8893);
 	cr_assert_eq(c->upstreams[2].on_failure, ONFAIL_ACCEPT);
@@ -1044,5 +1050,101 @@ Test(conf, refuses_bad_address_arrays_at_their_element)
 	    "upstreams[3].address[0]");
 	cr_assert_str_eq(errs.v[4], "pools:7:29: upstreams[4].address: "
 	    "must be a string or an array of strings, not an object");
+}
+
+/*
+ * "mode" and the shadow queue's bounds: defaults, values, dump, and each
+ * error at the position of its value.
+ */
+Test(conf, mode_and_shadow_queue_parsed_defaulted_and_dumped)
+{
+	struct conf	*c, *d;
+	char		*dump;
+
+	c = parse_text("{ \"upstreams\": [\n"
+	    "  { \"name\": \"a\", \"address\": \"unix:/a.sock\" },\n"
+	    "  { \"name\": \"m\", \"address\": \"unix:/m.sock\", "
+	    "\"mode\": \"monitor\" },\n"
+	    "  { \"name\": \"s\", \"address\": \"unix:/s.sock\", "
+	    "\"mode\": \"shadow\" },\n"
+	    "  { \"name\": \"t\", \"address\": \"unix:/t.sock\", "
+	    "\"mode\": \"shadow\", \"shadow_queue\": 7,\n"
+	    "    \"shadow_queue_bytes\": 65536 } ] }", "modes.json");
+	cr_assert_eq(c->upstreams[0].mode, MODE_ENFORCE);
+	cr_assert_eq(c->upstreams[1].mode, MODE_MONITOR);
+	cr_assert_eq(c->upstreams[2].mode, MODE_SHADOW);
+	cr_assert_eq(c->upstreams[2].shadow_queue, CONF_DEFAULT_SHADOW_QUEUE);
+	cr_assert_eq(c->upstreams[2].shadow_queue_bytes,
+	    CONF_DEFAULT_SHADOW_BYTES);
+	cr_assert_eq(c->upstreams[3].shadow_queue, 7);
+	cr_assert_eq(c->upstreams[3].shadow_queue_bytes, 65536);
+	cr_assert_str_eq(conf_mode_name(MODE_MONITOR), "monitor");
+	dump = conf_dump(c);
+	cr_assert(strstr(dump, "\"mode\": \"enforce\"") != NULL, "%s", dump);
+	cr_assert(strstr(dump, "\"shadow_queue\": 7") != NULL, "%s", dump);
+	d = parse_text(dump, "dump");
+	cr_assert_eq(d->upstreams[1].mode, MODE_MONITOR);
+	cr_assert_eq(d->upstreams[3].shadow_queue, 7);
+	cr_assert_eq(d->upstreams[3].shadow_queue_bytes, 65536);
+	free(dump);
+	conf_release(d);
+	conf_release(c);
+}
+
+struct mode_case {
+	char	value[64];	/* the keys after the address */
+	char	where[48];	/* ":2:COL: PATH: " */
+	char	says[80];
+};
+
+ParameterizedTestParameters(conf, mode_errors_at_their_value)
+{
+	/* Line 2 is '  { "name": "a", "address": "unix:/a.sock", ' (44
+	 * columns) then the value: the first key's value starts at 45
+	 * plus the key's length plus 4. */
+	static struct mode_case cases[] = {
+		{ "\"mode\": \"spy\"", ":2:53: upstreams[0].mode: ",
+		  "\"spy\" is not one of enforce, monitor, shadow" },
+		{ "\"mode\": 1", ":2:53: upstreams[0].mode: ",
+		  "must be a string" },
+		{ "\"shadow_queue\": 5", ":2:61: upstreams[0].shadow_queue: ",
+		  "applies only to an upstream with \"mode\": \"shadow\"" },
+		{ "\"shadow_queue\": 0, \"mode\": \"shadow\"",
+		  ":2:61: upstreams[0].shadow_queue: ",
+		  "0 is out of range 1..1000000 messages" },
+		{ "\"shadow_queue\": \"9\", \"mode\": \"shadow\"",
+		  ":2:61: upstreams[0].shadow_queue: ", "must be an integer" },
+		{ "\"shadow_queue_bytes\": 100, \"mode\": \"shadow\"",
+		  ":2:67: upstreams[0].shadow_queue_bytes: ",
+		  "100 is out of range 65536..4294967296 bytes" },
+		{ "\"shadow_queue_bytes\": 70000, \"mode\": \"monitor\"",
+		  ":2:67: upstreams[0].shadow_queue_bytes: ",
+		  "applies only to an upstream with \"mode\": \"shadow\"" },
+	};
+
+	return cr_make_param_array(struct mode_case, cases,
+	    sizeof cases / sizeof cases[0]);
+}
+
+ParameterizedTest(struct mode_case *tc, conf, mode_errors_at_their_value)
+{
+	struct conf_errors	 errs = { 0 };
+	struct conf		*c = NULL;
+	char			 text[256], prefix[96];
+	int			 rc;
+
+	snprintf(text, sizeof text, "{ \"upstreams\": [\n"
+	    "  { \"name\": \"a\", \"address\": \"unix:/a.sock\", %s } ] }",
+	    tc->value);
+	rc = conf_parse(text, strlen(text), "m.json", &c, &errs);
+	cr_assert_eq(rc, -EINVAL);
+	cr_assert_null(c);
+	cr_assert_eq(errs.n, 1, "%zu errors; first: %s", errs.n,
+	    errs.n > 0 ? errs.v[0] : "");
+	snprintf(prefix, sizeof prefix, "m.json%s", tc->where);
+	cr_assert(has_prefix(errs.v[0], prefix), "got \"%s\", want prefix "
+	    "\"%s\"", errs.v[0], prefix);
+	cr_assert(strstr(errs.v[0], tc->says) != NULL, "\"%s\" lacks \"%s\"",
+	    errs.v[0], tc->says);
 	conf_errors_fini(&errs);
 }
