@@ -45,6 +45,7 @@
 #include "merge.h"
 #include "metrics.h"
 #include "pool.h"
+#include "replica.h"
 #include "shadow.h"
 #include "upstream.h"
 #include "xalloc.h"
@@ -379,19 +380,30 @@ replay(struct svc *sv, struct smsg *m)
 	double		 start = mono(), dl, b = budget(m->cfg);
 	struct timespec	 ts;
 	uint64_t	 probe = 0;
+	size_t		 order[CONF_REPLICAS_MAX + 1], norder, k, rep;
 
-	/* Its breaker, as for any upstream: a shadow that is down costs
-	 * one line per message, not a failed connection each. */
-	if (health_check(m->cfg, 0, &probe) == HEALTH_SKIP) {
+	/* A pool's replica with the fewest sessions, of those whose
+	 * breaker lets them be tried; the breaker as for any upstream: a
+	 * shadow that is down costs one line per message, not a failed
+	 * connection each. */
+	norder = replica_choose(m->cfg, order);
+	for (k = 0; k < norder; k++)
+		if (health_check(m->cfg, order[k], &probe) != HEALTH_SKIP)
+			break;
+	if (k == norder) {
+		replica_release(m->cfg, order[0]);
 		r.down = true;
 		report_once(sv, m, &r, 0);
 		return;
 	}
+	rep = order[k];
+	if (rep != order[0])
+		replica_move(m->cfg, order[0], rep);
 	xs = xcalloc(m->n + 1, sizeof *xs);
 
 	pthread_mutex_init(&r.lock, NULL);
 	shcond_init(&r.cond);
-	r.up = upstream_new(m->cfg, 0, false, m->connid, m->loop);
+	r.up = upstream_new(m->cfg, rep, false, m->connid, m->loop);
 	if (m->qid != NULL)
 		upstream_set_queueid(r.up, m->qid);
 	r.left = (unsigned)m->n + 1;
@@ -428,9 +440,10 @@ replay(struct svc *sv, struct smsg *m)
 	}
 	pthread_mutex_unlock(&r.lock);
 	if (r.err != 0)
-		health_failure(m->cfg, 0, probe, r.err);
+		health_failure(m->cfg, rep, probe, r.err);
 	else
-		health_report(m->cfg, 0, probe, true);
+		health_report(m->cfg, rep, probe, true);
+	replica_release(m->cfg, rep);
 	report_once(sv, m, &r, mono() - start);
 	cl = xcalloc(1, sizeof *cl);
 	upstream_xchg_init(&cl->x, XCHG_CLOSE, STAGE_QUIT);
