@@ -41,6 +41,13 @@ struct conf_timeouts {
 	double	content;	/* seconds: header, body, eom stages */
 };
 
+/* Upstream connection reuse; top level holds the defaults. */
+struct conf_reuse {
+	bool		 enabled;
+	unsigned	 idle_max;	/* idle connections per endpoint */
+	double		 idle_timeout;	/* seconds */
+};
+
 /* A socket address in libmilter's syntax, parsed and resolved. */
 struct conf_addr {
 	struct sockaddr_storage	sa;
@@ -59,6 +66,10 @@ struct conf_upstream {
 	double			 retry_after;	/* seconds down, then a probe */
 	/* Modification requests per message; one more fails it. */
 	unsigned		 max_mods;
+	/* Connection reuse (connpool.h): keep negotiated connections
+	 * across MTA sessions with QUIT_NC; at most reuse_idle_max idle
+	 * ones, each for at most reuse_idle_timeout seconds. */
+	struct conf_reuse	 reuse;
 };
 
 struct conf {
@@ -74,6 +85,7 @@ struct conf {
 	unsigned		 failures;
 	double			 retry_after;
 	unsigned		 max_mods;	/* upstreams' default */
+	struct conf_reuse	 reuse;		/* upstreams' default */
 	double			 shutdown_grace;	/* seconds */
 	/* MTA sessions served at once; 0: derived from the descriptor
 	 * limit and the number of upstreams (front.c). */
@@ -120,6 +132,12 @@ struct conf_errors {
 #define CONF_DEFAULT_RETRY	30.0
 #define CONF_DEFAULT_GRACE	30.0
 #define CONF_DEFAULT_MAX_MODS	100000
+/* Reuse is off unless asked for: libmilter filters see xxfi_close and
+ * xxfi_connect without xxfi_negotiate after QUIT_NC, a path no MTA
+ * takes, so a filter's own handling of it is untested in the wild. */
+#define CONF_DEFAULT_REUSE	false
+#define CONF_DEFAULT_IDLE_MAX	16
+#define CONF_DEFAULT_IDLE_TIMEOUT	60.0
 
 /*
  * The MTAs' default timeouts that miltermux's own must stay under
