@@ -51,6 +51,7 @@ struct connpool_conn {
 	uint32_t	 actions;
 	uint32_t	 proto;
 	char		*symlists[MACRO_STAGE_COUNT];	/* owned */
+	char		 from[64];	/* the session that kept it */
 };
 
 /* Frees the symlists; closes fd unless it is -1. */

@@ -478,8 +478,8 @@ start_open(struct upstream *up, struct upstream_xchg *x)
 		up->ready = true;
 		up->replaying = true;
 		metrics_upstream_connection(up->name, true);
-		log_trace(TRACE_UPSTREAM, "%s: upstream %s: reusing an idle "
-		    "connection", up->connid, up->name);
+		log_trace(TRACE_UPSTREAM, "%s: upstream %s: reusing the "
+		    "connection of %s", up->connid, up->name, c.from);
 		return 1;
 	}
 	fd = netio_connect((const struct sockaddr *)&up->addr.sa,
@@ -586,11 +586,15 @@ after_verdict(struct upstream *up, enum stage s, enum verdict v)
 	case STAGE_EOM:
 		up->in_tx = false;
 		/* libmilter stays in its end-of-message state only after
-		 * "continue" (PROTOCOL.md 1.6): QUIT_NC is taken there. */
-		up->qnc_ok = v == VERDICT_CONTINUE;
+		 * "continue" (PROTOCOL.md 1.6): QUIT_NC is taken there,
+		 * unless an abort went out ahead of this reply (it moves
+		 * libmilter out of that state). */
+		up->qnc_ok = v == VERDICT_CONTINUE &&
+		    up->last_stage == STAGE_EOM;
 		break;
 	case STAGE_UNKNOWN:
-		up->qnc_ok = v != VERDICT_ACCEPT;
+		up->qnc_ok = v != VERDICT_ACCEPT &&
+		    up->last_stage == STAGE_UNKNOWN;
 		break;
 	default:
 		if (v != VERDICT_CONTINUE && v != VERDICT_SKIP)
@@ -1172,6 +1176,9 @@ keep(struct upstream *up)
 	c.proto = up->proto;
 	memcpy(c.symlists, up->symlists, sizeof c.symlists);
 	memset(up->symlists, 0, sizeof up->symlists);
+	snprintf(c.from, sizeof c.from, "%s", up->connid);
+	log_trace(TRACE_UPSTREAM, "%s: upstream %s: QUIT_NC; connection "
+	    "kept", up->connid, up->name);
 	up->io.fd = -1;
 	if (!connpool_put(up->cfg, &up->addr, &c))
 		connpool_conn_fini(&c);	/* full: closed */

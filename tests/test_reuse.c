@@ -24,6 +24,11 @@
 
 #define REUSE_ON	"\"reuse\": true"
 
+/* How long session() waits between the end of message and QUIT, and
+ * whether it sends ABORT first (as an MTA may after a rejection). */
+static long	quit_pause_ms;
+static bool	abort_after_eom;
+
 #define VEQ(got, want) cr_assert_eq((got), (want), "%s: got %s, want %s", \
 	#got, proto_verdict_name(got), proto_verdict_name(want))
 
@@ -135,6 +140,10 @@ session(struct env *e, int k, bool want_bad_reject)
 	(void)stage_verdict(mta_eoh(&m, &r), &r, "eoh");
 	(void)stage_verdict(mta_body(&m, "body\r\n", 6, &r), &r, "body");
 	v = stage_verdict(mta_eom(&m, &r), &r, "eom");
+	if (abort_after_eom)
+		cr_assert_eq(mta_abort(&m), 0);
+	if (quit_pause_ms > 0)
+		msleep(quit_pause_ms);
 	cr_assert_eq(mta_quit(&m), 0);
 	mta_close(&m);
 	return v;
@@ -410,5 +419,44 @@ Test(reuse, idle_timeout_ages_out, .timeout = 60)
 	cr_assert_geq(h_now() - t0, 1.3, "closed too early");
 	VEQ(session(&e, 2, false), VERDICT_CONTINUE);
 	cr_assert_eq(count(e.up_log[0], " negotiate "), 2);
+	env_stop(&e, 2);
+}
+
+/*
+ * An abort that went out while the filter still owed its end-of-message
+ * answer (another upstream rejected first): libmilter takes the abort
+ * after that answer, which moves it out of its end-of-message state, so
+ * a QUIT_NC would be dropped, and the next session's CONNECT with it.
+ * The connection is closed, not kept: the next session works.  (Found
+ * by test_interleave with reuse on: the "continue" that came after the
+ * abort made the connection look reusable.)
+ */
+Test(reuse, abort_ahead_of_eom_answer_not_kept, .timeout = 60)
+{
+	struct env	 e;
+	struct up	 ups[] = {
+		{ "slow", { "--delay", "eom=400", NULL }, NULL },
+		{ "rej", { "--verdict", "eom=reject", NULL }, NULL },
+	};
+	char		*log;
+
+	env_setup(&e, ups, 2, REUSE_ON, 0);
+	/* The MTA aborts at once; QUIT after the slow one's answer came,
+	 * behind the abort. */
+	quit_pause_ms = 800;
+	abort_after_eom = true;
+	VEQ(session(&e, 1, false), VERDICT_REJECT);
+	cr_assert(wait_closed(e.up_log[0], 1, 10));
+	VEQ(session(&e, 2, false), VERDICT_REJECT);
+	cr_assert(wait_closed(e.up_log[0], 2, 10));
+	quit_pause_ms = 0;
+	abort_after_eom = false;
+	/* (libmilter drops an abort that comes after the end of message,
+	 * without calling xxfi_abort: the filter's log cannot show it.) */
+	cr_assert_eq(count(e.up_log[0], " negotiate "), 2,
+	    "%s", h_read_file(e.up_log[0]));
+	log = env_mux_log(&e);
+	HASNT(log, "applying on_failure");
+	free(log);
 	env_stop(&e, 2);
 }
