@@ -2131,6 +2131,8 @@ conf_dump(const struct conf *c)
 		p = q;
 	if ((q = digits_for(c->shutdown_grace)) > p)
 		p = q;
+	if ((q = digits_for(c->reuse.idle_timeout)) > p)
+		p = q;
 	root = jnew(json_object());
 	jset(root, "listen", json_string(c->listen));
 	jset(root, "threads", json_integer(c->threads));
@@ -2176,6 +2178,8 @@ conf_dump(const struct conf *c)
 		jappend(ups, o);
 		p = timeouts_digits(&u->timeouts, p);
 		if ((q = digits_for(u->retry_after)) > p)
+			p = q;
+		if ((q = digits_for(u->reuse.idle_timeout)) > p)
 			p = q;
 	}
 	jset(root, "upstreams", ups);
