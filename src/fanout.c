@@ -523,7 +523,7 @@ negotiate(struct fanout *fo)
 	uint32_t	 no = MP_NOHDRS | MP_NOEOH | MP_NOBODY | MP_NOUNKNOWN;
 	uint32_t	 act = 0;
 	bool		 leadspc = false, rcpt_rej = false;
-	size_t		 live = 0;
+	size_t		 live = 0, reused = 0;
 
 	for (size_t i = 0; i < fo->n; i++) {
 		struct slot	*s = &fo->slots[i];
@@ -597,9 +597,12 @@ negotiate(struct fanout *fo)
 			free(fo->symlists[m]);
 			fo->symlists[m] = NULL;
 		}
-	log_debug("%s: %zu of %zu upstreams live; asking the MTA for "
-	    "actions 0x%x protocol 0x%x", fo->connid, live, fo->n,
-	    fo->actions, fo->proto);
+	for (size_t i = 0; i < fo->n; i++)
+		if (!fo->slots[i].failed && upstream_is_reused(fo->slots[i].up))
+			reused++;
+	log_debug("%s: %zu of %zu upstreams live (%zu on connections "
+	    "reused with QUIT_NC); asking the MTA for actions 0x%x protocol "
+	    "0x%x", fo->connid, live, fo->n, reused, fo->actions, fo->proto);
 }
 
 /* report_alive - a probe that negotiated brings its upstream back */

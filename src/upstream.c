@@ -113,6 +113,7 @@ struct upstream {
 	 * it is kept in replay, for a fresh connection if it was stale. */
 	bool			 replaying;
 	struct buf		 replay;
+	bool			 reused;	/* OPEN took an idle one */
 	/* Falling back: a fresh connection negotiates; then replay. */
 	bool			 refreshing;
 	bool			 saved_reply_due;
@@ -171,6 +172,12 @@ upstream_xchg_fini(struct upstream_xchg *x)
 	free(x->mods);
 	x->mods = NULL;
 	x->nmods = x->modcap = 0;
+}
+
+bool
+upstream_is_reused(const struct upstream *up)
+{
+	return up->reused;
 }
 
 const char *
@@ -477,6 +484,7 @@ start_open(struct upstream *up, struct upstream_xchg *x)
 		}
 		up->ready = true;
 		up->replaying = true;
+		up->reused = true;
 		metrics_upstream_connection(up->name, true);
 		log_trace(TRACE_UPSTREAM, "%s: upstream %s: reusing the "
 		    "connection of %s", up->connid, up->name, c.from);

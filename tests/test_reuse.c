@@ -83,6 +83,21 @@ wait_closed(const char *path, int k, double secs)
 	return true;
 }
 
+/* scrape - GET /metrics on port with curl; the body (caller frees) */
+static char *
+scrape(int port)
+{
+	char		*url = h_xasprintf("http://127.0.0.1:%d/metrics", port);
+	const char	*argv[] = { "curl", "-sS", "-m", "5", url, NULL };
+	char		*out = NULL;
+	int		 st = 0;
+
+	cr_assert_eq(h_run(argv, 10, &out, &st), 0, "curl did not run");
+	cr_assert(out != NULL && st == 0, "curl failed");
+	free(url);
+	return out;
+}
+
 /* stage - one stage's verdict, asserting an answer came */
 static enum verdict
 stage_verdict(int rc, struct mta_result *r, const char *what)
@@ -190,9 +205,14 @@ Test(reuse, sessions_share_one_connection, .timeout = 60)
 		{ "b", { NULL }, NULL },
 		{ "acc", { "--verdict", "eom=accept", NULL }, NULL },
 	};
-	char		*s, *log;
+	char		*s, *log, *top, *body;
+	int		 port = h_free_port();
 
-	env_setup(&e, ups, 3, REUSE_ON, 0);
+	top = h_xasprintf("%s, \"metrics\": { \"listen\": "
+	    "\"inet:%d@127.0.0.1\" }", REUSE_ON, port);
+	env_setup(&e, ups, 3, top, 0);
+	free(top);
+	cr_assert_eq(h_wait_port(port, 10), 0);
 	for (int k = 1; k <= 5; k++) {
 		VEQ(session(&e, k, true), VERDICT_CONTINUE);
 		/* The upstream's xxfi_close for the session: QUIT_NC (or
@@ -230,7 +250,22 @@ Test(reuse, sessions_share_one_connection, .timeout = 60)
 	}
 	log = env_mux_log(&e);
 	HASNT(log, "applying on_failure");
+	/* The session's line says how many upstreams it reused. */
+	cr_assert_eq(count(e.mux_log, "3 of 3 upstreams live (0 on "
+	    "connections reused with QUIT_NC)"), 1, "%s", log);
+	cr_assert_eq(count(e.mux_log, "3 of 3 upstreams live (2 on "
+	    "connections reused with QUIT_NC)"), 4, "%s", log);
 	free(log);
+	body = scrape(port);
+	HAS(body, "miltermux_upstream_connections_total{upstream=\"a\","
+	    "kind=\"fresh\"} 1\n");
+	HAS(body, "miltermux_upstream_connections_total{upstream=\"a\","
+	    "kind=\"reused\"} 4\n");
+	HAS(body, "miltermux_upstream_connections_total{upstream=\"acc\","
+	    "kind=\"fresh\"} 5\n");
+	HAS(body, "miltermux_upstream_connections_total{upstream=\"acc\","
+	    "kind=\"reused\"} 0\n");
+	free(body);
 	env_stop(&e, 2);
 }
 
