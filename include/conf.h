@@ -50,6 +50,13 @@ struct conf_timeouts {
 	double	content;	/* seconds: header, body, eom stages */
 };
 
+/* Upstream connection reuse; top level holds the defaults. */
+struct conf_reuse {
+	bool		 enabled;
+	unsigned	 idle_max;	/* idle connections per endpoint */
+	double		 idle_timeout;	/* seconds */
+};
+
 /* A socket address in libmilter's syntax, parsed and resolved. */
 struct conf_addr {
 	struct sockaddr_storage	sa;
@@ -111,6 +118,10 @@ struct conf_upstream {
 	 * waiting for it, at most; beyond either, messages are dropped. */
 	unsigned		 shadow_queue;
 	size_t			 shadow_queue_bytes;
+	/* Connection reuse (connpool.h): keep negotiated connections
+	 * across MTA sessions with QUIT_NC; at most reuse_idle_max idle
+	 * ones, each for at most reuse_idle_timeout seconds. */
+	struct conf_reuse	 reuse;
 };
 
 /* Every modification kind (codec.h, MOD_KIND_COUNT of them). */
@@ -129,6 +140,7 @@ struct conf {
 	unsigned		 failures;
 	double			 retry_after;
 	unsigned		 max_mods;	/* upstreams' default */
+	struct conf_reuse	 reuse;		/* upstreams' default */
 	double			 shutdown_grace;	/* seconds */
 	/* MTA sessions served at once; 0: derived from the descriptor
 	 * limit and the number of upstreams (front.c). */
@@ -178,6 +190,12 @@ struct conf_errors {
 #define CONF_REPLICAS_MAX	64	/* addresses per upstream */
 #define CONF_DEFAULT_SHADOW_QUEUE	100
 #define CONF_DEFAULT_SHADOW_BYTES	(64u * 1024 * 1024)
+/* Reuse is off unless asked for: libmilter filters see xxfi_close and
+ * xxfi_connect without xxfi_negotiate after QUIT_NC, a path no MTA
+ * takes, so a filter's own handling of it is untested in the wild. */
+#define CONF_DEFAULT_REUSE	false
+#define CONF_DEFAULT_IDLE_MAX	16
+#define CONF_DEFAULT_IDLE_TIMEOUT	60.0
 
 /*
  * The MTAs' default timeouts that miltermux's own must stay under

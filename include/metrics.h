@@ -61,6 +61,9 @@ void	 metrics_shadow_dropped(const char *name);
  * upstream.c logs it); the reason is classified from both. */
 void	 metrics_upstream_failure(const char *name, int err, const char *why);
 enum metrics_reason metrics_reason_of(int err, const char *why);
+/* An upstream connection was opened for an MTA session: a fresh
+ * connect, or an idle one reused (connpool.h). */
+void	 metrics_upstream_connection(const char *name, bool reused);
 /* One MTA stage took seconds, from its command to our answer. */
 void	 metrics_stage(enum stage, double seconds);
 

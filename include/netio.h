@@ -62,6 +62,11 @@ int	netio_fill(int fd, struct buf *b, size_t max);
  * reports them.
  */
 bool	netio_has_data(int fd);
+/*
+ * Whether an idle stream socket is still silent and open: nothing to
+ * read, no end of stream, no error.  Never blocks.
+ */
+bool	netio_is_quiet(int fd);
 
 /*
  * The local address of the first listening stream socket the process

@@ -120,6 +120,8 @@ uint32_t	 upstream_proto(const struct upstream *);
 /* The filter's macro list for a macro stage, or NULL; borrowed. */
 const char	*upstream_symlist(const struct upstream *, enum macro_stage);
 const char	*upstream_name(const struct upstream *);
+/* OPEN took an idle connection kept with QUIT_NC (connpool.h). */
+bool		 upstream_is_reused(const struct upstream *);
 struct pool_loop *upstream_loop(const struct upstream *);
 
 /*

@@ -74,6 +74,7 @@
 #define SHADOW_QUEUE_MAX	1000000
 #define SHADOW_BYTES_MIN	65536LL
 #define SHADOW_BYTES_MAX	(4096LL * 1024 * 1024)
+#define IDLE_MAX_MAX		4096	/* idle connections per endpoint */
 #define GROUP_BUF_MAX		(1024 * 1024)	/* getgrnam_r's buffer */
 #define MACROS_MAX		50	/* names per macro stage */
 #define UPSTREAM_NAME_MAX	64
@@ -111,13 +112,14 @@ static const char *const top_keys[] = {
 	"listen", "threads", "timeouts", "on_failure", "macros", "replay",
 	"upstreams", "failures", "retry_after", "max_modifications",
 	"shutdown_grace", "socket_mode", "socket_group", "max_sessions",
-	"metrics", "log_format", NULL
+	"metrics", "log_format", "reuse", "reuse_idle_max",
+	"reuse_idle_timeout", NULL
 };
 static const char *const upstream_keys[] = {
 	"name", "address", "enabled", "phase", "on_failure", "failures",
 	"retry_after", "max_modifications", "timeouts", "apply_if", "skip_if",
 	"actions", "verdicts", "mode", "shadow_queue", "shadow_queue_bytes",
-	NULL
+	"reuse", "reuse_idle_max", "reuse_idle_timeout", NULL
 };
 static const char *const cond_keys[] = {
 	"client", "auth", "sender_domain", "rcpt_domain", "macro",
@@ -1021,6 +1023,47 @@ want_max_mods(struct ctx *x, json_t *v, const char *path, unsigned *out)
 	return true;
 }
 
+/* want_idle_max - idle connections kept per endpoint, 0..IDLE_MAX_MAX */
+static bool
+want_idle_max(struct ctx *x, json_t *v, const char *path, unsigned *out)
+{
+	if (!want_type(x, v, path, JSON_INTEGER, "an integer"))
+		return false;
+	if (json_integer_value(v) < 0 ||
+	    json_integer_value(v) > IDLE_MAX_MAX) {
+		bad_value(x, path, "%" JSON_INTEGER_FORMAT " is out of range "
+		    "0..%d", json_integer_value(v), IDLE_MAX_MAX);
+		return false;
+	}
+	*out = (unsigned)json_integer_value(v);
+	return true;
+}
+
+/* parse_reuse - "reuse", "reuse_idle_max", "reuse_idle_timeout" of
+ * object v (the top level or an upstream); path prefixes the keys */
+static void
+parse_reuse(struct ctx *x, json_t *v, const char *path, struct conf_reuse *r)
+{
+	json_t	*m;
+	char	*child;
+
+	if ((m = json_object_get(v, "reuse")) != NULL) {
+		child = path_key(path, "reuse");
+		want_bool(x, m, child, &r->enabled);
+		free(child);
+	}
+	if ((m = json_object_get(v, "reuse_idle_max")) != NULL) {
+		child = path_key(path, "reuse_idle_max");
+		want_idle_max(x, m, child, &r->idle_max);
+		free(child);
+	}
+	if ((m = json_object_get(v, "reuse_idle_timeout")) != NULL) {
+		child = path_key(path, "reuse_idle_timeout");
+		want_seconds(x, m, child, &r->idle_timeout);
+		free(child);
+	}
+}
+
 /*
  * want_mode - permission bits as a string of octal digits, as chmod(1)
  * takes them: a JSON number would be read as decimal, so 0660 (or 660)
@@ -1734,6 +1777,7 @@ parse_upstream(struct ctx *x, json_t *v, size_t i)
 	u->mode = MODE_ENFORCE;
 	u->shadow_queue = CONF_DEFAULT_SHADOW_QUEUE;
 	u->shadow_queue_bytes = CONF_DEFAULT_SHADOW_BYTES;
+	u->reuse = c->reuse;
 	path = path_index("upstreams", i);
 	if (!want_type(x, v, path, JSON_OBJECT, "an object"))
 		goto out;
@@ -1807,6 +1851,7 @@ parse_upstream(struct ctx *x, json_t *v, size_t i)
 		want_max_mods(x, m, child, &u->max_mods);
 		free(child);
 	}
+	parse_reuse(x, v, path, &u->reuse);
 	if ((m = json_object_get(v, "timeouts")) != NULL) {
 		child = path_key(path, "timeouts");
 		parse_timeouts(x, m, child, &u->timeouts);
@@ -1949,6 +1994,7 @@ parse_top(struct ctx *x, json_t *root)
 		want_max_mods(x, v, "max_modifications", &c->max_mods);
 	if ((v = json_object_get(root, "shutdown_grace")) != NULL)
 		want_grace(x, v, "shutdown_grace", &c->shutdown_grace);
+	parse_reuse(x, root, "", &c->reuse);
 
 	if ((v = json_object_get(root, "macros")) != NULL)
 		parse_macros(x, v);
@@ -2176,6 +2222,9 @@ conf_new(const char *name)
 	c->retry_after = CONF_DEFAULT_RETRY;
 	c->max_mods = CONF_DEFAULT_MAX_MODS;
 	c->shutdown_grace = CONF_DEFAULT_GRACE;
+	c->reuse.enabled = CONF_DEFAULT_REUSE;
+	c->reuse.idle_max = CONF_DEFAULT_IDLE_MAX;
+	c->reuse.idle_timeout = CONF_DEFAULT_IDLE_TIMEOUT;
 	/* Lists are never NULL, so users can walk them unconditionally. */
 	for (int s = 0; s < MACRO_STAGE_COUNT; s++)
 		c->macros[s] = xcalloc(1, sizeof *c->macros[s]);
@@ -2654,6 +2703,8 @@ conf_dump(const struct conf *c)
 		p = q;
 	if ((q = digits_for(c->shutdown_grace)) > p)
 		p = q;
+	if ((q = digits_for(c->reuse.idle_timeout)) > p)
+		p = q;
 	root = jnew(json_object());
 	jset(root, "listen", json_string(c->listen));
 	jset(root, "threads", json_integer(c->threads));
@@ -2714,9 +2765,15 @@ conf_dump(const struct conf *c)
 			jset(o, "shadow_queue_bytes", json_integer(
 			    (json_int_t)u->shadow_queue_bytes));
 		}
+		jset(o, "reuse", json_boolean(u->reuse.enabled));
+		jset(o, "reuse_idle_max", json_integer(u->reuse.idle_max));
+		jset(o, "reuse_idle_timeout",
+		    dump_seconds(u->reuse.idle_timeout));
 		jappend(ups, o);
 		p = timeouts_digits(&u->timeouts, p);
 		if ((q = digits_for(u->retry_after)) > p)
+			p = q;
+		if ((q = digits_for(u->reuse.idle_timeout)) > p)
 			p = q;
 	}
 	jset(root, "upstreams", ups);
@@ -2724,6 +2781,9 @@ conf_dump(const struct conf *c)
 	jset(root, "retry_after", dump_seconds(c->retry_after));
 	jset(root, "max_modifications", json_integer(c->max_mods));
 	jset(root, "shutdown_grace", dump_seconds(c->shutdown_grace));
+	jset(root, "reuse", json_boolean(c->reuse.enabled));
+	jset(root, "reuse_idle_max", json_integer(c->reuse.idle_max));
+	jset(root, "reuse_idle_timeout", dump_seconds(c->reuse.idle_timeout));
 	/* Unset, these two have no value to write: the socket keeps what
 	 * the umask and the starting user give it. */
 	if (c->socket_mode >= 0) {

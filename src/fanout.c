@@ -564,7 +564,7 @@ negotiate(struct fanout *fo)
 			    MP_NODATA;
 	uint32_t	 act = 0;
 	bool		 leadspc = false, rcpt_rej = false;
-	size_t		 live = 0;
+	size_t		 live = 0, reused = 0;
 
 	/* A shadow upstream is negotiated with only when a message is
 	 * replayed to it: it gets every stage, as if it wanted them all. */
@@ -668,9 +668,12 @@ negotiate(struct fanout *fo)
 				    fo->conf->macros[m][k]);
 		}
 	}
-	log_debug("%s: %zu of %zu upstreams live; asking the MTA for "
-	    "actions 0x%x protocol 0x%x", fo->connid, live, fo->n,
-	    fo->actions, fo->proto);
+	for (size_t i = 0; i < fo->n; i++)
+		if (!fo->slots[i].failed && upstream_is_reused(fo->slots[i].up))
+			reused++;
+	log_debug("%s: %zu of %zu upstreams live (%zu on connections "
+	    "reused with QUIT_NC); asking the MTA for actions 0x%x protocol "
+	    "0x%x", fo->connid, live, fo->n, reused, fo->actions, fo->proto);
 }
 
 static bool	open_next(struct fanout *, size_t i, double t);

@@ -66,6 +66,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "connpool.h"
 #include "front.h"
 #include "handover.h"
 #include "notify.h"
@@ -306,6 +307,9 @@ reload(void)
 		    "%u sessions at once", c->max_sessions, c->nenabled,
 		    c->nenabled == 1 ? "" : "s", front_session_cap(c));
 	log_set_json(c->log_json);
+	/* Idle upstream connections of removed or changed upstreams go
+	 * now, before anyone could take one. */
+	connpool_reconfigure(c);
 	conf_publish(c);
 	log_info("configuration reloaded; new connections use it");
 }
@@ -889,7 +893,10 @@ serve(void)
 	int	 sig;
 
 	for (;;) {
-		sig = next_event(-1);
+		/* Woken once a second to age out idle upstream
+		 * connections (connpool.h). */
+		sig = next_event(1.0);
+		connpool_sweep();
 		if (is_reload(sig))
 			reload();
 		else if (sig == SIGUSR2)

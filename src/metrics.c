@@ -41,6 +41,7 @@ struct mup {
 	atomic_ulong		 failures[METRICS_REASON_COUNT];
 	atomic_ulong		 unapplied;	/* monitor, shadow */
 	atomic_ulong		 shadow_dropped;
+	atomic_ulong		 conns[2];	/* fresh, reused */
 };
 
 static const char *const reason_names[METRICS_REASON_COUNT] = {
@@ -219,6 +220,13 @@ metrics_upstream_failure(const char *name, int err, const char *why)
 }
 
 void
+metrics_upstream_connection(const char *name, bool reused)
+{
+	atomic_fetch_add_explicit(&mup_get(name)->conns[reused ? 1 : 0], 1,
+	    memory_order_relaxed);
+}
+
+void
 metrics_stage(enum stage s, double seconds)
 {
 	size_t	 b = 0;
@@ -348,6 +356,19 @@ metrics_render(void)
 				fprintf(f, "\",reason=\"%s\"} %lu\n",
 				    reason_names[r], ld(&m->failures[r]));
 			}
+		}
+	}
+	head(f, "miltermux_upstream_connections_total", "counter",
+	    "Upstream connections opened for MTA sessions: fresh (connect "
+	    "and negotiation) or reused (an idle one, after QUIT_NC).");
+	for (size_t i = 0; i < c->nupstreams; i++) {
+		m = mup_get(c->upstreams[i].name);
+		for (int k = 0; k < 2; k++) {
+			fputs("miltermux_upstream_connections_total{upstream=\"",
+			    f);
+			put_label(f, m->name);
+			fprintf(f, "\",kind=\"%s\"} %lu\n",
+			    k == 0 ? "fresh" : "reused", ld(&m->conns[k]));
 		}
 	}
 	head(f, "miltermux_upstream_up", "gauge",

@@ -172,6 +172,18 @@ netio_has_data(int fd)
 	return n == 1;
 }
 
+bool
+netio_is_quiet(int fd)
+{
+	char	 c;
+	ssize_t	 n;
+
+	do
+		n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+	while (n == -1 && errno == EINTR);
+	return n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
 int
 netio_listener_name(struct sockaddr_storage *ss, socklen_t *len)
 {

@@ -28,6 +28,7 @@
 #include <jansson.h>
 
 #include "codec.h"
+#include "connpool.h"
 #include "health.h"
 #include "log.h"
 #include "metrics.h"
@@ -44,6 +45,9 @@
 #define BUF_KEEP	(16 * 1024)
 #define WHY_LEN		320	/* a failure's reason, for the log */
 #define SHOW_BYTES	48	/* bytes of a bad packet the log shows */
+/* What a reused connection keeps for a fresh one until its first
+ * answer; past this it cannot fall back any more. */
+#define REPLAY_MAX	(256 * 1024)
 
 TAILQ_HEAD(xchg_queue, upstream_xchg);
 
@@ -59,6 +63,8 @@ struct upstream {
 	struct pool_loop	*loop;
 	char			*name;
 	char			*connid;
+	/* Borrowed: the session's pinned configuration outlives us. */
+	const struct conf_upstream *cfg;
 	/* The MTA's queue id of the current message, for failure lines:
 	 * set from the MTA's thread, read on the loop's. */
 	pthread_mutex_t		 qlock;
@@ -100,6 +106,20 @@ struct upstream {
 	uint32_t		 actions;
 	uint32_t		 proto;
 	char			*symlists[MACRO_STAGE_COUNT];
+	/* Connection reuse (connpool.h). */
+	uint32_t		 offer_actions;	/* what we offered */
+	uint32_t		 offer_proto;
+	/* libmilter would take QUIT_NC now: the last command was an end
+	 * of message answered "continue" or an UNKNOWN not accepted. */
+	bool			 qnc_ok;
+	/* Taken from the pool and not answered yet: what was written on
+	 * it is kept in replay, for a fresh connection if it was stale. */
+	bool			 replaying;
+	struct buf		 replay;
+	bool			 reused;	/* OPEN took an idle one */
+	/* Falling back: a fresh connection negotiates; then replay. */
+	bool			 refreshing;
+	bool			 saved_reply_due;
 };
 
 static void	start(struct upstream *);
@@ -119,6 +139,8 @@ upstream_new(const struct conf_upstream *cfg, size_t r, bool failover,
 	up->loop = loop;
 	up->name = xstrdup(health_key(cfg, r));
 	up->connid = xstrdup(connid);
+	up->cfg = cfg;
+	buf_init(&up->replay);
 	pthread_mutex_init(&up->qlock, NULL);
 	up->addr = *a;
 	up->tcp = a->sa.ss_family != AF_UNIX;
@@ -157,6 +179,12 @@ upstream_xchg_fini(struct upstream_xchg *x)
 	free(x->mods);
 	x->mods = NULL;
 	x->nmods = x->modcap = 0;
+}
+
+bool
+upstream_is_reused(const struct upstream *up)
+{
+	return up->reused;
 }
 
 const char *
@@ -203,6 +231,22 @@ now(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts;
+}
+
+/* put - queue bytes for the socket; kept for a fallback while the
+ * connection is a reused one not yet answered */
+static void
+put(struct upstream *up, const void *p, size_t len)
+{
+	buf_add(&up->wbuf, p, len);
+	if (!up->replaying)
+		return;
+	if (buf_avail(&up->replay) + len > REPLAY_MAX) {
+		up->replaying = false;
+		buf_fini(&up->replay);
+		return;
+	}
+	buf_add(&up->replay, p, len);
 }
 
 /* complete - hand the head exchange back to its submitter */
@@ -298,6 +342,8 @@ log_failure(struct upstream *up, const char *stage, const char *why,
 	json_decref(o);
 }
 
+static bool	refresh(struct upstream *, int err, const char *why);
+
 /* fail - poison the upstream: close, log once, fail everything queued */
 static void
 fail(struct upstream *up, int err, const char *why)
@@ -305,6 +351,9 @@ fail(struct upstream *up, int err, const char *why)
 	struct upstream_xchg	*x;
 	char			 stage[32] = "idle";
 
+	/* A reused connection the filter had closed: connect afresh. */
+	if (refresh(up, err, why))
+		return;
 	if (!up->failed) {
 		x = TAILQ_FIRST(&up->queue);
 		if (x != NULL)
@@ -441,12 +490,36 @@ start_open(struct upstream *up, struct upstream_xchg *x)
 {
 	int	 fd, inprogress;
 
+	struct connpool_conn	 c;
+
+	up->offer_actions = x->offer_actions;
+	up->offer_proto = x->offer_proto;
+	if (connpool_take(up->cfg, &up->addr, x->offer_actions,
+	    x->offer_proto, &c)) {
+		/* Negotiated already: the filter waits for CONNECT. */
+		up->io.fd = c.fd;
+		up->version = c.version;
+		up->actions = c.actions;
+		up->proto = c.proto;
+		for (int i = 0; i < MACRO_STAGE_COUNT; i++) {
+			up->symlists[i] = c.symlists[i];
+			c.symlists[i] = NULL;
+		}
+		up->ready = true;
+		up->replaying = true;
+		up->reused = true;
+		metrics_upstream_connection(up->name, true);
+		log_trace(TRACE_UPSTREAM, "%s: upstream %s: reusing the "
+		    "connection of %s", up->connid, up->name, c.from);
+		return 1;
+	}
 	fd = netio_connect((const struct sockaddr *)&up->addr.sa,
 	    up->addr.salen, &inprogress);
 	if (fd < 0) {
 		fail(up, fd, "connect");
 		return -1;
 	}
+	metrics_upstream_connection(up->name, false);
 	up->io.fd = fd;
 	up->connecting = inprogress != 0;
 	codec_put_optneg(&up->wbuf, PROTO_VERSION, x->offer_actions,
@@ -473,8 +546,13 @@ start(struct upstream *up)
 			continue;
 		}
 		if (x->kind == XCHG_OPEN) {
-			if (start_open(up, x) != 0)
+			rc = start_open(up, x);
+			if (rc < 0)
 				return;	/* fail() completed everything */
+			if (rc > 0) {
+				complete(up, x, 0);	/* reused */
+				continue;
+			}
 			break;
 		}
 		/* Bytes waiting now came while no reply was due. */
@@ -486,16 +564,15 @@ start(struct upstream *up)
 		p = decide(up, x, &cmd);
 		x->verdict = p == PLAN_NONE ? VERDICT_NONE : VERDICT_CONTINUE;
 		if (cmd) {
+			up->qnc_ok = false;
 			up->last_stage = (int)x->stage;
 			up->last_nr = p == PLAN_QUIET &&
 			    x->stage != STAGE_ABORT;
 		}
 		if (p != PLAN_NONE && x->stage != STAGE_ABORT)
-			buf_add(&up->wbuf, buf_head(&x->macros),
-			    buf_avail(&x->macros));
+			put(up, buf_head(&x->macros), buf_avail(&x->macros));
 		if (cmd)
-			buf_add(&up->wbuf, buf_head(&x->cmd),
-			    buf_avail(&x->cmd));
+			put(up, buf_head(&x->cmd), buf_avail(&x->cmd));
 		up->reply_due = p == PLAN_WAIT;
 		if (buf_avail(&up->wbuf) > 0 &&
 		    (rc = netio_flush(up->io.fd, &up->wbuf)) != 0) {
@@ -539,8 +616,16 @@ after_verdict(struct upstream *up, enum stage s, enum verdict v)
 		break;
 	case STAGE_EOM:
 		up->in_tx = false;
+		/* libmilter stays in its end-of-message state only after
+		 * "continue" (PROTOCOL.md 1.6): QUIT_NC is taken there,
+		 * unless an abort went out ahead of this reply (it moves
+		 * libmilter out of that state). */
+		up->qnc_ok = v == VERDICT_CONTINUE &&
+		    up->last_stage == STAGE_EOM;
 		break;
 	case STAGE_UNKNOWN:
+		up->qnc_ok = v != VERDICT_ACCEPT &&
+		    up->last_stage == STAGE_UNKNOWN;
 		break;
 	default:
 		if (v != VERDICT_CONTINUE && v != VERDICT_SKIP)
@@ -697,6 +782,103 @@ on_optneg(struct upstream *up, struct upstream_xchg *x, char cmd,
 	return 0;
 }
 
+/* same_str - equal strings, NULL only equal to NULL */
+static bool
+same_str(const char *a, const char *b)
+{
+	return a == NULL || b == NULL ? a == b : strcmp(a, b) == 0;
+}
+
+/*
+ * on_refresh - the option reply on the fresh connection that replaces a
+ * stale reused one: the same options as before (else the MTA side,
+ * negotiated on them, could not be served), then what was written on
+ * the stale one goes again.  0: handled, no exchange completes.
+ */
+static int
+on_refresh(struct upstream *up, char cmd, const uint8_t *data, size_t len)
+{
+	struct upstream_xchg	 tmp;
+	char			*old[MACRO_STAGE_COUNT];
+	uint32_t		 v = up->version, a = up->actions;
+	uint32_t		 p = up->proto;
+	bool			 same;
+	int			 rc;
+
+	memset(&tmp, 0, sizeof tmp);
+	tmp.offer_actions = up->offer_actions;
+	tmp.offer_proto = up->offer_proto;
+	memcpy(old, up->symlists, sizeof old);
+	memset(up->symlists, 0, sizeof up->symlists);
+	rc = on_optneg(up, &tmp, cmd, data, len);
+	same = rc == 0 && v == up->version && a == up->actions &&
+	    p == up->proto;
+	for (int i = 0; i < MACRO_STAGE_COUNT; i++) {
+		if (rc == 0 && !same_str(old[i], up->symlists[i]))
+			same = false;
+		free(old[i]);
+	}
+	if (rc != 0)
+		return rc;
+	if (!same) {
+		set_why(up, "options negotiated afresh after a stale reused "
+		    "connection differ from the ones the MTA was given");
+		return -EPROTO;
+	}
+	up->refreshing = false;
+	up->reply_due = up->saved_reply_due;
+	buf_add(&up->wbuf, buf_head(&up->replay), buf_avail(&up->replay));
+	buf_fini(&up->replay);
+	if (buf_avail(&up->wbuf) > 0 &&
+	    (rc = netio_flush(up->io.fd, &up->wbuf)) != 0) {
+		set_why(up, "%s", write_why(rc));
+		return rc;
+	}
+	return 0;
+}
+
+/*
+ * refresh - fall back from a reused connection that the filter had
+ * closed before it answered anything on it: connect and negotiate
+ * afresh; on_refresh() then writes again what the stale one got.  True
+ * when under way (the failure is not one).
+ */
+static bool
+refresh(struct upstream *up, int err, const char *why)
+{
+	int	 fd, inprogress;
+
+	if (!up->replaying || up->refreshing || up->failed)
+		return false;
+	up->replaying = false;
+	if (!(err == -EPIPE || err == -ECONNRESET || (err == 0 &&
+	    strncmp(why, "connection closed", 17) == 0))) {
+		connpool_first_use_failed(up->cfg, &up->addr, up->connid, why);
+		buf_fini(&up->replay);
+		return false;
+	}
+	connpool_first_use_failed(up->cfg, &up->addr, up->connid, why);
+	close_fd(up);
+	buf_reset(&up->wbuf);
+	buf_reset(&up->rbuf);
+	fd = netio_connect((const struct sockaddr *)&up->addr.sa,
+	    up->addr.salen, &inprogress);
+	if (fd < 0) {
+		buf_fini(&up->replay);
+		return false;
+	}
+	metrics_upstream_connection(up->name, false);
+	up->io.fd = fd;
+	up->connecting = inprogress != 0;
+	codec_put_optneg(&up->wbuf, PROTO_VERSION, up->offer_actions,
+	    up->offer_proto);
+	up->saved_reply_due = up->reply_due;
+	up->reply_due = true;
+	up->refreshing = true;
+	want(up);
+	return true;
+}
+
 /* bad_reply - why codec_decode_reply refused a packet */
 static void
 bad_reply(struct upstream *up, char cmd, const uint8_t *data, size_t len)
@@ -726,9 +908,17 @@ on_packet(struct upstream *up, char cmd, const uint8_t *data, size_t len)
 	struct codec_reply	 r;
 	int			 rc;
 
+	if (up->refreshing && up->reply_due)
+		return on_refresh(up, cmd, data, len);
 	if (x == NULL || !up->reply_due) {
 		stray_why(up);
 		return -EPROTO;
+	}
+	if (up->replaying) {
+		/* The filter took QUIT_NC: it answers on this connection. */
+		up->replaying = false;
+		buf_fini(&up->replay);
+		connpool_confirm(up->cfg, &up->addr);
 	}
 	if (x->kind == XCHG_OPEN) {
 		if ((rc = on_optneg(up, x, cmd, data, len)) != 0)
@@ -839,6 +1029,12 @@ read_replies(struct upstream *up)
 			if (frc < 0) {
 				fail(up, frc, up->why);
 				return;
+			}
+			if (frc == 0 && !up->reply_due) {
+				/* Fallen back and replayed: go on. */
+				start(up);
+				if (up->failed)
+					return;
 			}
 			if (frc == 0)
 				continue;
@@ -977,14 +1173,60 @@ upstream_unborrow(struct upstream *up)
 	want(up);
 }
 
-/* destroy - QUIT, close and free; queued exchanges are cancelled */
+/*
+ * keep - end the filter's session with QUIT_NC and give the connection
+ * to the pool, if the session ended cleanly in a state where libmilter
+ * takes QUIT_NC; true when the pool has it
+ */
+static bool
+keep(struct upstream *up)
+{
+	uint8_t			 qnc[CODEC_HDR_LEN] = { 0, 0, 0, 1,
+				    MC_QUIT_NC };
+	struct connpool_conn	 c;
+
+	/* Nothing owed either way, no abort, no failure, nothing read. */
+	if (!up->cfg->reuse.enabled || !up->ready || up->failed ||
+	    up->io.fd == -1 || up->connecting || up->refreshing ||
+	    up->reply_due || up->aborting || !up->qnc_ok || up->conn_done ||
+	    !TAILQ_EMPTY(&up->queue) || buf_avail(&up->wbuf) > 0 ||
+	    buf_avail(&up->rbuf) > 0 || !netio_is_quiet(up->io.fd) ||
+	    !connpool_wants(up->cfg, &up->addr, up->version))
+		return false;
+	if (write(up->io.fd, qnc, sizeof qnc) != (ssize_t)sizeof qnc)
+		return false;
+	if (up->registered)
+		pool_io_del(up->loop, &up->io);
+	up->registered = false;
+	memset(&c, 0, sizeof c);
+	c.fd = up->io.fd;
+	c.offer_actions = up->offer_actions;
+	c.offer_proto = up->offer_proto;
+	c.version = up->version;
+	c.actions = up->actions;
+	c.proto = up->proto;
+	memcpy(c.symlists, up->symlists, sizeof c.symlists);
+	memset(up->symlists, 0, sizeof up->symlists);
+	snprintf(c.from, sizeof c.from, "%s", up->connid);
+	log_trace(TRACE_UPSTREAM, "%s: upstream %s: QUIT_NC; connection "
+	    "kept", up->connid, up->name);
+	up->io.fd = -1;
+	if (!connpool_put(up->cfg, &up->addr, &c))
+		connpool_conn_fini(&c);	/* full: closed */
+	return true;
+}
+
+/* destroy - QUIT (or QUIT_NC and keep), close and free; queued
+ * exchanges are cancelled */
 static void
 destroy(struct upstream *up)
 {
 	struct upstream_xchg	*x;
 	uint8_t			 quit[CODEC_HDR_LEN] = { 0, 0, 0, 1, MC_QUIT };
 
-	if (up->io.fd != -1 && !up->connecting && !up->failed &&
+	if (keep(up))
+		;	/* the pool has the socket */
+	else if (up->io.fd != -1 && !up->connecting && !up->failed &&
 	    buf_avail(&up->wbuf) == 0)
 		(void)!write(up->io.fd, quit, sizeof quit);
 	close_fd(up);
@@ -994,6 +1236,7 @@ destroy(struct upstream *up)
 		complete(up, x, -ECANCELED);
 	buf_fini(&up->wbuf);
 	buf_fini(&up->rbuf);
+	buf_fini(&up->replay);
 	for (int i = 0; i < MACRO_STAGE_COUNT; i++) {
 		free(up->symlists[i]);
 		up->symlists[i] = NULL;
@@ -1021,9 +1264,10 @@ abort_ahead(struct upstream *up, struct upstream_xchg *x)
 	if (x->kind != XCHG_STAGE || x->stage != STAGE_ABORT ||
 	    TAILQ_EMPTY(&up->queue) || !up->reply_due || !up->in_tx ||
 	    !up->ready || up->failed || up->io.fd == -1 || up->connecting ||
-	    up->aborting)
+	    up->aborting || up->refreshing)
 		return;
-	buf_add(&up->wbuf, pkt, sizeof pkt);
+	put(up, pkt, sizeof pkt);
+	up->qnc_ok = false;
 	x->prewritten = true;
 	up->aborting = true;
 	up->last_stage = STAGE_ABORT;

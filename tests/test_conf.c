@@ -223,6 +223,14 @@ ParameterizedTestParameters(conf, reports_each_error_kind_at_its_position)
 		{ "conf_err_type_max_modifications.json",
 		  ":2:24: max_modifications: ",
 		  "must be an integer, not a string" },
+		{ "conf_err_type_reuse.json", ":2:12: reuse: ",
+		  "must be true or false, not a string" },
+		{ "conf_err_range_reuse_idle_max.json",
+		  ":3:38: upstreams[0].reuse_idle_max: ",
+		  "5000 is out of range 0..4096" },
+		{ "conf_err_range_reuse_idle_timeout.json",
+		  ":2:25: reuse_idle_timeout: ",
+		  "0 is out of range; must be more than 0 and at most 3600" },
 		{ "conf_err_replay_memory.json", ":2:25: replay.memory: ",
 		  "-1 is out of range 0..1073741824 bytes" },
 		{ "conf_err_replay_directory.json", ":2:28: replay.directory: ",
@@ -536,6 +544,39 @@ Test(conf, max_modifications_defaults_at_top_level_and_per_upstream)
 	cr_assert_eq(c->max_mods, 50);
 	cr_assert_eq(c->upstreams[0].max_mods, 50, "inherits top level");
 	cr_assert_eq(c->upstreams[1].max_mods, 10000000);
+	conf_release(c);
+}
+
+Test(conf, reuse_defaults_at_top_level_and_per_upstream)
+{
+	struct conf	*c = load_ok("conf_minimal.json");
+	char		*dump;
+
+	cr_assert_eq(c->reuse.enabled, CONF_DEFAULT_REUSE);
+	cr_assert_not(c->reuse.enabled, "off unless asked for");
+	cr_assert_eq(c->reuse.idle_max, CONF_DEFAULT_IDLE_MAX);
+	cr_assert_eq(c->reuse.idle_timeout, CONF_DEFAULT_IDLE_TIMEOUT);
+	cr_assert_not(c->upstreams[0].reuse.enabled);
+	conf_release(c);
+	c = parse_text("{ \"reuse\": true, \"reuse_idle_max\": 4,\n"
+	    "  \"upstreams\": [\n"
+	    "  { \"name\": \"a\", \"address\": \"unix:/a.sock\" },\n"
+	    "  { \"name\": \"b\", \"address\": \"unix:/b.sock\",\n"
+	    "    \"reuse\": false, \"reuse_idle_max\": 0,\n"
+	    "    \"reuse_idle_timeout\": 2.5 } ] }", "reuse.json");
+	cr_assert(c->reuse.enabled);
+	cr_assert_eq(c->reuse.idle_max, 4);
+	cr_assert(c->upstreams[0].reuse.enabled, "inherits top level");
+	cr_assert_eq(c->upstreams[0].reuse.idle_max, 4);
+	cr_assert_eq(c->upstreams[0].reuse.idle_timeout,
+	    CONF_DEFAULT_IDLE_TIMEOUT);
+	cr_assert_not(c->upstreams[1].reuse.enabled);
+	cr_assert_eq(c->upstreams[1].reuse.idle_max, 0);
+	cr_assert_eq(c->upstreams[1].reuse.idle_timeout, 2.5);
+	dump = conf_dump(c);
+	cr_assert_not_null(strstr(dump, "\"reuse_idle_timeout\": 2.5"),
+	    "%s", dump);
+	free(dump);
 	conf_release(c);
 }
 

@@ -82,6 +82,8 @@
  *                        and the abort after it are (default 1200, below
  *                        the command timeout of 2 s; 0: never)
  *   INTERLEAVE_SHOW      how many mismatches to print (default 20)
+ *   INTERLEAVE_REUSE     1 (default): upstream connections are kept
+ *                        across sessions with QUIT_NC ("reuse"); 0: not
  *   INTERLEAVE_MODE      the upstreams' delays (randplan.h): random,
  *                        zero, slowreject or noreject (default: the
  *                        test's own)
@@ -876,8 +878,9 @@ interleave(const char *test, size_t nup, enum rp_mode mode,
 	 * kept waiting by miltermux, not by its plan.  No upstream is ever
 	 * marked down, so that a failure shows in its own session only. */
 	top = h_xasprintf("\"timeouts\": { \"command\": %g, \"content\": "
-	    "%g },\n\"failures\": 1000", COMMAND_TIMEOUT_MS / 1000.0,
-	    COMMAND_TIMEOUT_MS / 1000.0);
+	    "%g },\n\"failures\": 1000,\n\"reuse\": %s", COMMAND_TIMEOUT_MS /
+	    1000.0, COMMAND_TIMEOUT_MS / 1000.0,
+	    env_num("INTERLEAVE_REUSE", 1) != 0 ? "true" : "false");
 	env_setup(&e, ups, nup, top, 0);
 	free(top);
 	run.spec = e.mux_spec;

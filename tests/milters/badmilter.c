@@ -44,6 +44,12 @@
  *                       accept
  *     rspamd-reject     the same, but reject at end of message with
  *                       --text (default "554 5.7.1 Gtube pattern")
+ *     qnc-close         close the connection on QUIT_NC (a filter that
+ *                       does not take it); --stage is ignored
+ *     qnc-stale         take QUIT_NC, but close the connection without
+ *                       answering at the first command after the
+ *                       second QUIT_NC on it (an idle connection gone
+ *                       stale under the proxy); --stage is ignored
  *   --stage STAGE       negotiate connect helo envfrom envrcpt data header
  *                       eoh body eom unknown (default envfrom; eom for
  *                       undeclared-action; optneg-* ignore it).  A stage
@@ -118,6 +124,8 @@ enum mode {
 	MODE_EXTRA_REPLY,
 	MODE_RSPAMD_LIKE,
 	MODE_RSPAMD_REJECT,
+	MODE_QNC_CLOSE,
+	MODE_QNC_STALE,
 	MODE_COUNT
 };
 
@@ -139,6 +147,8 @@ static const char *const mode_names[MODE_COUNT] = {
 	[MODE_EXTRA_REPLY]	= "extra-reply",
 	[MODE_RSPAMD_LIKE]	= "rspamd-like",
 	[MODE_RSPAMD_REJECT]	= "rspamd-reject",
+	[MODE_QNC_CLOSE]	= "qnc-close",
+	[MODE_QNC_STALE]	= "qnc-stale",
 };
 
 /* The stages --stage names: the command that starts each, its NR bit. */
@@ -415,6 +425,7 @@ struct session {
 	bool		 bad;		/* misbehaves in this session */
 	bool		 fired;		/* has misbehaved once */
 	uint32_t	 proto;		/* protocol bits it negotiated */
+	unsigned	 nqnc;		/* QUIT_NC seen on this connection */
 };
 
 /*
@@ -571,12 +582,22 @@ command(struct session *s, char cmd, const uint8_t *data, size_t len)
 		return;
 	case MC_QUIT:
 		_exit(0);
+	case MC_QUIT_NC:
+		s->nqnc++;
+		if (opt.mode == MODE_QNC_CLOSE) {
+			note(s->index, "closed on QUIT_NC:");
+			_exit(0);
+		}
+		return;		/* no reply */
 	case MC_MACRO:
 	case MC_ABORT:
-	case MC_QUIT_NC:
 		return;		/* no reply */
 	default:
 		break;
+	}
+	if (opt.mode == MODE_QNC_STALE && s->nqnc == 2) {
+		note(s->index, "closed after the second QUIT_NC:");
+		_exit(0);
 	}
 	if (s->bad && (opt.mode == MODE_RSPAMD_LIKE ||
 	    opt.mode == MODE_RSPAMD_REJECT)) {
@@ -588,6 +609,7 @@ command(struct session *s, char cmd, const uint8_t *data, size_t len)
 			break;
 	codec_put_packet(&good, MR_CONTINUE, NULL, 0);
 	if (s->bad && st == opt.stage && opt.mode != MODE_NONE &&
+	    opt.mode != MODE_QNC_CLOSE && opt.mode != MODE_QNC_STALE &&
 	    (!s->fired || opt.mode == MODE_NR_REPLY))
 		misbehave(s, &good);
 	else if (st->name == NULL || (s->proto & st->nr) == 0)
