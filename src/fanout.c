@@ -69,6 +69,7 @@
 #include "fanout_int.h"
 #include "health.h"
 #include "log.h"
+#include "monotime.h"
 #include "merge.h"
 #include "message.h"
 #include "metrics.h"
@@ -97,24 +98,7 @@ static const char *const default_macros[MACRO_STAGE_COUNT] = {
 double
 fo_mono(void)
 {
-	struct timespec	 ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static struct timespec
-to_ts(double t)
-{
-	struct timespec	 ts;
-
-	ts.tv_sec = (time_t)t;
-	ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
-	return ts;
+	return mono_now();
 }
 
 static void
@@ -474,7 +458,7 @@ fo_wait_all(struct fanout *fo, fanout_progress_fn *progress, void *parg)
 			pthread_mutex_lock(&fo->lock);
 			continue;
 		}
-		ts = to_ts(next);
+		ts = mono_ts(next);
 		pthread_cond_timedwait(&fo->cond, &fo->lock, &ts);
 	}
 	/* Exchanges still out after a decisive reject (or the MTA gone)
@@ -1338,7 +1322,7 @@ wait_room(struct fanout *fo, double start)
 			pthread_mutex_lock(&fo->lock);
 			continue;
 		}
-		ts = to_ts(next);
+		ts = mono_ts(next);
 		pthread_cond_timedwait(&fo->cond, &fo->lock, &ts);
 	}
 	pthread_mutex_unlock(&fo->lock);

@@ -42,6 +42,7 @@
 #include "conf.h"
 #include "health.h"
 #include "log.h"
+#include "monotime.h"
 #include "merge.h"
 #include "metrics.h"
 #include "pool.h"
@@ -128,29 +129,6 @@ struct sx {
 
 static pthread_mutex_t	 svcs_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct svc	*svcs;		/* svcs_lock */
-
-static double
-mono(void)
-{
-	struct timespec	 ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static struct timespec
-to_ts(double t)
-{
-	struct timespec	 ts;
-
-	ts.tv_sec = (time_t)t;
-	ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
-	return ts;
-}
 
 static void
 shcond_init(pthread_cond_t *c)
@@ -283,7 +261,7 @@ sx_done(struct upstream_xchg *x)
 			r->verdict = merge_verdict(r->verdict, x->verdict);
 	}
 	r->left--;
-	r->last = mono();
+	r->last = mono_now();
 	/* Under the lock: once it is released with nothing left, the
 	 * service thread may be gone with r. */
 	pthread_cond_broadcast(&r->cond);
@@ -377,7 +355,7 @@ replay(struct svc *sv, struct smsg *m)
 {
 	struct run	 r = { .verdict = VERDICT_NONE };
 	struct sx	*xs, *cl;
-	double		 start = mono(), dl, b = budget(m->cfg);
+	double		 start = mono_now(), dl, b = budget(m->cfg);
 	struct timespec	 ts;
 	uint64_t	 probe = 0;
 	size_t		 order[CONF_REPLICAS_MAX + 1], norder, k, rep;
@@ -428,14 +406,14 @@ replay(struct svc *sv, struct smsg *m)
 	pthread_mutex_lock(&r.lock);
 	while (r.left > 0 || r.cancel_posted) {
 		dl = r.last + b;
-		if (r.left > 0 && mono() >= dl && !r.cancel_posted) {
+		if (r.left > 0 && mono_now() >= dl && !r.cancel_posted) {
 			r.cancel_posted = true;
 			r.cancel.run = cancel_run;
-			r.last = mono();	/* the next try, if it must */
+			r.last = mono_now();	/* the next try, if it must */
 			pool_post(m->loop, &r.cancel);
 			continue;
 		}
-		ts = to_ts(dl);
+		ts = mono_ts(dl);
 		pthread_cond_timedwait(&r.cond, &r.lock, &ts);
 	}
 	pthread_mutex_unlock(&r.lock);
@@ -444,7 +422,7 @@ replay(struct svc *sv, struct smsg *m)
 	else
 		health_report(m->cfg, rep, probe, true);
 	replica_release(m->cfg, rep);
-	report_once(sv, m, &r, mono() - start);
+	report_once(sv, m, &r, mono_now() - start);
 	cl = xcalloc(1, sizeof *cl);
 	upstream_xchg_init(&cl->x, XCHG_CLOSE, STAGE_QUIT);
 	cl->x.done = close_done;
@@ -584,7 +562,7 @@ shadow_rec_add(struct shadow_rec *rec, enum stage st, struct buf *macros,
 static unsigned long
 dropped(struct svc *sv)
 {
-	double		 t = mono();
+	double		 t = mono_now();
 	unsigned long	 n = 0;
 
 	metrics_shadow_dropped(sv->name);
@@ -661,10 +639,10 @@ shadow_rec_free(struct shadow_rec *rec)
 void
 shadow_drain(double grace)
 {
-	double		 deadline = mono() + grace;
+	double		 deadline = mono_now() + grace;
 	struct svc	*sv, *list;
 	struct smsg	*m;
-	struct timespec	 ts = to_ts(deadline);
+	struct timespec	 ts = mono_ts(deadline);
 	unsigned long	 left;
 	bool		 cut;
 
@@ -675,7 +653,7 @@ shadow_drain(double grace)
 		left = 0;
 		pthread_mutex_lock(&sv->lock);
 		sv->stopping = true;
-		while ((sv->nqueued > 0 || sv->busy) && mono() < deadline)
+		while ((sv->nqueued > 0 || sv->busy) && mono_now() < deadline)
 			pthread_cond_timedwait(&sv->cond, &sv->lock, &ts);
 		/* A line being written is let through: it is one line. */
 		while (sv->busy && sv->reporting)

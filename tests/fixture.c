@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fixture.h"
 #include "harness.h"
@@ -172,4 +173,73 @@ env_wait_log(struct env *e, const char *needle)
 {
 	h_wait_file_contains(e->mux_log, needle, 10);
 	return env_mux_log(e);
+}
+
+int
+env_setup_metrics(struct env *e, const struct up *ups, size_t n,
+    const char *top, int inet)
+{
+	int	 port = h_free_port();
+	char	*all;
+
+	cr_assert(port > 0);
+	all = h_xasprintf("\"metrics\": { \"listen\": \"inet:%d@127.0.0.1\" }"
+	    "%s%s", port, top != NULL ? ", " : "", top != NULL ? top : "");
+	env_setup(e, ups, n, all, inet);
+	free(all);
+	cr_assert_eq(h_wait_port(port, 10), 0, "no metrics listener:\n%s",
+	    env_mux_log(e));
+	return port;
+}
+
+char *
+env_http_get(int port, const char *path, int *code)
+{
+	char		*url = h_xasprintf("http://127.0.0.1:%d%s", port, path);
+	const char	*argv[] = { "curl", "-sS", "-m", "5", "-o", "-", "-w",
+			    "\n%{http_code}", url, NULL };
+	char		*out = NULL, *nl;
+	int		 st = 0, c;
+
+	cr_assert_eq(h_run(argv, 10, &out, &st), 0, "curl did not run");
+	cr_assert(out != NULL);
+	nl = strrchr(out, '\n');
+	cr_assert(nl != NULL, "curl: %s", out);
+	c = atoi(nl + 1);
+	*nl = '\0';
+	free(url);
+	if (code != NULL)
+		*code = c;
+	else
+		cr_assert_eq(c, 200, "GET %s: %d: %s", path, c, out);
+	return out;
+}
+
+double
+env_metric(const char *body, const char *name)
+{
+	size_t		 len = strlen(name);
+	const char	*p = body;
+
+	while ((p = strstr(p, name)) != NULL) {
+		if ((p == body || p[-1] == '\n') && p[len] == ' ')
+			return strtod(p + len + 1, NULL);
+		p += len;
+	}
+	return -1;
+}
+
+char *
+env_scrape_until(int port, const char *name, double want)
+{
+	char	*body = NULL;
+
+	for (int i = 0; i < 100; i++) {
+		free(body);
+		body = env_http_get(port, "/metrics", NULL);
+		if (env_metric(body, name) == want)
+			break;
+		nanosleep(&(struct timespec){ 0, 50 * 1000 * 1000 }, NULL);
+	}
+	return body;
 }

@@ -62,6 +62,25 @@ extern const char	*env_mux_pidfile;
  * that has checked everything saves the teardown's grace period.
  */
 void	env_stop(struct env *, double grace_s);
+/*
+ * env_setup with the metrics listener on a free loopback port, which is
+ * returned once it listens; top: more top-level keys, or NULL.
+ */
+int	env_setup_metrics(struct env *, const struct up *, size_t n,
+	    const char *top, int inet);
+/* GET path from 127.0.0.1:port with curl: the body (caller frees); the
+ * HTTP status in *code, or, with code NULL, asserted to be 200. */
+char	*env_http_get(int port, const char *path, int *code);
+/* The value of the sample named exactly name (with its labels) in a
+ * /metrics body; -1 when absent. */
+double	 env_metric(const char *body, const char *name);
+/* /metrics once name has value want (a session's close is counted
+ * after the MTA saw its last answer), within 5 s; caller frees. */
+char	*env_scrape_until(int port, const char *name, double want);
+#define COUNT(body, name, want) cr_assert_eq(env_metric((body), (name)), \
+	(double)(want), "%s: got %g, want %g in:\n%s", (name),		\
+	env_metric((body), (name)), (double)(want), (body))
+
 /* miltermux's log so far; caller owns.  wait: until it holds needle. */
 char	*env_mux_log(struct env *);
 char	*env_wait_log(struct env *, const char *needle);

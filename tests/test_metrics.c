@@ -42,83 +42,6 @@ fini(void)
 	h_postfix_fini(&pf);
 }
 
-/* start - miltermux (listening on inet if inet) with metrics on a free
- * loopback port, which is returned */
-static int
-start(struct env *e, const struct up *ups, size_t n, int inet)
-{
-	int	 port = h_free_port();
-	char	*top;
-
-	cr_assert(port > 0);
-	top = h_xasprintf("\"metrics\": { \"listen\": \"inet:%d@127.0.0.1\" }",
-	    port);
-	env_setup(e, ups, n, top, inet);
-	free(top);
-	cr_assert_eq(h_wait_port(port, 10), 0, "no metrics listener:\n%s",
-	    env_mux_log(e));
-	return port;
-}
-
-/* get - GET path with curl: the body (caller frees), *code the status */
-static char *
-get(int port, const char *path, int *code)
-{
-	char		*url = h_xasprintf("http://127.0.0.1:%d%s", port, path);
-	const char	*argv[] = { "curl", "-sS", "-m", "5", "-o", "-", "-w",
-			    "\n%{http_code}", url, NULL };
-	char		*out = NULL, *nl;
-	int		 st = 0;
-
-	cr_assert_eq(h_run(argv, 10, &out, &st), 0, "curl did not run");
-	cr_assert(out != NULL);
-	nl = strrchr(out, '\n');
-	cr_assert(nl != NULL, "curl: %s", out);
-	*code = atoi(nl + 1);
-	*nl = '\0';
-	free(url);
-	return out;
-}
-
-/* metric - the value of the sample named exactly name (with its
- * labels) in a /metrics body; -1 when absent */
-static double
-metric(const char *body, const char *name)
-{
-	size_t		 len = strlen(name);
-	const char	*p = body;
-
-	while ((p = strstr(p, name)) != NULL) {
-		if ((p == body || p[-1] == '\n') && p[len] == ' ')
-			return strtod(p + len + 1, NULL);
-		p += len;
-	}
-	return -1;
-}
-
-/* scrape_until - /metrics once name has value want (a session's close
- * is counted after the MTA saw its last answer), within 5 s */
-static char *
-scrape_until(int port, const char *name, double want)
-{
-	char	*body = NULL;
-	int	 code;
-
-	for (int i = 0; i < 100; i++) {
-		free(body);
-		body = get(port, "/metrics", &code);
-		cr_assert_eq(code, 200, "/metrics: %d: %s", code, body);
-		if (metric(body, name) == want)
-			break;
-		nanosleep(&(struct timespec){ 0, 50 * 1000 * 1000 }, NULL);
-	}
-	return body;
-}
-
-#define COUNT(body, name, want) cr_assert_eq(metric((body), (name)),	\
-	(double)(want), "%s: got %g, want %g in:\n%s", (name),		\
-	metric((body), (name)), (double)(want), (body))
-
 static void
 open_session(struct env *e, struct mta *m)
 {
@@ -185,8 +108,8 @@ Test(metrics, counts_exactly_what_the_mta_sent, .timeout = 60)
 	char		*body;
 	int		 port, code;
 
-	port = start(&e, ups, 2, 0);
-	body = get(port, "/metrics", &code);
+	port = env_setup_metrics(&e, ups, 2, NULL, 0);
+	body = env_http_get(port, "/metrics", &code);
 	cr_assert_eq(code, 200);
 	COUNT(body, "miltermux_sessions_total", 0);
 	COUNT(body, "miltermux_messages_total{verdict=\"continue\"}", 0);
@@ -200,7 +123,7 @@ Test(metrics, counts_exactly_what_the_mta_sent, .timeout = 60)
 	    VERDICT_CONTINUE);
 	cr_assert_eq(message(&m, "<spam@example.org>", ok1, 1, w1),
 	    VERDICT_REJECT);
-	body = get(port, "/metrics", &code);
+	body = env_http_get(port, "/metrics", &code);
 	COUNT(body, "miltermux_sessions_open", 1);
 	COUNT(body, "miltermux_sessions_total", 1);
 	free(body);
@@ -217,7 +140,7 @@ Test(metrics, counts_exactly_what_the_mta_sent, .timeout = 60)
 	mta_quit(&m);
 	mta_close(&m);
 
-	body = scrape_until(port, "miltermux_sessions_open", 0);
+	body = env_scrape_until(port, "miltermux_sessions_open", 0);
 	COUNT(body, "miltermux_sessions_open", 0);
 	COUNT(body, "miltermux_sessions_total", 2);
 	COUNT(body, "miltermux_messages_total{verdict=\"continue\"}", 3);
@@ -240,7 +163,7 @@ Test(metrics, counts_exactly_what_the_mta_sent, .timeout = 60)
 	COUNT(body, "miltermux_stage_seconds_bucket{stage=\"eom\","
 	    "le=\"+Inf\"}", 5);
 	COUNT(body, "miltermux_stage_seconds_count{stage=\"connect\"}", 2);
-	cr_assert(metric(body, "miltermux_stage_seconds_sum{stage=\"eom\"}")
+	cr_assert(env_metric(body, "miltermux_stage_seconds_sum{stage=\"eom\"}")
 	    > 0);
 	free(body);
 	env_stop(&e, 5);
@@ -260,20 +183,20 @@ Test(metrics, healthz_503_while_draining, .timeout = 60)
 	json_t		*st;
 	json_error_t	 jerr;
 
-	port = start(&e, ups, 1, 0);
-	body = get(port, "/healthz", &code);
+	port = env_setup_metrics(&e, ups, 1, NULL, 0);
+	body = env_http_get(port, "/healthz", &code);
 	cr_assert_eq(code, 200, "/healthz: %d: %s", code, body);
 	cr_assert_str_eq(body, "ok\n");
 	free(body);
 	open_session(&e, &m);
 	cr_assert_eq(h_kill(e.mux, SIGTERM), 0);
 	free(env_wait_log(&e, "not accepting new connections"));
-	body = get(port, "/healthz", &code);
+	body = env_http_get(port, "/healthz", &code);
 	cr_assert_eq(code, 503, "/healthz while draining: %d: %s", code,
 	    body);
 	cr_assert_str_eq(body, "draining\n");
 	free(body);
-	body = get(port, "/status", &code);
+	body = env_http_get(port, "/status", &code);
 	cr_assert_eq(code, 200);
 	st = json_loads(body, 0, &jerr);
 	cr_assert(st != NULL, "/status is not JSON: %s: %s", jerr.text, body);
@@ -308,8 +231,8 @@ Test(metrics, healthz_503_when_every_upstream_is_down, .timeout = 60)
 	json_t		*st, *u;
 	json_error_t	 jerr;
 
-	port = start(&e, ups, 1, 0);
-	body = get(port, "/healthz", &code);
+	port = env_setup_metrics(&e, ups, 1, NULL, 0);
+	body = env_http_get(port, "/healthz", &code);
 	cr_assert_eq(code, 200, "never tried yet: %d: %s", code, body);
 	free(body);
 	/* Nothing is asked: the connect stage's answer is on_failure's. */
@@ -319,18 +242,18 @@ Test(metrics, healthz_503_when_every_upstream_is_down, .timeout = 60)
 	mta_result_fini(&r);
 	mta_quit(&m);
 	mta_close(&m);
-	body = get(port, "/healthz", &code);
+	body = env_http_get(port, "/healthz", &code);
 	cr_assert_eq(code, 503, "/healthz: %d: %s", code, body);
 	cr_assert_str_eq(body, "every upstream is down\n");
 	free(body);
-	body = get(port, "/metrics", &code);
+	body = env_http_get(port, "/metrics", &code);
 	COUNT(body, "miltermux_upstream_up{upstream=\"down\"}", 0);
 	COUNT(body, "miltermux_upstream_failures_total{upstream=\"down\","
 	    "reason=\"connect\"}", 1);
 	COUNT(body, "miltermux_upstream_failures_total{upstream=\"down\","
 	    "reason=\"protocol\"}", 0);
 	free(body);
-	body = get(port, "/status", &code);
+	body = env_http_get(port, "/status", &code);
 	cr_assert_eq(code, 200);
 	st = json_loads(body, 0, &jerr);
 	cr_assert(st != NULL, "/status is not JSON: %s: %s", jerr.text, body);
@@ -345,7 +268,7 @@ Test(metrics, healthz_503_when_every_upstream_is_down, .timeout = 60)
 	cr_assert(json_is_false(json_object_get(u, "up")), "%s", body);
 	json_decref(st);
 	free(body);
-	body = get(port, "/nothing", &code);
+	body = env_http_get(port, "/nothing", &code);
 	cr_assert_eq(code, 404);
 	free(body);
 	env_stop(&e, 5);
@@ -385,7 +308,7 @@ Test(metrics, postfix_counts_exactly_the_messages_sent, .timeout = 120,
 	char		*spec, *reply = NULL, *body;
 	int		 port, code, rc;
 
-	port = start(&e, ups, 2, 1);
+	port = env_setup_metrics(&e, ups, 2, NULL, 1);
 	spec = h_xasprintf("inet:127.0.0.1:%d", e.mux_port);
 	rc = h_postfix_start(&pf, spec, NULL);
 	free(spec);
@@ -411,7 +334,7 @@ Test(metrics, postfix_counts_exactly_the_messages_sent, .timeout = 120,
 	h_smtp_close(&s);
 	cr_assert_eq(h_sink_wait_messages(&pf, 4, 30), 4);
 
-	body = scrape_until(port, "miltermux_sessions_open", 0);
+	body = env_scrape_until(port, "miltermux_sessions_open", 0);
 	COUNT(body, "miltermux_sessions_open", 0);
 	COUNT(body, "miltermux_messages_total{verdict=\"continue\"}", 4);
 	COUNT(body, "miltermux_messages_total{verdict=\"reject\"}", 2);
@@ -466,13 +389,13 @@ Test(metrics, timeout_reason_and_upstreams_kept_by_name_across_reloads,
 	struct mta	 m;
 	int		 port, code;
 
-	port = start(&e, ups, 2, 0);
+	port = env_setup_metrics(&e, ups, 2, NULL, 0);
 	open_session(&e, &m);
 	cr_assert_eq(message(&m, "<alice@example.org>", rc1, 1, w1),
 	    VERDICT_CONTINUE);
 	mta_quit(&m);
 	mta_close(&m);
-	body = scrape_until(port, "miltermux_sessions_open", 0);
+	body = env_scrape_until(port, "miltermux_sessions_open", 0);
 	COUNT(body, fail, 1);
 	COUNT(body, "miltermux_upstream_verdicts_total{upstream=\"slow\","
 	    "verdict=\"failed\"}", 1);
@@ -487,7 +410,7 @@ Test(metrics, timeout_reason_and_upstreams_kept_by_name_across_reloads,
 	    "\"unix:%s/slow.sock\" }", a, h_tmpdir());
 	reload_with(&e, port, a);
 	free(env_wait_log(&e, "configuration reloaded"));
-	body = get(port, "/metrics", &code);
+	body = env_http_get(port, "/metrics", &code);
 	cr_assert_eq(code, 200);
 	HASNT(body, "upstream=\"slow\"");
 	COUNT(body, "miltermux_upstream_up{upstream=\"a\"}", 1);
@@ -496,7 +419,7 @@ Test(metrics, timeout_reason_and_upstreams_kept_by_name_across_reloads,
 	cr_assert_eq(h_write_file(e.mux_log, ""), 0);
 	reload_with(&e, port, slow);
 	free(env_wait_log(&e, "configuration reloaded"));
-	body = get(port, "/metrics", &code);
+	body = env_http_get(port, "/metrics", &code);
 	COUNT(body, fail, 1);
 	COUNT(body, "miltermux_upstream_up{upstream=\"slow\"}", 1);
 	free(body);

@@ -39,58 +39,6 @@ fini(void)
 	}
 }
 
-/* start - miltermux with metrics on a free loopback port (returned) */
-static int
-start(struct env *e, const struct up *ups, size_t n, int inet)
-{
-	int	 port = h_free_port();
-	char	*top;
-
-	cr_assert(port > 0);
-	top = h_xasprintf("\"metrics\": { \"listen\": \"inet:%d@127.0.0.1\" }",
-	    port);
-	env_setup(e, ups, n, top, inet);
-	free(top);
-	cr_assert_eq(h_wait_port(port, 10), 0, "no metrics listener:\n%s",
-	    env_mux_log(e));
-	return port;
-}
-
-/* get - GET /metrics with curl: the body (caller frees) */
-static char *
-scrape(int port)
-{
-	char		*url = h_xasprintf("http://127.0.0.1:%d/metrics", port);
-	const char	*argv[] = { "curl", "-sS", "-m", "5", "-o", "-", url,
-			    NULL };
-	char		*out = NULL;
-	int		 st = 0;
-
-	cr_assert_eq(h_run(argv, 10, &out, &st), 0, "curl did not run");
-	cr_assert(out != NULL && st == 0, "curl failed");
-	free(url);
-	return out;
-}
-
-/* metric - the value of the sample named exactly name; -1 if absent */
-static double
-metric(const char *body, const char *name)
-{
-	size_t		 len = strlen(name);
-	const char	*p = body;
-
-	while ((p = strstr(p, name)) != NULL) {
-		if ((p == body || p[-1] == '\n') && p[len] == ' ')
-			return strtod(p + len + 1, NULL);
-		p += len;
-	}
-	return -1;
-}
-
-#define COUNT(body, name, want) cr_assert_eq(metric((body), (name)),	\
-	(double)(want), "%s: got %g, want %g in:\n%s", (name),		\
-	metric((body), (name)), (double)(want), (body))
-
 /* count - occurrences of needle in hay */
 static size_t
 count(const char *hay, const char *needle)
@@ -197,7 +145,7 @@ Test(modes, monitor_reject_and_changes_are_not_applied, .timeout = 60)
 	char		*log, *body, *ulog;
 	int		 port;
 
-	port = start(&e, ups, 3, 0);
+	port = env_setup_metrics(&e, ups, 3, NULL, 0);
 	open_session(&e, &m, "client.example");
 	for (int i = 0; i < 2; i++) {
 		message(&m, "<alice@example.org>", &r);
@@ -220,7 +168,7 @@ Test(modes, monitor_reject_and_changes_are_not_applied, .timeout = 60)
 	cr_assert_eq(count(log, "; merged continue; 1 modification applied "
 	    "(addheader=1);"), 2, "%s", log);
 	free(log);
-	body = scrape(port);
+	body = env_http_get(port, "/metrics", NULL);
 	COUNT(body, "miltermux_upstream_verdicts_total{upstream=\"m1\","
 	    "verdict=\"reject\"}", 2);
 	COUNT(body, "miltermux_upstream_verdicts_total{upstream=\"m2\","
@@ -304,7 +252,7 @@ Test(modes, shadow_does_not_delay_the_mta, .timeout = 60)
 	double		 t0, worst = 0;
 	int		 port;
 
-	port = start(&e, ups, 2, 0);
+	port = env_setup_metrics(&e, ups, 2, NULL, 0);
 	open_session(&e, &m, "client.example");
 	for (int i = 0; i < 3; i++) {
 		t0 = h_now();
@@ -329,7 +277,7 @@ Test(modes, shadow_does_not_delay_the_mta, .timeout = 60)
 	/* The enforcing upstream's line does not name the shadow. */
 	HASNT(log, " s=");
 	free(log);
-	body = scrape(port);
+	body = env_http_get(port, "/metrics", NULL);
 	COUNT(body, "miltermux_upstream_verdicts_total{upstream=\"s\","
 	    "verdict=\"reject\"}", 3);
 	COUNT(body, "miltermux_upstream_unapplied_total{upstream=\"s\","
@@ -361,7 +309,7 @@ Test(modes, shadow_behind_drops_whole_messages_and_counts_them,
 	double		 t0, worst = 0, seen = 0, drop = 0;
 	int		 port;
 
-	port = start(&e, ups, 2, 0);
+	port = env_setup_metrics(&e, ups, 2, NULL, 0);
 	open_session(&e, &m, "client.example");
 	for (int i = 0; i < 12; i++) {
 		t0 = h_now();
@@ -379,10 +327,10 @@ Test(modes, shadow_behind_drops_whole_messages_and_counts_them,
 	for (int i = 0; i < 100 && seen + drop < 12; i++) {
 		free(body);
 		nanosleep(&(struct timespec){ 0, 100 * 1000 * 1000 }, NULL);
-		body = scrape(port);
-		seen = metric(body, "miltermux_upstream_verdicts_total{"
+		body = env_http_get(port, "/metrics", NULL);
+		seen = env_metric(body, "miltermux_upstream_verdicts_total{"
 		    "upstream=\"s\",verdict=\"tempfail\"}");
-		drop = metric(body, "miltermux_shadow_dropped_total{"
+		drop = env_metric(body, "miltermux_shadow_dropped_total{"
 		    "upstream=\"s\"}");
 	}
 	cr_assert_eq(seen + drop, 12, "replayed %g, dropped %g:\n%s", seen,

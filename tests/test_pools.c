@@ -96,63 +96,6 @@ start_mux(struct env *e, const char *upstreams)
 	return start_mux_at(e, upstreams, false);
 }
 
-/* get - GET path with curl: the body (caller frees), *code the status */
-static char *
-get(int port, const char *path, int *code)
-{
-	char		*url = h_xasprintf("http://127.0.0.1:%d%s", port, path);
-	const char	*argv[] = { "curl", "-sS", "-m", "5", "-o", "-", "-w",
-			    "\n%{http_code}", url, NULL };
-	char		*out = NULL, *nl;
-	int		 st = 0;
-
-	cr_assert_eq(h_run(argv, 10, &out, &st), 0, "curl did not run");
-	cr_assert(out != NULL);
-	nl = strrchr(out, '\n');
-	cr_assert(nl != NULL, "curl: %s", out);
-	*code = atoi(nl + 1);
-	*nl = '\0';
-	free(url);
-	return out;
-}
-
-/* metric - the sample named exactly name (with labels); -1: absent */
-static double
-metric(const char *body, const char *name)
-{
-	size_t		 len = strlen(name);
-	const char	*p = body;
-
-	while ((p = strstr(p, name)) != NULL) {
-		if ((p == body || p[-1] == '\n') && p[len] == ' ')
-			return strtod(p + len + 1, NULL);
-		p += len;
-	}
-	return -1;
-}
-
-#define COUNT(body, name, want) cr_assert_eq(metric((body), (name)),	\
-	(double)(want), "%s: got %g, want %g in:\n%s", (name),		\
-	metric((body), (name)), (double)(want), (body))
-
-/* scrape - /metrics, once name has value want (within 5 s) */
-static char *
-scrape(int port, const char *name, double want)
-{
-	char	*body = NULL;
-	int	 code;
-
-	for (int i = 0; i < 100; i++) {
-		free(body);
-		body = get(port, "/metrics", &code);
-		cr_assert_eq(code, 200, "/metrics: %d: %s", code, body);
-		if (metric(body, name) == want)
-			break;
-		nanosleep(&(struct timespec){ 0, 50 * 1000 * 1000 }, NULL);
-	}
-	return body;
-}
-
 /* lines - how many lines of file hold needle */
 static int
 lines(const char *file, const char *needle)
@@ -230,7 +173,7 @@ status_replica(int port, size_t k)
 	char	*body;
 	int	 code;
 
-	body = get(port, "/status", &code);
+	body = env_http_get(port, "/status", &code);
 	cr_assert_eq(code, 200);
 	st = json_loads(body, 0, NULL);
 	cr_assert_not_null(st, "/status: %s", body);
@@ -273,7 +216,7 @@ Test(pools, sessions_spread_by_the_number_in_flight, .timeout = 60)
 	    "replica=\"%s\"}", s0);
 	n1 = h_xasprintf("miltermux_replica_sessions{upstream=\"pool\","
 	    "replica=\"%s\"}", s1);
-	body = scrape(port, n0, NHOLD / 2);
+	body = env_scrape_until(port, n0, NHOLD / 2);
 	COUNT(body, n0, NHOLD / 2);
 	COUNT(body, n1, NHOLD / 2);
 	free(body);
@@ -281,7 +224,7 @@ Test(pools, sessions_spread_by_the_number_in_flight, .timeout = 60)
 	/* One replica's sessions end: the next ones go to it. */
 	for (int i = 0; i < NHOLD; i += 2)
 		mta_close(&m[i]);
-	body = scrape(port, n0, 0);
+	body = env_scrape_until(port, n0, 0);
 	COUNT(body, n0, 0);
 	free(body);
 	open_session(&e, &m[0], VERDICT_CONTINUE);
@@ -297,7 +240,7 @@ Test(pools, sessions_spread_by_the_number_in_flight, .timeout = 60)
 	mta_close(&m[0]);
 	for (int i = 1; i < NHOLD; i += 2)
 		mta_close(&m[i]);
-	body = scrape(port, "miltermux_sessions_open", 0);
+	body = env_scrape_until(port, "miltermux_sessions_open", 0);
 	COUNT(body, n0, 0);
 	COUNT(body, n1, 0);
 	free(body);
@@ -361,7 +304,7 @@ Test(pools, a_dead_replica_is_passed_over_and_probed, .timeout = 60)
 	cr_assert_str_eq(json_string_value(json_object_get(r, "breaker")),
 	    "up");
 	json_decref(r);
-	body = get(port, "/metrics", &(int){ 0 });
+	body = env_http_get(port, "/metrics", &(int){ 0 });
 	want = h_xasprintf("miltermux_upstream_up{upstream=\"pool\","
 	    "replica=\"%s\"}", sd);
 	COUNT(body, want, 0);
@@ -375,7 +318,7 @@ Test(pools, a_dead_replica_is_passed_over_and_probed, .timeout = 60)
 	    "\"pool\",replica=\"%s\",reason=\"connect\"}", sd);
 	/* One failure opened the breaker; later sessions skipped it until
 	 * the probes, which fail the same way. */
-	cr_assert(metric(body, want) >= 1, "%s in:\n%s", want, body);
+	cr_assert(env_metric(body, want) >= 1, "%s in:\n%s", want, body);
 	free(want);
 	COUNT(body, "miltermux_upstream_verdicts_total{upstream=\"pool\","
 	    "verdict=\"failed\"}", 0);
@@ -387,7 +330,7 @@ Test(pools, a_dead_replica_is_passed_over_and_probed, .timeout = 60)
 	{
 		int	 code;
 
-		free(get(port, "/healthz", &code));
+		free(env_http_get(port, "/healthz", &code));
 		cr_assert_eq(code, 200);
 	}
 
@@ -466,10 +409,10 @@ Test(pools, all_replicas_down_apply_on_failure, .timeout = 60)
 	cr_assert_eq(lines(e.mux_log, "directory; trying the next replica"),
 	    1);
 	free(log);
-	body = get(port, "/metrics", &code);
+	body = env_http_get(port, "/metrics", &code);
 	COUNT(body, "miltermux_upstream_up{upstream=\"pool\"}", 0);
 	free(body);
-	body = get(port, "/healthz", &code);
+	body = env_http_get(port, "/healthz", &code);
 	cr_assert_eq(code, 503, "/healthz: %d %s", code, body);
 	free(body);
 	env_stop(&e, 3);
@@ -511,10 +454,10 @@ Test(pools, a_failed_negotiation_moves_to_the_next_replica, .timeout = 60)
 	HASNT(log, "applying on_failure");
 	free(want);
 	free(log);
-	body = get(port, "/metrics", &(int){ 0 });
+	body = env_http_get(port, "/metrics", &(int){ 0 });
 	want = h_xasprintf("miltermux_upstream_failures_total{upstream="
 	    "\"pool\",replica=\"%s\",reason=\"closed\"}", sb);
-	cr_assert(metric(body, want) >= 2, "%s in:\n%s", want, body);
+	cr_assert(env_metric(body, want) >= 2, "%s in:\n%s", want, body);
 	free(want);
 	want = h_xasprintf("miltermux_upstream_failures_total{upstream="
 	    "\"pool\",replica=\"%s\",reason=\"closed\"}", sg);

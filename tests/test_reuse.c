@@ -83,21 +83,6 @@ wait_closed(const char *path, int k, double secs)
 	return true;
 }
 
-/* scrape - GET /metrics on port with curl; the body (caller frees) */
-static char *
-scrape(int port)
-{
-	char		*url = h_xasprintf("http://127.0.0.1:%d/metrics", port);
-	const char	*argv[] = { "curl", "-sS", "-m", "5", url, NULL };
-	char		*out = NULL;
-	int		 st = 0;
-
-	cr_assert_eq(h_run(argv, 10, &out, &st), 0, "curl did not run");
-	cr_assert(out != NULL && st == 0, "curl failed");
-	free(url);
-	return out;
-}
-
 /* stage - one stage's verdict, asserting an answer came */
 static enum verdict
 stage_verdict(int rc, struct mta_result *r, const char *what)
@@ -259,7 +244,7 @@ Test(reuse, sessions_share_one_connection, .timeout = 60)
 	cr_assert_eq(count(e.mux_log, "3 of 3 upstreams live (2 on "
 	    "connections reused with QUIT_NC)"), 4, "%s", log);
 	free(log);
-	body = scrape(port);
+	body = env_http_get(port, "/metrics", NULL);
 	HAS(body, "miltermux_upstream_connections_total{upstream=\"a\","
 	    "kind=\"fresh\"} 1\n");
 	HAS(body, "miltermux_upstream_connections_total{upstream=\"a\","
