@@ -1091,6 +1091,7 @@ Test(conf, refuses_bad_address_arrays_at_their_element)
 	    "upstreams[3].address[0]");
 	cr_assert_str_eq(errs.v[4], "pools:7:29: upstreams[4].address: "
 	    "must be a string or an array of strings, not an object");
+	conf_errors_fini(&errs);
 }
 
 /*
