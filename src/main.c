@@ -5,8 +5,8 @@
  * Order of start-up: parse flags, load and validate the config (a bad
  * one never starts the daemon), lock the pidfile, register with
  * libmilter and open the listening socket (then its mode and group),
- * detach, write the pid, drop privileges, start the worker pool and
- * libmilter's thread, then wait for signals.
+ * detach, drop privileges, start the worker pool and libmilter's
+ * thread, take the signals, write the pid, then wait for signals.
  *
  * Signals: SIGHUP and SIGUSR1 reload the config; SIGTERM and SIGINT stop
  * gracefully: new MTA connections are refused, and open sessions get
@@ -1015,8 +1015,6 @@ main(int argc, char **argv)
 		id = lookup_user(opts.user);
 	if (!opts.foreground)
 		daemonize();
-	if (opts.pidfile != NULL)
-		pidfile_write(opts.pidfile, pidfd);
 	if (opts.user != NULL)
 		drop_privileges(opts.user, id);
 
@@ -1045,6 +1043,15 @@ main(int argc, char **argv)
 		log_info("serving metrics, health and status over HTTP on %s",
 		    c->metrics_listen);
 	signals_take(&set);
+	/*
+	 * The pid goes into the file only now, through the descriptor
+	 * opened before privileges were dropped: whoever reads it may
+	 * signal us at once, and a stop signal pending from before
+	 * signals_take would go to libmilter's own signal thread, which
+	 * stops libmilter without a drain (see the top of this file).
+	 */
+	if (opts.pidfile != NULL)
+		pidfile_write(opts.pidfile, pidfd);
 	log_info("miltermux %s listening on %s with %u threads and %zu "
 	    "upstreams, at most %u sessions at once (descriptor limit %lu); "
 	    "session ids %s.conn-N", PACKAGE_VERSION, c->listen, c->threads,
