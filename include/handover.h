@@ -12,6 +12,9 @@
 /* While on, an inet socket gets SO_REUSEPORT before it is bound, and a
  * unix one replaces the running socket only once it listens. */
 void	handover_binding_set(bool on);
+/* The group (or -1) and mode (or -1) a unix listening socket gets
+ * before it is renamed into place. */
+void	handover_unix_perms(long gid, int mode);
 /* libmilter's listening socket, or -1 */
 int	handover_listener_fd(void);
 /* Make the newest listener on the address take new connections. */

@@ -60,6 +60,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -101,7 +102,17 @@ static struct {
 	int	 fd;
 	char	 path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	char	 tmp[sizeof(((struct sockaddr_un *)0)->sun_path)];
-} hunix = { .fd = -1 };
+	/* What socket_group and socket_mode ask for (-1: nothing). */
+	long	 gid;
+	int	 mode;
+} hunix = { .fd = -1, .gid = -1, .mode = -1 };
+
+void
+handover_unix_perms(long gid, int mode)
+{
+	hunix.gid = gid;
+	hunix.mode = mode;
+}
 
 static int
 unlink_real(const char *path)
@@ -186,6 +197,14 @@ listen(int fd, int backlog)
 		return -1;
 	if (atomic_load(&handover_binding) && fd == hunix.fd) {
 		hunix.fd = -1;
+		/* Its owner and mode before it has its name: a client that
+		 * connects at once (Postfix runs as another user) must not
+		 * meet the private mode it was created with.  A failure is
+		 * left to the caller's own chown/chmod, which says so. */
+		if (hunix.gid >= 0)
+			(void)!chown(hunix.tmp, (uid_t)-1, (gid_t)hunix.gid);
+		if (hunix.mode >= 0)
+			(void)chmod(hunix.tmp, (mode_t)hunix.mode);
 		if (rename(hunix.tmp, hunix.path) != 0) {
 			saved = errno;
 			(void)unlink_real(hunix.tmp);

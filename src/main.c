@@ -995,7 +995,11 @@ main(int argc, char **argv)
 		    "socket \"%s\"", c->listen);
 		return EX_SOFTWARE;
 	}
-	/* Private until socket_setup() gives it its configured mode. */
+	/* Private until it has its configured group and mode, which it
+	 * gets before it is renamed into place (handover.c); socket_setup()
+	 * checks that they took. */
+	handover_unix_perms(c->socket_group != NULL ? (long)c->socket_gid : -1,
+	    c->socket_mode);
 	if (c->socket_mode >= 0)
 		mask = umask(0177);
 	rc = front_open_socket();
