@@ -140,4 +140,21 @@ short		 upstream_poll_events(const struct upstream *);
 int		 upstream_handle(struct upstream *, short revents);
 void		 upstream_unborrow(struct upstream *);
 
+/*
+ * Holding: a session's thread keeps its upstreams' sockets borrowed
+ * between stages, so that a run of waited stages (connect, helo, mail,
+ * rcpt, data) never wakes the loop thread: before each, the loop had
+ * the socket back, woke at the first answer and raced the session's
+ * thread for the rest.  upstream_hold() marks a new upstream, before
+ * its first exchange, as borrowed from the start (the caller's thread
+ * only); upstream_held() says whether it still is (the holder's thread
+ * only: no other thread writes it); upstream_idle() (on the loop) says
+ * whether it is owed nothing, so that nothing needs watching while the
+ * holder is away: a held socket that is not idle must be given back
+ * with upstream_unborrow() before its holder sleeps or returns.
+ */
+void		 upstream_hold(struct upstream *);
+bool		 upstream_held(const struct upstream *);
+bool		 upstream_idle(const struct upstream *);
+
 #endif /* UPSTREAM_H */

@@ -322,15 +322,41 @@ mta_gave_up(struct fanout *fo)
 	return true;
 }
 
-/* unborrow - give the sockets of slots idx[0..n) back to the loop */
-static void
-unborrow(struct fanout *fo, const size_t *idx, size_t n)
+/*
+ * fo_lend - give the loop back the held sockets of upstreams still owed
+ * something (upstream.h, holding), before this thread sleeps on the
+ * condition variable or returns to libmilter: only the loop watches them
+ * then.  Idle ones stay held, out of the loop's epoll set: nothing is
+ * due on them, and whatever comes anyway (a close, stray bytes) is found
+ * by the next exchange, as the loop would have found it, only later.
+ * Takes the loop, so never with fo->lock held (the loop's order is run
+ * lock, then fo->lock).
+ */
+void
+fo_lend(struct fanout *fo)
 {
-	if (n == 0)
+	bool	 any = false;
+
+	/* Submitted counts too: a job in the loop's mailbox has not
+	 * queued its exchange yet, and the loop writes it later. */
+	pthread_mutex_lock(&fo->lock);
+	for (size_t i = 0; i < fo->n; i++) {
+		struct slot	*s = &fo->slots[i];
+
+		s->lend = s->up != NULL && upstream_held(s->up);
+		any = any || s->lend;
+		s->lend_busy = s->inflight > 0;
+	}
+	pthread_mutex_unlock(&fo->lock);
+	if (!any)
 		return;
 	pool_enter(fo->loop, true);
-	for (size_t k = 0; k < n; k++)
-		upstream_unborrow(fo->slots[idx[k]].up);
+	for (size_t i = 0; i < fo->n; i++) {
+		struct slot	*s = &fo->slots[i];
+
+		if (s->lend && (s->lend_busy || !upstream_idle(s->up)))
+			upstream_unborrow(s->up);
+	}
 	pool_leave(fo->loop);
 }
 
@@ -352,8 +378,10 @@ wait_direct(struct fanout *fo, fanout_progress_fn *progress)
 	bool		 over, ok = true;
 	int		 r;
 
-	if (fo->n == 0 || fo->n > DIRECT_MAX || !pool_enter(fo->loop, false))
+	if (fo->n == 0 || fo->n > DIRECT_MAX || !pool_enter(fo->loop, false)) {
+		fo_lend(fo);
 		return;
+	}
 	until = progress != NULL ? fo->nextprog : fo_mono() + 3600;
 	pthread_mutex_lock(&fo->lock);
 	for (size_t i = 0; i < fo->n; i++) {
@@ -401,7 +429,7 @@ wait_direct(struct fanout *fo, fanout_progress_fn *progress)
 		}
 		pool_leave(fo->loop);
 	}
-	unborrow(fo, idx, n);
+	fo_lend(fo);
 }
 
 /*
@@ -630,6 +658,11 @@ negotiate(struct fanout *fo)
 				gate_cond_macros(&all, s->cfg);
 
 			names_add_list(&all, own);
+			/* One opened late gets its list when it is opened
+			 * (fo_opened_slot); one that never is, none: the
+			 * cost of an upstream a condition leaves out. */
+			if (s->later)
+				continue;
 			names_add_list(&s->names[m], own != NULL ? own :
 			    default_macros[m]);
 			for (size_t k = 0; k < fo->conf->nmacros[m]; k++)
@@ -722,13 +755,11 @@ fo_opened_slot(struct fanout *fo, size_t i)
 	for (int m = 0; m < MACRO_STAGE_COUNT; m++) {
 		const char	*own = upstream_symlist(s->up, m);
 
-		if (own != NULL) {
-			names_fini(&s->names[m]);
-			names_add_list(&s->names[m], own);
-			for (size_t k = 0; k < fo->conf->nmacros[m]; k++)
-				names_add_list(&s->names[m],
-				    fo->conf->macros[m][k]);
-		}
+		names_fini(&s->names[m]);
+		names_add_list(&s->names[m], own != NULL ? own :
+		    default_macros[m]);
+		for (size_t k = 0; k < fo->conf->nmacros[m]; k++)
+			names_add_list(&s->names[m], fo->conf->macros[m][k]);
 	}
 	if (s->probe != 0)
 		health_alive(s->cfg, s->rep, s->probe);
@@ -810,6 +841,7 @@ open_next(struct fanout *fo, size_t i, double t)
 		s->rep = r;
 		s->up = upstream_new(cfg, r, s->next < s->norder, fo->connid,
 		    fo->loop);
+		upstream_hold(s->up);
 		pthread_mutex_lock(&fo->lock);
 		s->failed = false;
 		pthread_mutex_unlock(&fo->lock);
@@ -832,6 +864,7 @@ open_next(struct fanout *fo, size_t i, double t)
 		/* Never opened; fanout_close still frees it. */
 		s->down = true;
 		s->up = upstream_new(cfg, s->rep, false, fo->connid, fo->loop);
+		upstream_hold(s->up);
 		log_debug("%s: upstream %s: down; applying on_failure=%s",
 		    fo->connid, cfg->name,
 		    conf_on_failure_name(cfg->on_failure));
@@ -952,12 +985,14 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 		if (s->cfg->cond_session) {
 			s->later = true;
 			s->up = upstream_new(s->cfg, 0, false, connid, loop);
+			upstream_hold(s->up);
 		} else
 			fo_open_slot(fo, i, t);
 	}
 	fo_open_wait(fo, t);
 	negotiate(fo);
 	report_alive(fo);
+	fo_lend(fo);
 	return fo;
 }
 
@@ -1322,6 +1357,10 @@ wait_room(struct fanout *fo, double start)
 			pthread_mutex_lock(&fo->lock);
 			continue;
 		}
+		/* The loop reads the answers that make room. */
+		pthread_mutex_unlock(&fo->lock);
+		fo_lend(fo);
+		pthread_mutex_lock(&fo->lock);
 		ts = mono_ts(next);
 		pthread_cond_timedwait(&fo->cond, &fo->lock, &ts);
 	}
@@ -1630,6 +1669,7 @@ fanout_event(struct fanout *fo, const struct fanout_event *ev,
 	double	 start = fo_mono();
 
 	event(fo, ev, ans);
+	fo_lend(fo);
 	metrics_stage(ev->stage, fo_mono() - start);
 }
 
@@ -1639,6 +1679,7 @@ fanout_abort(struct fanout *fo)
 	abort_upstreams(fo);
 	if (fo->msg.active)
 		fanout_message_done(fo, VERDICT_NONE, 0);
+	fo_lend(fo);
 }
 
 /* report_ok - tell health.c of every upstream that has not failed */

@@ -71,6 +71,8 @@ struct slot {
 	size_t				 mon_mods;	/* monitor: asked */
 	struct shadow_rec		*shadow;	/* shadow slots */
 	struct exchange			*cur;	/* waited exchange, or NULL */
+	/* fo_lend's, the caller's thread: held; owed something. */
+	bool				 lend, lend_busy;
 	/* Gates (gate.c), the caller's thread: opened only once the
 	 * client is known; out of the session, the message, the current
 	 * recipient; recipients shown and hidden this message; why out. */
@@ -152,6 +154,8 @@ void		 fo_scatter(struct fanout *, const struct fanout_event *,
 /* Waits for the waited exchanges (a reject, the deadlines or the MTA's
  * giving up end it early), reporting progress if given. */
 void		 fo_wait_all(struct fanout *, fanout_progress_fn *, void *);
+/* Give the loop the held sockets it must watch (fanout.c). */
+void		 fo_lend(struct fanout *);
 /* The merged verdict of a waited stage of phase (0: all), with text. */
 enum verdict	 fo_settle(struct fanout *, const struct fanout_event *,
 		    unsigned phase, struct fanout_answer *);

@@ -1173,6 +1173,26 @@ upstream_unborrow(struct upstream *up)
 	want(up);
 }
 
+void
+upstream_hold(struct upstream *up)
+{
+	up->borrowed = true;
+}
+
+bool
+upstream_held(const struct upstream *up)
+{
+	return up->borrowed;
+}
+
+bool
+upstream_idle(const struct upstream *up)
+{
+	/* A failed upstream's socket is closed: nothing to watch. */
+	return up->io.fd == -1 || (TAILQ_EMPTY(&up->queue) &&
+	    !up->reply_due && !up->connecting && buf_avail(&up->wbuf) == 0);
+}
+
 /*
  * keep - end the filter's session with QUIT_NC and give the connection
  * to the pool, if the session ended cleanly in a state where libmilter
