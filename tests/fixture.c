@@ -70,6 +70,19 @@ env_start_upstreams(struct env *e, const struct up *ups, size_t n)
 }
 
 const char	*env_mux_pidfile;
+struct h_postfix	 env_pf;
+bool			 env_pf_started, env_pf_passed;
+
+void
+env_pf_fini(void)
+{
+	if (env_pf_started) {
+		(void)h_postfix_stop(&env_pf);
+		if (!env_pf_passed && env_pf.dir != NULL)
+			h_postfix_print_logs(&env_pf, stderr);
+		h_postfix_fini(&env_pf);
+	}
+}
 
 void
 env_start_mux(struct env *e, const struct up *ups, size_t n,

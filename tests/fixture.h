@@ -57,6 +57,14 @@ void	env_start_mux(struct env *, const struct up *, size_t n,
 /* When set, env_start_mux runs miltermux with "-p" and this pid file. */
 extern const char	*env_mux_pidfile;
 /*
+ * A private Postfix a test file starts (h_postfix_start into env_pf, then
+ * env_pf_started = true); env_pf_fini, the Test's .fini, stops it and
+ * prints its logs unless the test set env_pf_passed at its end.
+ */
+extern struct h_postfix	env_pf;
+extern bool		env_pf_started, env_pf_passed;
+void	env_pf_fini(void);
+/*
  * Stop miltermux and the upstreams now: SIGTERM, then SIGKILL after
  * grace_s.  libmilter notices SIGTERM only every few seconds, so a test
  * that has checked everything saves the teardown's grace period.

@@ -1044,6 +1044,17 @@ h_wait_unix(const char *path, double timeout_s)
 	return wait_connect((struct sockaddr *)&sun, sizeof sun, timeout_s);
 }
 
+size_t
+h_count(const char *hay, const char *needle)
+{
+	size_t	 n = 0;
+
+	for (const char *p = hay; p != NULL && (p = strstr(p, needle)) !=
+	    NULL; p++)
+		n++;
+	return n;
+}
+
 /* h_read_file - slurp a file, at most H_FILE_MAX bytes */
 char *
 h_read_file(const char *path)

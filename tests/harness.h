@@ -152,6 +152,8 @@ int	 h_run(const char *const argv[], double timeout_s, char **out,
  * NULL, with errno set, if it cannot be read.
  */
 char	*h_read_file(const char *path);
+/* How many times needle occurs in hay (overlaps count; NULL hay: 0). */
+size_t	 h_count(const char *hay, const char *needle);
 
 /* Create or truncate path with content, mode 0644.  0 or -errno. */
 int	 h_write_file(const char *path, const char *content);

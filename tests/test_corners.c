@@ -63,17 +63,6 @@ expect(const char *what, int rc, struct mta_result *r, enum verdict want,
 	mta_result_fini(r);
 }
 
-/* count - occurrences of needle in hay */
-static size_t
-count(const char *hay, const char *needle)
-{
-	size_t	 n = 0;
-
-	for (const char *p = hay; (p = strstr(p, needle)) != NULL; p++)
-		n++;
-	return n;
-}
-
 /* reject_at_mail - the text the MTA gets for MAIL FROM */
 static char *
 reject_at_mail(const struct env *e)
@@ -285,7 +274,7 @@ Test(corners, reply_over_the_limits_is_cut_and_logged, .timeout = 60)
 	HAS(log, "upstream bad: reply text cut to libmilter's limits "
 	    "(32 lines of 980 bytes): line 2 from 1000 to 980 bytes; "
 	    "lines 33 to 34 of 34 dropped");
-	cr_assert_eq(count(log, "reply text cut"), 1, "%s", log);
+	cr_assert_eq(h_count(log, "reply text cut"), 1, "%s", log);
 	HASNT(log, "refused the reply text");
 	free(log);
 	free(text);

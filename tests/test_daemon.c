@@ -69,16 +69,6 @@ struct mux {
 	pid_t	 pid;
 };
 
-static size_t
-count(const char *hay, const char *needle)
-{
-	size_t	 n = 0;
-
-	for (const char *p = hay; (p = strstr(p, needle)) != NULL; p++)
-		n++;
-	return n;
-}
-
 /* milter - start a testmilter on <tmp>/<name>.sock; its log path */
 static char *
 milter(const char *name, ...)
@@ -366,7 +356,7 @@ Test(daemon, health_marks_down_after_failures_in_a_row_and_probes_once)
 	HAS(logged, "upstream spam: back up\n");
 	cr_assert_eq(health_check(&u, 0, &p), HEALTH_USE);
 	cr_assert_eq(health_check(&u, 0, &p), HEALTH_USE);
-	cr_assert_eq(count(logged, "\n"), 5, "one line per change:\n%s",
+	cr_assert_eq(h_count(logged, "\n"), 5, "one line per change:\n%s",
 	    logged);
 	log_set_sink(NULL, NULL);
 }
@@ -439,7 +429,7 @@ Test(daemon, health_leaves_local_shortage_out_and_a_negotiated_probe_wins)
 	HAS(logged, "upstream av: back up\n");
 	cr_assert_eq(health_check(&u, 0, &p), HEALTH_USE);
 	health_alive(&u, 0, q);		/* once */
-	cr_assert_eq(count(logged, "back up"), 1, "%s", logged);
+	cr_assert_eq(h_count(logged, "back up"), 1, "%s", logged);
 	/* The count was kept: the next failure marks it down again... */
 	health_report(&u, 0, q, false);
 	HAS(logged, "upstream av: down after 3 consecutive failures");
@@ -724,7 +714,7 @@ Test(daemon, hanging_upstream_is_skipped_then_probed_then_used_again,
 	}
 	log = wait_log(&m, "upstream mute: down after 2 consecutive failures; "
 	    "retrying in 1 s");
-	cr_assert_eq(count(log, "upstream mute: negotiate: no answer in time"),
+	cr_assert_eq(h_count(log, "upstream mute: negotiate: no answer in time"),
 	    2, "%s", log);
 	free(log);
 
@@ -747,10 +737,10 @@ Test(daemon, hanging_upstream_is_skipped_then_probed_then_used_again,
 			    "before\n", dt);
 	}
 	log = wait_log(&m, "upstream mute: down after 3 consecutive failures");
-	cr_assert_eq(count(log, "upstream mute: probing"), 1, "%s", log);
-	cr_assert_eq(count(log, "upstream mute: negotiate: no answer in time"),
+	cr_assert_eq(h_count(log, "upstream mute: probing"), 1, "%s", log);
+	cr_assert_eq(h_count(log, "upstream mute: negotiate: no answer in time"),
 	    3, "only the probe tried it:\n%s", log);
-	cr_assert_geq(count(log, "mute=down/"), 1, "%s", log);
+	cr_assert_geq(h_count(log, "mute=down/"), 1, "%s", log);
 
 	/* It comes back: the next probe finds it and it is used again. */
 	close(fd);
@@ -766,7 +756,7 @@ Test(daemon, hanging_upstream_is_skipped_then_probed_then_used_again,
 	}
 	cr_assert_not_null(out, "miltermux never used it again");
 	log = wait_log(&m, "upstream mute: back up");
-	cr_assert_eq(count(log, "upstream mute: probing"), 2, "%s", log);
+	cr_assert_eq(h_count(log, "upstream mute: probing"), 2, "%s", log);
 	free(out);
 	out = session(&m, &code, NULL);
 	HAS(out, "addheader X-Mute: back");
@@ -803,7 +793,7 @@ Test(daemon, slow_upstream_is_marked_down_and_later_sessions_do_not_wait,
 	}
 	log = wait_log(&m, "upstream slow: down after 2 consecutive failures; "
 	    "retrying in 60 s");
-	cr_assert_eq(count(log, "upstream slow: eom: no answer in time"), 2,
+	cr_assert_eq(h_count(log, "upstream slow: eom: no answer in time"), 2,
 	    "%s", log);
 	for (int i = 0; i < 3; i++) {
 		out = session(&m, &code, &dt);
@@ -814,14 +804,14 @@ Test(daemon, slow_upstream_is_marked_down_and_later_sessions_do_not_wait,
 	    "%.3f s, against at least 1 s each before\n", dt);
 	free(log);
 	log = wait_log(&m, "slow=down/");
-	cr_assert_eq(count(log, "slow=down/"), 3, "%s", log);
-	cr_assert_eq(count(log, "upstream slow: eom: no answer in time"), 2,
+	cr_assert_eq(h_count(log, "slow=down/"), 3, "%s", log);
+	cr_assert_eq(h_count(log, "upstream slow: eom: no answer in time"), 2,
 	    "%s", log);
 	HASNT(log, "upstream slow: probing");
 	/* Not even connected to: it saw two sessions only. */
 	free(log);
 	log = h_read_file(slog);
-	cr_assert_eq(count(log, " negotiate "), 2, "%s", log);
+	cr_assert_eq(h_count(log, " negotiate "), 2, "%s", log);
 	free(log);
 	free(ups);
 	free(a);
@@ -942,7 +932,7 @@ Test(daemon, descriptor_shortage_refuses_sessions_not_upstreams,
 
 	/* One line said so, and nothing was held against an upstream. */
 	log = wait_log(&m, "refused 1 new one with on_failure=tempfail");
-	cr_assert_eq(count(log, "MTA sessions open, the most allowed"), 1,
+	cr_assert_eq(h_count(log, "MTA sessions open, the most allowed"), 1,
 	    "%s", log);
 	HASNT(log, "down after");
 	HASNT(log, "Too many open files");
@@ -1002,7 +992,7 @@ Test(daemon, max_sessions_caps_sessions_with_the_top_level_on_failure,
 	/* The refused ones were not passed on. */
 	log = wait_log(&m, "2 MTA sessions open, the most allowed: refused 1 "
 	    "new one with on_failure=reject");
-	cr_assert_eq(count(log, "the most allowed"), 1, "%s", log);
+	cr_assert_eq(h_count(log, "the most allowed"), 1, "%s", log);
 	HASNT(log, "conn-3: 1 of 1 upstreams live");
 	HASNT(log, "conn-4: 1 of 1 upstreams live");
 	free(log);
@@ -1099,7 +1089,7 @@ Test(daemon, probe_that_negotiates_brings_the_upstream_back_for_all,
 	HAS(out, "addheader X-B: 1");
 	free(out);
 	log = mux_log(&m);
-	cr_assert_eq(count(log, "upstream b: probing"), 1, "%s", log);
+	cr_assert_eq(h_count(log, "upstream b: probing"), 1, "%s", log);
 	HASNT(log, "b=down/");
 	free(log);
 	mta_close(&idle);

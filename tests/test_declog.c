@@ -31,21 +31,6 @@
 #include "fixture.h"
 #include "harness.h"
 
-static struct h_postfix	pf;
-static bool		pf_started;
-static bool		passed;
-
-static void
-fini(void)
-{
-	if (pf_started) {
-		(void)h_postfix_stop(&pf);
-		if (!passed && pf.dir != NULL)
-			h_postfix_print_logs(&pf, stderr);
-		h_postfix_fini(&pf);
-	}
-}
-
 static void
 expect(struct h_smtp *s, const char *line, int want)
 {
@@ -86,14 +71,14 @@ run_mail(struct env *e, const char *top)
 
 	env_setup(e, ups, 3, top, 1);
 	spec = h_xasprintf("inet:127.0.0.1:%d", e->mux_port);
-	rc = h_postfix_start(&pf, spec, NULL);
+	rc = h_postfix_start(&env_pf, spec, NULL);
 	free(spec);
 	if (rc == -EPERM || rc == -ENOENT)
 		cr_skip_test("no private Postfix here: %s", strerror(-rc));
 	cr_assert_eq(rc, 0, "h_postfix_start: %s", strerror(-rc));
-	pf_started = true;
+	env_pf_started = true;
 
-	code = h_smtp_open(&s, "127.0.0.1", pf.smtpd_port, &reply);
+	code = h_smtp_open(&s, "127.0.0.1", env_pf.smtpd_port, &reply);
 	cr_assert_eq(code, 220, "greeting: %d", code);
 	free(reply);
 	expect(&s, "EHLO client.example.test", 250);
@@ -112,7 +97,7 @@ run_mail(struct env *e, const char *top)
 	h_smtp_close(&s);
 
 	/* A session that carries no message. */
-	code = h_smtp_open(&s, "127.0.0.1", pf.smtpd_port, &reply);
+	code = h_smtp_open(&s, "127.0.0.1", env_pf.smtpd_port, &reply);
 	cr_assert_eq(code, 220, "greeting: %d", code);
 	free(reply);
 	expect(&s, "EHLO idle.example.test", 250);
@@ -147,7 +132,7 @@ matches(const char *s, const char *re)
 }
 
 Test(declog, text_line_has_queue_id_client_sender_and_verdicts,
-    .timeout = 150, .fini = fini)
+    .timeout = 150, .fini = env_pf_fini)
 {
 	struct env	 e;
 	char		*qid, *log, *want, *line;
@@ -194,7 +179,7 @@ Test(declog, text_line_has_queue_id_client_sender_and_verdicts,
 	free(want);
 	free(qid);
 	env_stop(&e, 1.0);
-	passed = true;
+	env_pf_passed = true;
 }
 
 /* find_event - the first JSON line whose "event" is event (and whose
@@ -240,7 +225,7 @@ str(json_t *o, const char *key)
 }
 
 Test(declog, json_records_have_the_same_facts, .timeout = 150,
-    .fini = fini)
+    .fini = env_pf_fini)
 {
 	struct env	 e;
 	char		*qid, *log;
@@ -305,7 +290,7 @@ Test(declog, json_records_have_the_same_facts, .timeout = 150,
 	free(log);
 	free(qid);
 	env_stop(&e, 1.0);
-	passed = true;
+	env_pf_passed = true;
 }
 
 /* instance - the tag of the last start logged in log */

@@ -87,17 +87,6 @@ send_msg(const struct env *e, int *code, double *seconds)
 	return out;
 }
 
-/* count - occurrences of needle in hay */
-static size_t
-count(const char *hay, const char *needle)
-{
-	size_t	 n = 0;
-
-	for (const char *p = hay; (p = strstr(p, needle)) != NULL; p++)
-		n++;
-	return n;
-}
-
 /* line_of - a copy of the line of hay that holds needle, or NULL */
 static char *
 line_of(const char *hay, const char *needle)
@@ -200,11 +189,11 @@ check_case(const struct hostile_case *tc)
 	HASNT(badlog, "session 2: fired");
 
 	if (tc->why[0] == '\0') {
-		cr_assert_eq(count(log, "upstream bad:"), 0, "%s", log);
+		cr_assert_eq(h_count(log, "upstream bad:"), 0, "%s", log);
 		env_stop(&e, STOP_GRACE);
 		return;
 	}
-	cr_assert_eq(count(log, "upstream bad:"), 1, "%s: want one line "
+	cr_assert_eq(h_count(log, "upstream bad:"), 1, "%s: want one line "
 	    "about bad:\n%s", tc->name, log);
 	line = line_of(log, "upstream bad:");
 	want = h_xasprintf("conn-1: upstream bad: %s", tc->stage);
@@ -483,12 +472,12 @@ Test(hostile, concurrent_sessions_fail_independently, .timeout = 60)
 			    "on_failure=accept", i);
 
 		log = env_wait_log(&e, want);
-		cr_assert_eq(count(log, want), 1, "%s\n%s", want, log);
+		cr_assert_eq(h_count(log, want), 1, "%s\n%s", want, log);
 		free(want);
 		free(log);
 	}
 	log = env_mux_log(&e);
-	cr_assert_eq(count(log, "upstream bad:"), PARALLEL, "%s", log);
+	cr_assert_eq(h_count(log, "upstream bad:"), PARALLEL, "%s", log);
 	HASNT(log, "upstream good:");
 	cr_assert_eq(h_wait_exit(e.mux, 0, NULL), -ETIMEDOUT,
 	    "miltermux died");

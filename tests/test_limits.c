@@ -31,33 +31,6 @@
 
 #define REPLY_WAIT	10
 
-static struct h_postfix	pf;
-static bool		pf_started;
-static bool		passed;
-
-static void
-fini(void)
-{
-	if (pf_started) {
-		(void)h_postfix_stop(&pf);
-		if (!passed && pf.dir != NULL)
-			h_postfix_print_logs(&pf, stderr);
-		h_postfix_fini(&pf);
-	}
-}
-
-/* count - occurrences of needle in hay (NULL: none) */
-static size_t
-count(const char *hay, const char *needle)
-{
-	size_t	 n = 0;
-
-	for (const char *p = hay; p != NULL && (p = strstr(p, needle)) !=
-	    NULL; p++)
-		n++;
-	return n;
-}
-
 /* up_log - what upstream i received so far ("" if it never wrote) */
 static char *
 up_log(const struct env *e, size_t i)
@@ -122,7 +95,7 @@ smtp_data(struct h_smtp *s, const char *subject)
  * of the same session (example.com to example.com): org gets none of
  * it, net only MAIL and then an abort.
  */
-Test(limits, conditions_through_postfix, .timeout = 120, .fini = fini)
+Test(limits, conditions_through_postfix, .timeout = 120, .fini = env_pf_fini)
 {
 	static struct up ups[] = {
 		{ "all", { "--tag", NULL }, NULL },
@@ -142,14 +115,14 @@ Test(limits, conditions_through_postfix, .timeout = 120, .fini = fini)
 
 	env_setup(&e, ups, 5, NULL, 1);
 	spec = h_xasprintf("inet:127.0.0.1:%d", e.mux_port);
-	rc = h_postfix_start(&pf, spec, NULL);
+	rc = h_postfix_start(&env_pf, spec, NULL);
 	free(spec);
 	if (rc == -EPERM || rc == -ENOENT)
 		cr_skip_test("no private Postfix here: %s", strerror(-rc));
 	cr_assert_eq(rc, 0, "h_postfix_start: %s", strerror(-rc));
-	pf_started = true;
+	env_pf_started = true;
 
-	code = h_smtp_open(&s, "127.0.0.1", pf.smtpd_port, &reply);
+	code = h_smtp_open(&s, "127.0.0.1", env_pf.smtpd_port, &reply);
 	cr_assert_eq(code, 220, "greeting: %d", code);
 	free(reply);
 	smtp(&s, "EHLO client.example.test", 250);
@@ -163,15 +136,15 @@ Test(limits, conditions_through_postfix, .timeout = 120, .fini = fini)
 	smtp(&s, "QUIT", 221);
 	h_smtp_close(&s);
 
-	cr_assert_eq(h_sink_wait_messages(&pf, 2, 20), 2);
-	m = h_sink_message(&pf, 0);
+	cr_assert_eq(h_sink_wait_messages(&env_pf, 2, 20), 2);
+	m = h_sink_message(&env_pf, 0);
 	HAS(m, "X-Testmilter-all: seen");
 	HAS(m, "X-Testmilter-org: seen");
 	HAS(m, "X-Testmilter-net: seen");
 	HASNT(m, "X-Testmilter-lan");
 	HASNT(m, "X-Testmilter-loc");
 	free(m);
-	m = h_sink_message(&pf, 1);
+	m = h_sink_message(&env_pf, 1);
 	HAS(m, "X-Testmilter-all: seen");
 	HASNT(m, "X-Testmilter-org");
 	HASNT(m, "X-Testmilter-net");
@@ -203,34 +176,34 @@ Test(limits, conditions_through_postfix, .timeout = 120, .fini = fini)
 
 	/* Never connected: not even negotiated. */
 	log = up_log(&e, 1);
-	cr_assert_eq(count(log, " negotiate"), 0, "lan got:\n%s", log);
+	cr_assert_eq(h_count(log, " negotiate"), 0, "lan got:\n%s", log);
 	free(log);
 	log = up_log(&e, 2);
-	cr_assert_eq(count(log, " negotiate"), 0, "loc got:\n%s", log);
+	cr_assert_eq(h_count(log, " negotiate"), 0, "loc got:\n%s", log);
 	free(log);
 	/* org: all of message 1, nothing of message 2. */
 	log = up_log(&e, 3);
-	cr_assert_eq(count(log, " envfrom"), 1, "org got:\n%s", log);
-	cr_assert_eq(count(log, " eom"), 1, "org got:\n%s", log);
+	cr_assert_eq(h_count(log, " envfrom"), 1, "org got:\n%s", log);
+	cr_assert_eq(h_count(log, " eom"), 1, "org got:\n%s", log);
 	HAS(log, "alice@example.org");
 	HASNT(log, "dave@");
 	free(log);
 	/* net: MAIL of both, only its own recipient, one end. */
 	log = up_log(&e, 4);
-	cr_assert_eq(count(log, " envfrom"), 2, "net got:\n%s", log);
-	cr_assert_eq(count(log, " envrcpt"), 1, "net got:\n%s", log);
+	cr_assert_eq(h_count(log, " envfrom"), 2, "net got:\n%s", log);
+	cr_assert_eq(h_count(log, " envrcpt"), 1, "net got:\n%s", log);
 	HAS(log, "bob@example.net");
 	HASNT(log, "carol@");
-	cr_assert_eq(count(log, " eom"), 1, "net got:\n%s", log);
-	cr_assert_geq(count(log, " abort"), 1, "net got:\n%s", log);
+	cr_assert_eq(h_count(log, " eom"), 1, "net got:\n%s", log);
+	cr_assert_geq(h_count(log, " abort"), 1, "net got:\n%s", log);
 	free(log);
 	log = up_log(&e, 0);
-	cr_assert_eq(count(log, " eom"), 2, "all got:\n%s", log);
+	cr_assert_eq(h_count(log, " eom"), 2, "all got:\n%s", log);
 	free(log);
 	free(q1);
 	free(q2);
 	env_stop(&e, 1.0);
-	passed = true;
+	env_pf_passed = true;
 }
 
 static void
@@ -347,19 +320,19 @@ Test(limits, auth_macro_and_size_through_raw_mta, .timeout = 60)
 	free(log);
 
 	log = up_log(&e, 0);
-	cr_assert_eq(count(log, " envfrom"), 1, "auth got:\n%s", log);
+	cr_assert_eq(h_count(log, " envfrom"), 1, "auth got:\n%s", log);
 	HAS(log, "<a@example.org>");
-	cr_assert_eq(count(log, " eom"), 1, "auth got:\n%s", log);
+	cr_assert_eq(h_count(log, " eom"), 1, "auth got:\n%s", log);
 	free(log);
 	log = up_log(&e, 1);
-	cr_assert_eq(count(log, " envfrom"), 2, "big got:\n%s", log);
+	cr_assert_eq(h_count(log, " envfrom"), 2, "big got:\n%s", log);
 	HASNT(log, "<a@example.org>");
-	cr_assert_eq(count(log, " eom"), 2, "big got:\n%s", log);
+	cr_assert_eq(h_count(log, " eom"), 2, "big got:\n%s", log);
 	free(log);
 	/* orig: one session only, both of its messages. */
 	log = up_log(&e, 2);
-	cr_assert_eq(count(log, " negotiate"), 1, "orig got:\n%s", log);
-	cr_assert_eq(count(log, " eom"), 2, "orig got:\n%s", log);
+	cr_assert_eq(h_count(log, " negotiate"), 1, "orig got:\n%s", log);
+	cr_assert_eq(h_count(log, " eom"), 2, "orig got:\n%s", log);
 	free(log);
 	env_stop(&e, 0.2);
 }
@@ -545,8 +518,8 @@ Test(limits, json_records_name_skipped_upstreams, .timeout = 60)
 	json_decref(o);
 	free(log);
 	log = up_log(&e, 1);
-	cr_assert_eq(count(log, " negotiate"), 1, "lan got:\n%s", log);
-	cr_assert_eq(count(log, " connect lan.example 10.1.2.3"), 1,
+	cr_assert_eq(h_count(log, " negotiate"), 1, "lan got:\n%s", log);
+	cr_assert_eq(h_count(log, " connect lan.example 10.1.2.3"), 1,
 	    "lan got:\n%s", log);
 	free(log);
 	env_stop(&e, 0.2);

@@ -24,33 +24,6 @@
 #include "harness.h"
 #include "mtaclient.h"
 
-static struct h_postfix	pf;
-static bool		pf_started;
-static bool		passed;
-
-static void
-fini(void)
-{
-	if (pf_started) {
-		(void)h_postfix_stop(&pf);
-		if (!passed && pf.dir != NULL)
-			h_postfix_print_logs(&pf, stderr);
-		h_postfix_fini(&pf);
-	}
-}
-
-/* count - occurrences of needle in hay */
-static size_t
-count(const char *hay, const char *needle)
-{
-	size_t	 n = 0;
-
-	for (const char *p = hay; (p = strstr(p, needle)) != NULL;
-	    p += strlen(needle))
-		n++;
-	return n;
-}
-
 /* wait_count - the log once it holds needle n times (10 s at most) */
 static char *
 wait_count(struct env *e, const char *needle, size_t n)
@@ -60,7 +33,7 @@ wait_count(struct env *e, const char *needle, size_t n)
 	for (int i = 0; i < 200; i++) {
 		free(log);
 		log = env_mux_log(e);
-		if (count(log, needle) >= n)
+		if (h_count(log, needle) >= n)
 			break;
 		nanosleep(&(struct timespec){ 0, 50 * 1000 * 1000 }, NULL);
 	}
@@ -162,10 +135,10 @@ Test(modes, monitor_reject_and_changes_are_not_applied, .timeout = 60)
 	mta_close(&m);
 
 	log = wait_count(&e, ": message (", 2);
-	cr_assert_eq(count(log, " m1=reject(monitor, 1 modification)/"), 2,
+	cr_assert_eq(h_count(log, " m1=reject(monitor, 1 modification)/"), 2,
 	    "%s", log);
-	cr_assert_eq(count(log, " m2=reject(monitor)/"), 2, "%s", log);
-	cr_assert_eq(count(log, "; merged continue; 1 modification applied "
+	cr_assert_eq(h_count(log, " m2=reject(monitor)/"), 2, "%s", log);
+	cr_assert_eq(h_count(log, "; merged continue; 1 modification applied "
 	    "(addheader=1);"), 2, "%s", log);
 	free(log);
 	body = env_http_get(port, "/metrics", NULL);
@@ -183,9 +156,9 @@ Test(modes, monitor_reject_and_changes_are_not_applied, .timeout = 60)
 	/* m2 said reject at MAIL: nothing more of those messages. */
 	ulog = h_read_file(e.up_log[2]);
 	cr_assert_not_null(ulog);
-	cr_assert_eq(count(ulog, " envfrom"), 2, "%s", ulog);
-	cr_assert_eq(count(ulog, " envrcpt"), 0, "%s", ulog);
-	cr_assert_eq(count(ulog, " eom"), 0, "%s", ulog);
+	cr_assert_eq(h_count(ulog, " envfrom"), 2, "%s", ulog);
+	cr_assert_eq(h_count(ulog, " envrcpt"), 0, "%s", ulog);
+	cr_assert_eq(h_count(ulog, " eom"), 0, "%s", ulog);
 	free(ulog);
 	env_stop(&e, 1);
 }
@@ -224,7 +197,7 @@ Test(modes, failing_monitor_changes_nothing, .timeout = 60)
 	HAS(log, " down=failed(monitor)/");
 	HAS(log, "upstream slow: eom: no answer in time");
 	HAS(log, "upstream down: negotiate: connect: ");
-	cr_assert_eq(count(log, "; ignored (monitor)"), 2, "%s", log);
+	cr_assert_eq(h_count(log, "; ignored (monitor)"), 2, "%s", log);
 	HASNT(log, "applying on_failure=reject");
 	HAS(log, "; merged continue; 0 modifications applied;");
 	free(log);
@@ -270,9 +243,9 @@ Test(modes, shadow_does_not_delay_the_mta, .timeout = 60)
 	cr_assert(worst < 0.2, "a message took %.0f ms", worst * 1000);
 
 	log = wait_count(&e, ": shadow s (", 3);
-	cr_assert_eq(count(log, ": shadow s ("), 3, "%s", log);
-	cr_assert_eq(count(log, "): reject/"), 3, "%s", log);
-	cr_assert_eq(count(log, "; 1 modification not applied"), 3, "%s",
+	cr_assert_eq(h_count(log, ": shadow s ("), 3, "%s", log);
+	cr_assert_eq(h_count(log, "): reject/"), 3, "%s", log);
+	cr_assert_eq(h_count(log, "; 1 modification not applied"), 3, "%s",
 	    log);
 	/* The enforcing upstream's line does not name the shadow. */
 	HASNT(log, " s=");
@@ -338,9 +311,9 @@ Test(modes, shadow_behind_drops_whole_messages_and_counts_them,
 	cr_assert(drop >= 6, "only %g dropped", drop);
 	free(body);
 	log = wait_count(&e, "): tempfail/", (size_t)seen);
-	cr_assert_eq(count(log, "): tempfail/"), (size_t)seen, "%s", log);
+	cr_assert_eq(h_count(log, "): tempfail/"), (size_t)seen, "%s", log);
 	/* The first drop is logged; more within a second are not. */
-	cr_assert_eq(count(log, "message dropped: its queue is full"), 1,
+	cr_assert_eq(h_count(log, "message dropped: its queue is full"), 1,
 	    "%s", log);
 	free(log);
 	env_stop(&e, 1);
@@ -382,12 +355,12 @@ Test(modes, shadow_down_changes_nothing, .timeout = 60)
 	mta_quit(&m);
 	mta_close(&m);
 	log = wait_count(&e, ": shadow down (", 2);
-	cr_assert_eq(count(log, "): failed/"), 1, "%s", log);
-	cr_assert_eq(count(log, "): down/"), 1, "%s", log);
-	cr_assert_eq(count(log, "upstream down: negotiate: connect: "), 1,
+	cr_assert_eq(h_count(log, "): failed/"), 1, "%s", log);
+	cr_assert_eq(h_count(log, "): down/"), 1, "%s", log);
+	cr_assert_eq(h_count(log, "upstream down: negotiate: connect: "), 1,
 	    "%s", log);
 	HAS(log, "; ignored (shadow)");
-	cr_assert_eq(count(log, "; merged continue; 1 modification applied "
+	cr_assert_eq(h_count(log, "; merged continue; 1 modification applied "
 	    "(addheader=1);"), 2, "%s", log);
 	free(log);
 	env_stop(&e, 1);
@@ -429,7 +402,7 @@ Test(modes, shadow_drains_at_shutdown_within_the_grace, .timeout = 60)
 	/* The grace, and some slack for a loaded machine. */
 	cr_assert(h_now() - t0 < 4, "took %.1f s to stop", h_now() - t0);
 	log = env_mux_log(&e);
-	replayed = count(log, "): continue/") + count(log, "): accept/");
+	replayed = h_count(log, "): continue/") + h_count(log, "): accept/");
 	p = strstr(log, "shadow s: ");
 	cr_assert_not_null(p, "%s", log);
 	cr_assert_eq(sscanf(p, "shadow s: %lu queued", &dropped), 1, "%s",
@@ -615,7 +588,7 @@ Test(modes, monitor_and_shadow_leave_random_results_unchanged,
  * would have done, under Postfix's queue id.
  */
 Test(modes, postfix_delivers_what_monitor_and_shadow_reject,
-    .timeout = 150, .fini = fini)
+    .timeout = 150, .fini = env_pf_fini)
 {
 	struct env	 e;
 	struct up	 ups[] = {
@@ -632,14 +605,14 @@ Test(modes, postfix_delivers_what_monitor_and_shadow_reject,
 
 	env_setup(&e, ups, 3, NULL, 1);
 	spec = h_xasprintf("inet:127.0.0.1:%d", e.mux_port);
-	rc = h_postfix_start(&pf, spec, NULL);
+	rc = h_postfix_start(&env_pf, spec, NULL);
 	free(spec);
 	if (rc == -EPERM || rc == -ENOENT)
 		cr_skip_test("no private Postfix here: %s", strerror(-rc));
 	cr_assert_eq(rc, 0, "h_postfix_start: %s", strerror(-rc));
-	pf_started = true;
+	env_pf_started = true;
 
-	code = h_smtp_open(&s, "127.0.0.1", pf.smtpd_port, &reply);
+	code = h_smtp_open(&s, "127.0.0.1", env_pf.smtpd_port, &reply);
 	cr_assert_eq(code, 220, "greeting: %d", code);
 	free(reply);
 	code = h_smtp_send(&s, "<alice@example.org>", rcpt,
@@ -653,8 +626,8 @@ Test(modes, postfix_delivers_what_monitor_and_shadow_reject,
 	free(reply);
 	h_smtp_close(&s);
 
-	cr_assert_eq(h_sink_wait_messages(&pf, 1, 30), 1, "not delivered");
-	msg = h_sink_message(&pf, 0);
+	cr_assert_eq(h_sink_wait_messages(&env_pf, 1, 30), 1, "not delivered");
+	msg = h_sink_message(&env_pf, 0);
 	cr_assert_not_null(msg);
 	HAS(msg, "X-A: 1");
 	HASNT(msg, "X-Mon");
@@ -673,5 +646,5 @@ Test(modes, postfix_delivers_what_monitor_and_shadow_reject,
 	free(log);
 	free(qid);
 	env_stop(&e, 1);
-	passed = true;
+	env_pf_passed = true;
 }

@@ -110,17 +110,6 @@ has_header(const struct mta_result *r, const char *name, const char *value)
 	return false;
 }
 
-/* count - occurrences of needle in hay */
-static size_t
-count(const char *hay, const char *needle)
-{
-	size_t	 n = 0;
-
-	for (const char *p = hay; (p = strstr(p, needle)) != NULL; p++)
-		n++;
-	return n;
-}
-
 /* upstreams - the rspamd-like peer in mode, and a libmilter filter
  * that negotiated no reply for every stage it could */
 static void
@@ -179,13 +168,13 @@ Test(negotiate, rspamd_like_upstream_scans_every_message, .timeout = 60)
 	    "some stage waited for a reply", h_now() - t0);
 
 	log = env_wait_log(&e, "upstreams rspamd=accept");
-	cr_assert_eq(count(log, "upstreams rspamd=accept"), 3, "%s", log);
+	cr_assert_eq(h_count(log, "upstreams rspamd=accept"), 3, "%s", log);
 	HASNT(log, "upstream rspamd:");
 	HASNT(log, "upstream nr:");
 	HASNT(log, "failed");
 	badlog = h_read_file(e.up_log[0]);
 	cr_assert(badlog != NULL);
-	cr_assert_eq(count(badlog, ": accepted "), 3, "%s", badlog);
+	cr_assert_eq(h_count(badlog, ": accepted "), 3, "%s", badlog);
 	free(badlog);
 	free(log);
 	env_stop(&e, STOP_GRACE);
@@ -222,7 +211,7 @@ Test(negotiate, rspamd_like_reject_reaches_the_mta, .timeout = 60)
 	cr_assert_lt(h_now() - t0, MAX_SESSION, "the session took %.2f s: "
 	    "some stage waited for a reply", h_now() - t0);
 	log = env_wait_log(&e, "upstreams rspamd=reject");
-	cr_assert_eq(count(log, "upstreams rspamd=reject"), 3, "%s", log);
+	cr_assert_eq(h_count(log, "upstreams rspamd=reject"), 3, "%s", log);
 	HASNT(log, "upstream rspamd:");
 	free(log);
 	env_stop(&e, STOP_GRACE);
@@ -295,12 +284,12 @@ Test(negotiate, rejected_recipients_only_to_those_that_asked, .timeout = 60)
 	grey = h_read_file(e.up_log[0]);
 	plain = h_read_file(e.up_log[1]);
 	cr_assert(grey != NULL && plain != NULL);
-	cr_assert_eq(count(grey, "envrcpt <nobody@example.net> "
+	cr_assert_eq(h_count(grey, "envrcpt <nobody@example.net> "
 	    "macro:{rcpt_mailer}=error"), 2, "grey:\n%s", grey);
-	cr_assert_eq(count(grey, "envrcpt <bob@example.net>"), 2, "grey:\n%s",
+	cr_assert_eq(h_count(grey, "envrcpt <bob@example.net>"), 2, "grey:\n%s",
 	    grey);
 	HASNT(plain, "nobody@example.net");
-	cr_assert_eq(count(plain, "envrcpt <bob@example.net>"), 2,
+	cr_assert_eq(h_count(plain, "envrcpt <bob@example.net>"), 2,
 	    "plain:\n%s", plain);
 	free(grey);
 	free(plain);
@@ -375,7 +364,7 @@ check_nr_reply(const char *nrstage, bool at_connect)
 	want = h_xasprintf("reply to %s, for which it negotiated no reply",
 	    nrstage);
 	log = env_wait_log(&e, "upstream bad:");
-	cr_assert_eq(count(log, "upstream bad:"), 1, "%s", log);
+	cr_assert_eq(h_count(log, "upstream bad:"), 1, "%s", log);
 	HAS(log, want);
 	HAS(log, "applying on_failure=tempfail");
 	HASNT(log, "upstream good:");
@@ -428,7 +417,7 @@ check_unoffered(uint32_t mta_proto, const char *why)
 	free(badlog);
 	if (why != NULL) {
 		log = env_wait_log(&e, "upstream bad:");
-		cr_assert_eq(count(log, "upstream bad:"), 1, "%s", log);
+		cr_assert_eq(h_count(log, "upstream bad:"), 1, "%s", log);
 		HAS(log, why);
 	} else {
 		log = env_wait_log(&e, "2 of 2 upstreams live");

@@ -122,18 +122,6 @@ start_env(void)
 	env_setup(&e, ups, NELEM(ups), NULL, 1);
 }
 
-/* count - occurrences of needle in hay */
-static size_t
-count(const char *hay, const char *needle)
-{
-	size_t	 n = 0;
-
-	for (const char *p = hay; (p = strstr(p, needle)) != NULL;
-	    p += strlen(needle))
-		n++;
-	return n;
-}
-
 /*
  * pm_saw - pmilter.pl's log once every session it had has closed (as
  * many close lines as connect lines, besides the close of the start-up
@@ -148,8 +136,8 @@ pm_saw(void)
 	for (;;) {
 		log = h_read_file(pm_log);
 		cr_assert_not_null(log, "no pmilter.pl log");
-		if (count(log, " connect ") >= 1 &&
-		    count(log, " close\n") >= count(log, " connect ") + 1)
+		if (h_count(log, " connect ") >= 1 &&
+		    h_count(log, " close\n") >= h_count(log, " connect ") + 1)
 			return log;
 		cr_assert(h_now() < deadline, "pmilter.pl's sessions did not "
 		    "close:\n%s", log);

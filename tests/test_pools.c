@@ -29,21 +29,6 @@
 
 #define NHOLD	6	/* sessions held open at once */
 
-static struct h_postfix	pf;
-static bool		pf_started;
-static bool		passed;
-
-static void
-fini(void)
-{
-	if (pf_started) {
-		(void)h_postfix_stop(&pf);
-		if (!passed && pf.dir != NULL)
-			h_postfix_print_logs(&pf, stderr);
-		h_postfix_fini(&pf);
-	}
-}
-
 /* sock - the libmilter spec of replica name in the temp directory */
 static char *
 sock(const char *name)
@@ -572,7 +557,7 @@ Test(pools, reload_changes_the_replica_list, .timeout = 60)
  * is delivered) or rejected by it (spam), none tempfailed.
  */
 Test(pools, postfix_pool_survives_a_killed_replica, .timeout = 120,
-    .fini = fini)
+    .fini = env_pf_fini)
 {
 	struct up	 reps[] = {
 		{ "r0", { "--tag", "--only-from", "<spam@example.org>",
@@ -593,12 +578,12 @@ Test(pools, postfix_pool_survives_a_killed_replica, .timeout = 120,
 	    "\"on_failure\": \"tempfail\" }", s0, s1);
 	(void)start_mux_at(&e, ups, true);
 	spec = h_xasprintf("inet:127.0.0.1:%d", e.mux_port);
-	rc = h_postfix_start(&pf, spec, NULL);
+	rc = h_postfix_start(&env_pf, spec, NULL);
 	free(spec);
 	if (rc == -EPERM || rc == -ENOENT)
 		cr_skip_test("no private Postfix here: %s", strerror(-rc));
 	cr_assert_eq(rc, 0, "h_postfix_start: %s", strerror(-rc));
-	pf_started = true;
+	env_pf_started = true;
 	for (int i = 0; i < 20; i++) {
 		const char *from = i % 5 == 4 ? "spam@example.org" :
 		    "alice@example.org";
@@ -608,7 +593,7 @@ Test(pools, postfix_pool_survives_a_killed_replica, .timeout = 120,
 			cr_assert_eq(h_stop(e.up_pid[0], 0, NULL), 0);
 			e.up_pid[0] = 0;
 		}
-		code = h_smtp_open(&s, "127.0.0.1", pf.smtpd_port, &reply);
+		code = h_smtp_open(&s, "127.0.0.1", env_pf.smtpd_port, &reply);
 		cr_assert_eq(code, 220, "greeting %d: %d", i, code);
 		free(reply);
 		reply = NULL;
@@ -629,9 +614,9 @@ Test(pools, postfix_pool_survives_a_killed_replica, .timeout = 120,
 		reply = NULL;
 		h_smtp_close(&s);
 	}
-	cr_assert_eq(h_sink_wait_messages(&pf, sent, 30), sent);
+	cr_assert_eq(h_sink_wait_messages(&env_pf, sent, 30), sent);
 	for (int i = 0; i < sent; i++) {
-		msg = h_sink_message(&pf, i);
+		msg = h_sink_message(&env_pf, i);
 		cr_assert_not_null(msg);
 		if (strstr(msg, "X-Testmilter-r0: seen") != NULL ||
 		    strstr(msg, "X-Testmilter-r1: seen") != NULL)
@@ -656,7 +641,7 @@ Test(pools, postfix_pool_survives_a_killed_replica, .timeout = 120,
 		cr_assert_eq(lines(e.mux_log, want), 1, "%s", want);
 		free(want);
 	}
-	passed = true;
+	env_pf_passed = true;
 	env_stop(&e, 3);
 	free(ups); free(s0); free(s1);
 }

@@ -109,17 +109,6 @@ fini(void)
 		print_file("haproxy", haproxy_log);
 }
 
-static int
-count(const char *hay, const char *needle)
-{
-	int	 n = 0;
-
-	for (const char *p = hay; p != NULL &&
-	    (p = strstr(p, needle)) != NULL; p++)
-		n++;
-	return n;
-}
-
 /* inst_start - the instance's testmilter, then miltermux on a free
  * port with its metrics on another */
 static void
@@ -362,7 +351,7 @@ check_sink(int total, int only_mux2, int *by1, int *by2)
 		k = atoi(p + strlen("\nSubject: scaleout "));
 		cr_assert(k >= 0 && k < total, "%s", msg);
 		seen[k]++;
-		cr_assert_eq(count(msg, "\nX-Scanned: "), 1,
+		cr_assert_eq(h_count(msg, "\nX-Scanned: "), 1,
 		    "message %d: not scanned exactly once:\n%s", k, msg);
 		if (strstr(msg, "\nX-Scanned: mux1\n") != NULL) {
 			(*by1)++;
@@ -470,10 +459,10 @@ run(int sig)
 	 * may have scanned a message whose answer it never sent. */
 	cr_assert_gt(by1, 0);
 	cr_assert_gt(by2, AFTER);
-	cr_assert_eq(count(lb, ": message ("), by2, "%s", lb);
-	deferred = count(elog, "status=deferred");
+	cr_assert_eq(h_count(lb, ": message ("), by2, "%s", lb);
+	deferred = h_count(elog, "status=deferred");
 	if (sig == SIGKILL) {
-		cr_assert_geq(count(la, ": message ("), by1);
+		cr_assert_geq(h_count(la, ": message ("), by1);
 		/* The sessions in flight got the filter's default action
 		 * (tempfail), and the edge sent them again. */
 		cr_assert_gt(deferred, 0, "nothing was in flight at mux1?");
@@ -481,7 +470,7 @@ run(int sig)
 		    "localhost[127.0.0.1]: 4.7.1 Service unavailable - try "
 		    "again later");
 	} else {
-		cr_assert_eq(count(la, ": message ("), by1, "%s", la);
+		cr_assert_eq(h_count(la, ": message ("), by1, "%s", la);
 		cr_assert_eq(deferred, 0, "%d deferred; the first: %.300s",
 		    deferred, deferred > 0 ? strstr(elog, "status=deferred") :
 		    "");
