@@ -864,7 +864,6 @@ open_next(struct fanout *fo, size_t i, double t)
 		/* Never opened; fanout_close still frees it. */
 		s->down = true;
 		s->up = upstream_new(cfg, s->rep, false, fo->connid, fo->loop);
-		upstream_hold(s->up);
 		log_debug("%s: upstream %s: down; applying on_failure=%s",
 		    fo->connid, cfg->name,
 		    conf_on_failure_name(cfg->on_failure));
@@ -925,7 +924,7 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 	struct pool_loop	*loop;
 	pthread_condattr_t	 ca;
 	double			 t = fo_mono();
-	size_t			 k = 0;
+	size_t			 k = 0, nsh = 0;
 
 	pthread_mutex_init(&fo->lock, NULL);
 	pthread_condattr_init(&ca);
@@ -938,10 +937,15 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 	fo->mta_fd = -1;
 	fo->mta_actions = mta_actions;
 	fo->mta_proto = mta_proto;
-	fo->slots = xcalloc(conf->nenabled == 0 ? 1 : conf->nenabled,
-	    sizeof *fo->slots);
-	fo->shslots = xcalloc(conf->nenabled == 0 ? 1 : conf->nenabled,
-	    sizeof *fo->shslots);
+	/* Each array its own size: a slot is some 1.8 KiB to zero, for
+	 * every session. */
+	for (size_t i = 0; i < conf->nupstreams; i++)
+		if (conf->upstreams[i].enabled &&
+		    conf->upstreams[i].mode == MODE_SHADOW)
+			nsh++;
+	fo->slots = xcalloc(conf->nenabled - nsh == 0 ? 1 :
+	    conf->nenabled - nsh, sizeof *fo->slots);
+	fo->shslots = xcalloc(nsh == 0 ? 1 : nsh, sizeof *fo->shslots);
 	for (size_t i = 0; i < conf->nupstreams; i++) {
 		if (!conf->upstreams[i].enabled)
 			continue;
@@ -985,7 +989,6 @@ fanout_open(struct conf *conf, struct pool *pool, const char *connid,
 		if (s->cfg->cond_session) {
 			s->later = true;
 			s->up = upstream_new(s->cfg, 0, false, connid, loop);
-			upstream_hold(s->up);
 		} else
 			fo_open_slot(fo, i, t);
 	}
