@@ -583,6 +583,43 @@ Test(proxy, load_mode_chain_stops_at_the_first_reject, .timeout = 60)
 }
 
 /*
+ * --fanout asks every milter of a stage at once (the bench's control for
+ * a fan-out with no proxy): the milter after a refusing one is asked
+ * too, and the strictest refusal decides (reject over tempfail).
+ */
+Test(proxy, load_mode_fanout_asks_all_and_the_strictest_refusal_wins,
+    .timeout = 60)
+{
+	struct env	 e;
+	struct up	 ups[] = {
+		{ "a", { "--verdict", "envfrom=tempfail", NULL }, NULL },
+		{ "b", { "--verdict", "envfrom=reject", NULL }, NULL },
+		{ "c", { NULL }, NULL },
+	};
+	char		*out, *sa, *sb, *sc, *logc;
+	int		 code;
+
+	env_start_upstreams(&e, ups, 3);
+	sa = h_xasprintf("unix:%s/a.sock", h_tmpdir());
+	sb = h_xasprintf("unix:%s/b.sock", h_tmpdir());
+	sc = h_xasprintf("unix:%s/c.sock", h_tmpdir());
+	out = load(&code, "--fanout", "-s", sa, "-s", sb, "-s", sc,
+	    "--count", "30", "--concurrency", "5", NULL);
+	cr_assert_eq(code, 0, "%s", out);
+	HAS(out, "\"chain\": false");
+	HAS(out, "\"fanout\": true");
+	HAS(out, "\"passed\": 0, \"rejected\": 30,");
+	HAS(out, "\"errors\": 0,");
+	/* Unlike a chain, c was asked about every sender. */
+	logc = h_read_file(e.up_log[2]);
+	cr_assert_eq(h_count(logc, " envfrom "), 30, "%s", logc);
+	free(out);
+	out = load(&code, "--chain", "--fanout", "-s", sa, "--count", "1",
+	    NULL);
+	cr_assert_eq(code, 64, "--chain with --fanout: exit %d", code);
+}
+
+/*
  * libmilter writes modifications and the verdict separately; over TCP
  * with Nagle's algorithm that costs the MTA's 40 ms delayed ACK per
  * message with modifications.  miltermux sets TCP_NODELAY on its

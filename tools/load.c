@@ -10,7 +10,9 @@
  * pool loop.  Each member (one upstream of the session) has one
  * exchange, reused stage after stage; its done() callback, on that
  * loop, decides the next step: the next member of the chain, or the
- * next stage.  The main thread starts the slots, then sleeps and wakes
+ * next stage.  With --fanout every member of a stage is asked at once
+ * and the last answer decides the next step: the control for a proxy
+ * that fans out, with no proxy in between.  The main thread starts the slots, then sleeps and wakes
  * every REAP_MS to post an expiry to any slot whose exchange is past
  * its deadline; the expiry runs on the slot's loop, where it can look
  * at the slot safely.
@@ -66,6 +68,7 @@ struct member {
 	struct slot		*sl;
 	struct upstream		*up;
 	bool			 leadspc;	/* raw header values */
+	bool			 out;		/* asked, not answered (fanout) */
 };
 
 struct expiry {
@@ -84,6 +87,8 @@ struct slot {
 	/* The loop's only, from here on. */
 	struct member		*m;
 	size_t			 cur;		/* member being asked */
+	size_t			 pending;	/* fanout: not yet answered */
+	bool			 broken;	/* fanout: a member failed */
 	size_t			 closing;	/* members not yet closed */
 	bool			 opening;	/* negotiating */
 	bool			 in_msg;
@@ -288,10 +293,8 @@ reuse(struct member *mb, enum xchg_kind kind, enum stage st)
 
 /* ask - send the current stage (or negotiation) to the current member */
 static void
-ask(struct slot *sl)
+ask_member(struct slot *sl, struct member *mb)
 {
-	struct member	*mb = &sl->m[sl->cur];
-
 	reuse(mb, sl->opening ? XCHG_OPEN : XCHG_STAGE, sl->st);
 	if (sl->opening) {
 		/* Offer everything, as Postfix and Sendmail do. */
@@ -299,8 +302,26 @@ ask(struct slot *sl)
 		mb->x.offer_proto = MP_ALL_V6;
 	} else
 		build(sl, mb, &mb->x);
-	atomic_store(&sl->deadline, now_ns() + sl->ld->timeout_ns);
+	mb->out = true;
 	upstream_submit(mb->up, &mb->x);
+}
+
+/* ask - the current member (a chain), or every member at once (fanout) */
+static void
+ask(struct slot *sl)
+{
+	size_t	 n = sl->ld->o->nups;
+
+	atomic_store(&sl->deadline, now_ns() + sl->ld->timeout_ns);
+	if (!sl->ld->o->fanout) {
+		ask_member(sl, &sl->m[sl->cur]);
+		return;
+	}
+	/* Counted first: upstream_submit() posts to this loop, so no
+	 * answer comes before the last is asked, but say so anyway. */
+	sl->pending = n;
+	for (size_t j = 0; j < n; j++)
+		ask_member(sl, &sl->m[j]);
 }
 
 static void
@@ -501,6 +522,70 @@ session_fail(struct slot *sl)
 	close_session(sl);
 }
 
+/* rank - which of two stage answers stops a fanout stage */
+static enum verdict
+rank(enum verdict a, enum verdict b)
+{
+	static const enum verdict order[] = { VERDICT_REJECT,
+	    VERDICT_TEMPFAIL, VERDICT_DISCARD };
+
+	for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+		if (a == order[i] || b == order[i])
+			return order[i];
+	return VERDICT_NONE;
+}
+
+/* tally - count a member's answer to the stage; true for a refusal */
+static bool
+tally(struct slot *sl, enum verdict v)
+{
+	switch (v) {
+	case VERDICT_REJECT:
+	case VERDICT_TEMPFAIL:
+	case VERDICT_DISCARD:
+		return true;
+	case VERDICT_ACCEPT:
+		sl->naccept++;
+		break;
+	case VERDICT_NONE:
+		sl->nnone++;
+		break;
+	case VERDICT_SKIP:
+		sl->nskip++;
+		break;
+	default:
+		break;
+	}
+	return false;
+}
+
+/* fanout_done - one member's answer to a stage asked of all at once;
+ * the last one goes on */
+static void
+fanout_done(struct slot *sl, struct member *mb, struct upstream_xchg *x)
+{
+	mb->out = false;
+	if (x->error != 0)
+		sl->broken = true;
+	else if (sl->opening)
+		mb->leadspc = (upstream_proto(mb->up) & MP_HDR_LEADSPC) != 0;
+	else if (sl->st != STAGE_ABORT && tally(sl, x->verdict))
+		sl->stop = rank(sl->stop, x->verdict);
+	if (--sl->pending > 0)
+		return;
+	atomic_store(&sl->deadline, 0);
+	if (sl->broken) {
+		/* Only now: close_session() reuses every member's
+		 * exchange, none of which may still be out. */
+		sl->broken = false;
+		session_fail(sl);
+	} else if (sl->opening) {
+		sl->opening = false;
+		begin_stage(sl, STAGE_CONNECT);
+	} else
+		stage_done(sl);
+}
+
 /* member_done - one exchange of one member completed, on the loop */
 static void
 member_done(struct upstream_xchg *x)
@@ -508,13 +593,18 @@ member_done(struct upstream_xchg *x)
 	struct member	*mb = (struct member *)x;
 	struct slot	*sl = mb->sl;
 
-	atomic_store(&sl->deadline, 0);
 	if (x->kind == XCHG_CLOSE) {
+		atomic_store(&sl->deadline, 0);
 		mb->up = NULL;		/* freed by upstream.c */
 		if (--sl->closing == 0)
 			slot_start(sl);
 		return;
 	}
+	if (sl->ld->o->fanout) {
+		fanout_done(sl, mb, x);
+		return;
+	}
+	atomic_store(&sl->deadline, 0);
 	if (x->error != 0) {
 		session_fail(sl);
 		return;
@@ -529,28 +619,12 @@ member_done(struct upstream_xchg *x)
 		begin_stage(sl, STAGE_CONNECT);
 		return;
 	}
-	if (sl->st != STAGE_ABORT) {
-		switch (x->verdict) {
-		case VERDICT_REJECT:
-		case VERDICT_TEMPFAIL:
-		case VERDICT_DISCARD:
-			/* The chain stops at the first milter that
-			 * refuses, as in Postfix and Sendmail. */
-			sl->stop = x->verdict;
-			stage_done(sl);
-			return;
-		case VERDICT_ACCEPT:
-			sl->naccept++;
-			break;
-		case VERDICT_NONE:
-			sl->nnone++;
-			break;
-		case VERDICT_SKIP:
-			sl->nskip++;
-			break;
-		default:
-			break;
-		}
+	if (sl->st != STAGE_ABORT && tally(sl, x->verdict)) {
+		/* The chain stops at the first milter that refuses, as in
+		 * Postfix and Sendmail. */
+		sl->stop = x->verdict;
+		stage_done(sl);
+		return;
 	}
 	if (++sl->cur < sl->ld->o->nups)
 		ask(sl);
@@ -600,7 +674,11 @@ expire_run(struct pool_job *job)
 	struct slot	*sl = ((struct expiry *)job)->sl;
 	long long	 d = atomic_load(&sl->deadline);
 
-	if (d != 0 && now_ns() >= d && sl->m[sl->cur].up != NULL)
+	if (d != 0 && now_ns() >= d && sl->ld->o->fanout) {
+		for (size_t j = 0; j < sl->ld->o->nups; j++)
+			if (sl->m[j].out && sl->m[j].up != NULL)
+				upstream_expire(sl->m[j].up, -ETIMEDOUT);
+	} else if (d != 0 && now_ns() >= d && sl->m[sl->cur].up != NULL)
 		upstream_expire(sl->m[sl->cur].up, -ETIMEDOUT);
 	atomic_store(&sl->expire_posted, false);
 }
@@ -748,12 +826,14 @@ report(struct load *ld, FILE *out, double seconds)
 			fputs(j > 0 ? ", " : "", out);
 			json_string(out, o->ups[j].address);
 		}
-		fprintf(out, "],\n  \"chain\": %s,\n  \"count\": %lu,\n"
+		fprintf(out, "],\n  \"chain\": %s,\n  \"fanout\": %s,\n"
+		    "  \"count\": %lu,\n"
 		    "  \"concurrency\": %u,\n  \"per_session\": %u,\n"
 		    "  \"threads\": %u,\n  \"size\": %zu,\n  \"rcpts\": %zu,\n"
 		    "  \"sessions\": %lu,\n  \"seconds\": %.6f,\n"
 		    "  \"messages_per_second\": %.3f,\n  \"results\": {",
-		    o->nups > 1 ? "true" : "false", o->count, o->concurrency,
+		    o->nups > 1 && !o->fanout ? "true" : "false",
+		    o->fanout ? "true" : "false", o->count, o->concurrency,
 		    o->per_session, o->threads, o->size, o->nrcpts,
 		    atomic_load(&ld->sessions), seconds, rate);
 		for (int r = 0; r < RES_COUNT; r++)
@@ -778,7 +858,8 @@ report(struct load *ld, FILE *out, double seconds)
 	    "message%s per session, %zu bytes, %zu recipient%s\n", o->count,
 	    o->concurrency, o->per_session, o->per_session == 1 ? "" : "s",
 	    o->size, o->nrcpts, o->nrcpts == 1 ? "" : "s");
-	fprintf(out, "%s:", o->nups > 1 ? "chain" : "milter");
+	fprintf(out, "%s:", o->fanout ? "fanout" : o->nups > 1 ? "chain" :
+	    "milter");
 	for (size_t j = 0; j < o->nups; j++)
 		fprintf(out, " %s", o->ups[j].address);
 	fputc('\n', out);

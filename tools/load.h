@@ -38,6 +38,9 @@ struct load_macro {
 struct load_opts {
 	const struct conf_upstream	*ups;	/* the milters, in chain order */
 	size_t				 nups;	/* more than one: a chain */
+	/* Ask every milter of a stage at once and wait for all (the
+	 * strictest refusal wins), instead of one after another. */
+	bool				 fanout;
 	unsigned long			 count;		/* messages in all */
 	unsigned			 concurrency;	/* sessions at once */
 	unsigned			 per_session;	/* messages each */

@@ -46,6 +46,7 @@ enum {
 	OPT_SIZE,
 	OPT_RCPTS,
 	OPT_CHAIN,
+	OPT_FANOUT,
 	OPT_THREADS
 };
 
@@ -67,6 +68,7 @@ static struct {
 	const char	*file;
 	bool		 load;
 	bool		 chain;
+	bool		 fanout;
 	unsigned long	 count;
 	unsigned long	 concurrency;
 	unsigned long	 per_session;
@@ -110,8 +112,8 @@ usage(FILE *f)
 {
 	fprintf(f,
 "usage: miltermux-send -s SPEC --rcpt ADDR [options] [FILE.eml]\n"
-"       miltermux-send -s SPEC [-s SPEC... --chain] --count M [load options]\n"
-"           [options] [FILE.eml]\n"
+"       miltermux-send -s SPEC [-s SPEC... --chain|--fanout] --count M\n"
+"           [load options] [options] [FILE.eml]\n"
 "\n"
 "Drives the milter at SPEC through one SMTP session carrying the message\n"
 "in FILE.eml (standard input when absent or \"-\"), and prints each reply\n"
@@ -141,6 +143,8 @@ usage(FILE *f)
 "                           without it, the -r recipients)\n"
 "      --chain              -s may be repeated: ask the milters one after\n"
 "                           another at each stage, as Postfix and Sendmail\n"
+"      --fanout             -s may be repeated: ask them all at once at each\n"
+"                           stage and wait for every answer (no proxy)\n"
 "      --threads N          event loop threads (default 1)\n"
 "\n"
 "Exit status: 0 the message passed, 1 rejected, 2 temporarily failed,\n"
@@ -203,6 +207,7 @@ parse_args(int argc, char **argv)
 		{ "size",	 required_argument, NULL, OPT_SIZE },
 		{ "rcpts",	 required_argument, NULL, OPT_RCPTS },
 		{ "chain",	 no_argument,	    NULL, OPT_CHAIN },
+		{ "fanout",	 no_argument,	    NULL, OPT_FANOUT },
 		{ "threads",	 required_argument, NULL, OPT_THREADS },
 		{ NULL,		 0,		    NULL, 0 }
 	};
@@ -298,6 +303,10 @@ parse_args(int argc, char **argv)
 			opt.chain = true;
 			opt.load = true;
 			break;
+		case OPT_FANOUT:
+			opt.fanout = true;
+			opt.load = true;
+			break;
 		case OPT_THREADS:
 			opt.threads = number("--threads", optarg, 1, 64);
 			opt.load = true;
@@ -312,9 +321,14 @@ parse_args(int argc, char **argv)
 		exit(EX_USAGE);
 	}
 	opt.file = optind < argc ? argv[optind] : "-";
-	if (opt.nservers > 1 && !opt.chain) {
+	if (opt.chain && opt.fanout) {
+		fprintf(stderr, "miltermux-send: --chain or --fanout, not "
+		    "both\n");
+		exit(EX_USAGE);
+	}
+	if (opt.nservers > 1 && !opt.chain && !opt.fanout) {
 		fprintf(stderr, "miltermux-send: -s given %zu times: several "
-		    "milters need --chain\n", opt.nservers);
+		    "milters need --chain or --fanout\n", opt.nservers);
 		exit(EX_USAGE);
 	}
 	if (opt.load) {
@@ -794,6 +808,7 @@ run_load(void)
 	}
 	lo.ups = ups;
 	lo.nups = opt.nservers;
+	lo.fanout = opt.fanout;
 	lo.count = opt.count;
 	lo.concurrency = (unsigned)opt.concurrency;
 	lo.per_session = (unsigned)opt.per_session;
