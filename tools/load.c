@@ -11,8 +11,8 @@
  * exchange, reused stage after stage; its done() callback, on that
  * loop, decides the next step: the next member of the chain, or the
  * next stage.  With --fanout every member of a stage is asked at once
- * and the last answer decides the next step: the control for a proxy
- * that fans out, with no proxy in between.  The main thread starts the slots, then sleeps and wakes
+ * and the last answer decides the next step: a fan-out with no proxy
+ * in between.  The main thread starts the slots, then sleeps and wakes
  * every REAP_MS to post an expiry to any slot whose exchange is past
  * its deadline; the expiry runs on the slot's loop, where it can look
  * at the slot safely.
@@ -68,7 +68,7 @@ struct member {
 	struct slot		*sl;
 	struct upstream		*up;
 	bool			 leadspc;	/* raw header values */
-	bool			 out;		/* asked, not answered (fanout) */
+	bool			 out;		/* asked, not answered yet */
 };
 
 struct expiry {
@@ -317,8 +317,6 @@ ask(struct slot *sl)
 		ask_member(sl, &sl->m[sl->cur]);
 		return;
 	}
-	/* Counted first: upstream_submit() posts to this loop, so no
-	 * answer comes before the last is asked, but say so anyway. */
 	sl->pending = n;
 	for (size_t j = 0; j < n; j++)
 		ask_member(sl, &sl->m[j]);
@@ -564,7 +562,6 @@ tally(struct slot *sl, enum verdict v)
 static void
 fanout_done(struct slot *sl, struct member *mb, struct upstream_xchg *x)
 {
-	mb->out = false;
 	if (x->error != 0)
 		sl->broken = true;
 	else if (sl->opening)
@@ -600,6 +597,7 @@ member_done(struct upstream_xchg *x)
 			slot_start(sl);
 		return;
 	}
+	mb->out = false;
 	if (sl->ld->o->fanout) {
 		fanout_done(sl, mb, x);
 		return;
@@ -674,12 +672,12 @@ expire_run(struct pool_job *job)
 	struct slot	*sl = ((struct expiry *)job)->sl;
 	long long	 d = atomic_load(&sl->deadline);
 
-	if (d != 0 && now_ns() >= d && sl->ld->o->fanout) {
+	/* Every member still owed an answer: the current one of a chain,
+	 * any of a fanout. */
+	if (d != 0 && now_ns() >= d)
 		for (size_t j = 0; j < sl->ld->o->nups; j++)
 			if (sl->m[j].out && sl->m[j].up != NULL)
 				upstream_expire(sl->m[j].up, -ETIMEDOUT);
-	} else if (d != 0 && now_ns() >= d && sl->m[sl->cur].up != NULL)
-		upstream_expire(sl->m[sl->cur].up, -ETIMEDOUT);
 	atomic_store(&sl->expire_posted, false);
 }
 
